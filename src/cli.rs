@@ -1,0 +1,384 @@
+//! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
+//! upstream on its own, and `check-config`.
+//!
+//! The configuration is loaded and validated completely before anything binds; an invalid one
+//! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl};
+use crate::gateway::{self, Listeners};
+use crate::mock::{MockSettings, MockUpstream};
+use crate::{logging, sys};
+
+/// Exit code for an invalid configuration.
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when the gateway cannot start or fails while running (e.g. a port in use).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Where the demo's gateway listens unless `--listen` says otherwise.
+pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
+
+/// The mock's per-request override headers, forwarded in demo mode.
+pub const DEMO_FORWARD_HEADERS: &str = "x-mock-*";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidegate",
+    version,
+    about = "A gateway that relays streaming OpenAI-compatible chat completions as Server-Sent Events",
+    long_about = "A gateway that relays streaming OpenAI-compatible chat completions as Server-Sent Events.\n\n\
+        With no arguments tidegate runs a demo: its built-in mock upstream on an ephemeral loopback \
+        port and the gateway on 127.0.0.1:8080 in front of it, and prints a curl command to try.\n\
+        With --config FILE (or TIDEGATE_CONFIG) or --upstream URL it serves a real upstream."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TOML configuration file (see the README's config reference)
+    #[arg(long, env = "TIDEGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the client-facing listener (overrides `listen`)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Address of the operator listener with /healthz and /readyz (overrides `admin.listen`)
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Upstream base URL, e.g. https://api.openai.com/v1 (overrides `upstream.base_url`)
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Log format: text or json (overrides `log.format`)
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the built-in mock upstream (an OpenAI-compatible fake backend) on its own
+    MockUpstream {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Content chunks per streamed completion
+        #[arg(long, value_name = "N")]
+        chunks: Option<u32>,
+        /// Delay between chunks, in milliseconds
+        #[arg(long, value_name = "MS")]
+        chunk_delay_ms: Option<u64>,
+        /// Log format: text or json
+        #[arg(long, value_name = "FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and print the effective config with secrets redacted
+    /// (exit code 64 and every error with its key path when invalid)
+    CheckConfig {
+        /// The TOML file to check
+        file: PathBuf,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::CheckConfig { ref file }) => check_config(file),
+        Some(Command::MockUpstream {
+            listen,
+            chunks,
+            chunk_delay_ms,
+            log_format,
+        }) => {
+            let mut settings = MockSettings::default();
+            if let Some(n) = chunks {
+                settings.chunks = n;
+            }
+            if let Some(ms) = chunk_delay_ms {
+                settings.chunk_delay = Duration::from_millis(ms);
+            }
+            logging::init(log_format, logging_filter("info"));
+            block_on(run_mock(listen, settings))
+        }
+        None => serve(cli),
+    }
+}
+
+fn logging_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    logging::parse_filter(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(fut),
+        Err(e) => {
+            eprintln!("tidegate: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_config_errors(source: &str, errors: &ConfigErrors) {
+    eprintln!("tidegate: invalid configuration ({source}):");
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: "(file)".into(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    Config::from_toml_str(&text)
+}
+
+/// Everything a config must pass before anything binds: the file's own rules, the environment
+/// (the upstream key), and the log filter.
+fn finish_config(config: &mut Config) -> Result<(), ConfigErrors> {
+    config.validate()?;
+    config.resolve_secrets(|name| std::env::var(name).ok())?;
+    logging::parse_filter(&config.log.level).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            path: "log.level".into(),
+            message,
+        }])
+    })?;
+    Ok(())
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let result = read_config_file(path).and_then(|mut config| {
+        finish_config(&mut config)?;
+        Ok(config)
+    });
+    match result {
+        Ok(config) => {
+            println!("# {}: valid", path.display());
+            print!("{}", config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_config_errors(&path.display().to_string(), &errors);
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn serve(cli: Cli) -> ExitCode {
+    let demo = cli.config.is_none() && cli.upstream.is_none();
+    let mut config = match &cli.config {
+        Some(path) => match read_config_file(path) {
+            Ok(config) => config,
+            Err(errors) => {
+                print_config_errors(&path.display().to_string(), &errors);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Err(errors) = apply_overrides(&mut config, &cli, demo) {
+        print_config_errors("command line", &errors);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(errors) = finish_config(&mut config) {
+        print_config_errors("effective configuration", &errors);
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    logging::init(config.log.format, logging_filter(&config.log.level));
+    match sys::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            before = l.before,
+            after = l.after,
+            hard = l.hard,
+            "open-files limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+    block_on(serve_async(config, demo))
+}
+
+fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), ConfigErrors> {
+    if let Some(addr) = cli.listen {
+        config.listen = addr;
+    } else if demo {
+        config.listen = DEMO_LISTEN.parse().map_err(|_| {
+            ConfigErrors(vec![ConfigError {
+                path: "listen".into(),
+                message: "invalid demo address".into(),
+            }])
+        })?;
+    }
+    if let Some(addr) = cli.admin_listen {
+        config.admin.listen = Some(addr);
+    }
+    if let Some(url) = &cli.upstream {
+        config.upstream.base_url = UpstreamUrl::parse(url).map_err(|message| {
+            ConfigErrors(vec![ConfigError {
+                path: "--upstream".into(),
+                message,
+            }])
+        })?;
+    }
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    if demo {
+        // The mock needs no key; never send a real one to it. Its per-request override
+        // headers (x-mock-chunks, ...) are let through so the demo can be steered.
+        config.upstream.api_key_env = None;
+        config.upstream.forward_headers = vec![DEMO_FORWARD_HEADERS.to_owned()];
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ExitCode> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        tracing::error!(%addr, error = %e, "cannot listen for the {what}");
+        eprintln!("tidegate: cannot listen on {addr} for the {what}: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    let mut mock_stop = None;
+    if demo {
+        let listener = match bind(([127, 0, 0, 1], 0).into(), "demo mock upstream").await {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("tidegate: mock upstream address: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(MockUpstream::new(MockSettings::default()).serve(listener, stop.clone()));
+        mock_stop = Some(stop);
+        match UpstreamUrl::parse(&format!("http://{addr}/v1")) {
+            Ok(url) => config.upstream.base_url = url,
+            Err(e) => {
+                eprintln!("tidegate: mock upstream URL: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+
+    let api = match bind(config.listen, "API").await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let admin = match config.admin.listen {
+        Some(addr) => match bind(addr, "admin listener").await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let listen = api.local_addr().unwrap_or(config.listen);
+    tracing::info!(
+        listen = %listen,
+        admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()),
+        upstream = config.upstream.base_url.as_str(),
+        "tidegate listening"
+    );
+    if demo {
+        print_demo_banner(listen, config.upstream.base_url.as_str());
+    }
+
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let result = gateway::run(config, Listeners { api, admin }, shutdown).await;
+    if let Some(stop) = mock_stop {
+        stop.cancel();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway failed");
+            eprintln!("tidegate: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_demo_banner(listen: SocketAddr, mock: &str) {
+    println!(
+        "\ntidegate demo: gateway on http://{listen}, built-in mock upstream on {mock}\n\
+         Stream a completion (no API key needed):\n\n  \
+         curl -N http://{listen}/v1/chat/completions \\\n    \
+         -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\":\"mock-1\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
+         Press Ctrl-C to stop.\n"
+    );
+}
+
+/// First SIGTERM or SIGINT: graceful drain. A second one: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received: draining (send it again to exit at once)");
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
+    let listener = match bind(listen, "mock upstream").await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    println!("tidegate mock upstream on http://{addr}/v1 (stats: http://{addr}/stats)");
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_stop.cancel();
+    });
+    match MockUpstream::new(settings).serve(listener, stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidegate: mock upstream failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,962 @@
+//! tidegate's configuration: one TOML document, validated before anything
+//! binds a socket.
+//!
+//! Every key is optional; an empty document is [`Config::default`]. Unknown
+//! keys are rejected, and [`Config::from_toml_str`] reports *every* problem
+//! at once, each with its dotted key path:
+//!
+//! ```text
+//! limits.first_byte_timeout: expected a duration such as "500ms", "15s" or "30m", got "sixty"
+//! limits.bogus: unknown key
+//! ```
+//!
+//! The document is first parsed into a plain [`toml::Table`] (a syntax error
+//! is reported alone, located by line and column); a small reader (see
+//! `reader.rs`) then takes each known key, converts it, and finally reports
+//! the keys nobody took. Range and cross-field rules live in
+//! [`Config::validate`], which is run again after command-line overrides.
+//!
+//! The upstream API key never appears in the file: `upstream.api_key_env`
+//! names an environment variable, and [`Config::resolve_secrets`] reads it
+//! into a [`Secret`], which prints as `<redacted>` everywhere.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//!
+//! [admin]
+//! listen = "127.0.0.1:9090"
+//!
+//! [upstream]
+//! base_url = "https://api.openai.com/v1"
+//! api_key_env = "OPENAI_API_KEY"
+//!
+//! [limits]
+//! max_body_bytes = 1048576
+//! max_header_bytes = 16384
+//! max_event_bytes = 262144
+//! header_read_timeout = "10s"
+//! body_read_timeout = "30s"
+//! upstream_connect_timeout = "5s"
+//! first_byte_timeout = "60s"
+//! upstream_idle_timeout = "120s"
+//! max_stream_duration = "30m"
+//!
+//! [shutdown]
+//! drain_timeout = "30s"
+//!
+//! [log]
+//! format = "text"
+//! level = "info"
+//! ```
+
+mod duration;
+mod reader;
+mod upstream_url;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+use std::time::Duration;
+
+use self::reader::{Reader, Section};
+
+pub use self::duration::{format_duration, parse_duration, DURATION_EXAMPLES};
+pub use self::upstream_url::UpstreamUrl;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+// ---- defaults and ranges ----------------------------------------------------
+
+/// Default client-facing listener: loopback only, so a fresh install is not
+/// reachable from the network until the operator says so.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default upstream: the public OpenAI API.
+pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.openai.com/v1";
+/// Default request body cap: 1 MiB, far above any realistic chat request.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
+/// Allowed `limits.max_body_bytes`: 1 byte to 64 MiB.
+pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 1..=64 * MIB;
+/// Default request head cap: 16 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Allowed `limits.max_header_bytes`: 8 KiB (hyper's HTTP/1 read buffer
+/// cannot be smaller) to 1 MiB.
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 8 * KIB..=MIB;
+/// Default cap on one upstream SSE event: 256 KiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Allowed `limits.max_event_bytes`: 1 KiB to 16 MiB.
+pub const MAX_EVENT_BYTES_RANGE: RangeInclusive<u64> = KIB..=16 * MIB;
+/// Default time a client has to send its request head: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send its whole request body: 30 s.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default TCP (+TLS) connect timeout towards the upstream: 5 s.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default wait for the upstream's response headers: 60 s.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default maximum silence between upstream body bytes: 120 s.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default hard cap on one response's total duration: 30 min.
+pub const DEFAULT_MAX_STREAM_DURATION: Duration = Duration::from_secs(30 * 60);
+/// Default grace period for in-flight streams on shutdown: 30 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for every duration: 365 days. Far beyond any sensible
+/// timeout, it exists so a typo such as `"99999999999h"` is caught here
+/// instead of overflowing `Instant + duration` (which panics) at run time.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Default log output format.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// Default log filter directive.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+// ---- types ------------------------------------------------------------------
+
+/// The whole, validated gateway configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address of the client-facing listener (`listen`). Default
+    /// [`DEFAULT_LISTEN`]; set `0.0.0.0:8080` or `[::]:8080` to serve the
+    /// network.
+    pub listen: SocketAddr,
+    /// The optional admin listener (`[admin]`).
+    pub admin: AdminConfig,
+    /// Where requests are relayed to (`[upstream]`).
+    pub upstream: UpstreamConfig,
+    /// Size and time limits (`[limits]`).
+    pub limits: Limits,
+    /// Graceful shutdown behaviour (`[shutdown]`).
+    pub shutdown: ShutdownConfig,
+    /// Logging (`[log]`).
+    pub log: LogConfig,
+}
+
+/// `[admin]`: a separate listener for health and metrics endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`admin.listen`). Absent by default:
+    /// no admin listener is started. Kept separate from the client listener
+    /// so operational endpoints can stay on loopback or a private network
+    /// while clients are served publicly; it must not overlap `listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[upstream]`: the OpenAI-compatible server requests are relayed to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Base URL request paths are appended to (`upstream.base_url`), e.g.
+    /// `/chat/completions`. Default [`DEFAULT_UPSTREAM_BASE_URL`]. Must be
+    /// http or https with a host and without query or fragment, so joining
+    /// is plain concatenation; stored without a trailing slash.
+    pub base_url: UpstreamUrl,
+    /// Name of the environment variable holding the upstream API key
+    /// (`upstream.api_key_env`). The key itself is never accepted in the
+    /// file, so config files can be committed and printed safely. Absent by
+    /// default: no `Authorization` header is sent upstream (for local model
+    /// servers, or when clients send their own).
+    pub api_key_env: Option<String>,
+    /// The key read from `api_key_env` by [`Config::resolve_secrets`]; never
+    /// read from or written to TOML.
+    pub api_key: Option<Secret>,
+    /// Extra client request headers forwarded upstream
+    /// (`upstream.forward_headers`), as lower-case names; a trailing `*`
+    /// matches a prefix (`"x-stainless-*"`). Only an allowlist crosses by
+    /// default (content-type, accept, user-agent, openai-beta), so a client
+    /// can't steer the upstream with headers the operator did not choose.
+    /// Credentials, cookies, hop-by-hop headers and the headers the gateway
+    /// sets itself are refused. Default: none. The demo sets `["x-mock-*"]`
+    /// so the mock's per-request overrides reach it.
+    pub forward_headers: Vec<String>,
+}
+
+/// `[limits]`: every bound that protects the gateway from slow, large or
+/// never-ending clients and upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest client request body accepted, in bytes
+    /// (`limits.max_body_bytes`); larger requests get 413. Bounds the memory
+    /// one request can pin, since bodies are buffered before relaying.
+    /// Default [`DEFAULT_MAX_BODY_BYTES`], allowed [`MAX_BODY_BYTES_RANGE`].
+    pub max_body_bytes: u64,
+    /// Largest client request head (request line plus headers), in bytes
+    /// (`limits.max_header_bytes`). Bounds per-connection buffer memory and
+    /// header-flood abuse. Default [`DEFAULT_MAX_HEADER_BYTES`], allowed
+    /// [`MAX_HEADER_BYTES_RANGE`]: hyper's HTTP/1 read buffer cannot be
+    /// smaller than 8192 bytes.
+    pub max_header_bytes: usize,
+    /// Largest single upstream SSE event (one blank-line-terminated block),
+    /// in bytes (`limits.max_event_bytes`). Events are assembled in memory
+    /// before being forwarded, so an upstream that never ends an event must
+    /// not grow a buffer without bound. Default [`DEFAULT_MAX_EVENT_BYTES`],
+    /// allowed [`MAX_EVENT_BYTES_RANGE`].
+    pub max_event_bytes: usize,
+    /// Time a client has to send its complete request head
+    /// (`limits.header_read_timeout`). Stops slowloris-style clients from
+    /// holding connections open by trickling headers. Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// Time a client has to send its whole request body
+    /// (`limits.body_read_timeout`), for the same reason as
+    /// `header_read_timeout`. Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`].
+    pub body_read_timeout: Duration,
+    /// Time allowed to establish the TCP connection (and TLS session) to
+    /// the upstream (`limits.upstream_connect_timeout`). A dead or
+    /// blackholed upstream should fail fast instead of holding the client.
+    /// Must be > 0 and at most [`MAX_DURATION`]. Default [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed from sending the request until the upstream's response
+    /// headers arrive (`limits.first_byte_timeout`). Models can take a while
+    /// to start, but an upstream that never answers must not hold the
+    /// client forever. Must be > 0 and at most [`MAX_DURATION`]. Default [`DEFAULT_FIRST_BYTE_TIMEOUT`].
+    pub first_byte_timeout: Duration,
+    /// Longest silence allowed between upstream body bytes
+    /// (`limits.upstream_idle_timeout`). Detects stalled streams that keep
+    /// the connection open but stop producing tokens. Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_UPSTREAM_IDLE_TIMEOUT`].
+    pub upstream_idle_timeout: Duration,
+    /// Hard cap on the total time of one response, however lively it is
+    /// (`limits.max_stream_duration`). Bounds the cost and resource hold of a
+    /// runaway generation. Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_MAX_STREAM_DURATION`].
+    pub max_stream_duration: Duration,
+}
+
+/// `[shutdown]`: what happens on SIGTERM / Ctrl-C.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// How long in-flight streams may continue after a shutdown signal
+    /// before they are cut (`shutdown.drain_timeout`). New connections are
+    /// refused at once; this bounds how long a deploy waits for running
+    /// generations. `0s` cuts immediately; at most [`MAX_DURATION`]. Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+}
+
+/// `[log]`: log output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Output format (`log.format`): human-readable text or one JSON object
+    /// per line for log shippers. Default [`DEFAULT_LOG_FORMAT`].
+    pub format: LogFormat,
+    /// A `tracing` `EnvFilter` directive string such as `"info"` or
+    /// `"tidegate=debug,hyper=warn"` (`log.level`). `RUST_LOG` overrides it
+    /// at run time. Must be non-empty; its syntax is checked when the
+    /// subscriber is built, not here. Default [`DEFAULT_LOG_LEVEL`].
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `"text"` or `"json"`, as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl Default for LogFormat {
+    fn default() -> Self {
+        DEFAULT_LOG_FORMAT
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    /// Accepts exactly `"text"` or `"json"` (usable as a clap value parser).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(r#"expected "text" or "json", got {s:?}"#)),
+        }
+    }
+}
+
+/// Holds the upstream API key. `Debug` and `Display` print `<redacted>`,
+/// and it is never serialized; call [`Secret::expose`] only where the value
+/// is actually sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One configuration problem: `path` is the dotted key path (e.g.
+/// `limits.first_byte_timeout`; for a TOML syntax error, the location
+/// `line L, column C`), `message` says what is wrong. Displays as
+/// `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Dotted key path, or `line L, column C` for syntax errors.
+    pub path: String,
+    /// What is wrong, without the path.
+    pub message: String,
+}
+
+/// Every problem found in one configuration; never empty when returned as
+/// an error. Displays one [`ConfigError`] per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+// ---- defaults ---------------------------------------------------------------
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN,
+            admin: AdminConfig::default(),
+            upstream: UpstreamConfig::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_stream_duration: DEFAULT_MAX_STREAM_DURATION,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: DEFAULT_LOG_FORMAT,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+// ---- loading, validation, secrets, printing ---------------------------------
+
+const API_KEY_ENV_PATH: &str = "upstream.api_key_env";
+
+impl Config {
+    /// Parses and validates one TOML document (does not read the
+    /// environment). On failure, returns every problem found, each with its
+    /// key path; a TOML syntax error is returned alone.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
+        let table = toml::from_str::<toml::Table>(text)
+            .map_err(|e| ConfigErrors::from(syntax_error(text, &e)))?;
+
+        let mut config = Config::default();
+        let mut r = Reader::default();
+        let mut root = Section::root(table);
+
+        r.read(&mut root, "listen", &mut config.listen, reader::socket_addr);
+
+        let mut admin = r.section(&mut root, "admin");
+        r.read(&mut admin, "listen", &mut config.admin.listen, |v| {
+            reader::socket_addr(v).map(Some)
+        });
+        r.finish_section(admin);
+
+        let mut upstream = r.section(&mut root, "upstream");
+        let up = &mut config.upstream;
+        r.read(
+            &mut upstream,
+            "base_url",
+            &mut up.base_url,
+            reader::upstream_url,
+        );
+        r.read(&mut upstream, "api_key_env", &mut up.api_key_env, |v| {
+            let name = reader::string(v)?;
+            check_env_name(&name)?;
+            Ok(Some(name))
+        });
+        r.read(
+            &mut upstream,
+            "forward_headers",
+            &mut up.forward_headers,
+            forward_header_list,
+        );
+        r.hint(
+            "upstream.api_key",
+            "the key is never read from the file; set api_key_env to the name \
+             of an environment variable holding it",
+        );
+        r.finish_section(upstream);
+
+        let mut limits = r.section(&mut root, "limits");
+        let l = &mut config.limits;
+        r.read(&mut limits, "max_body_bytes", &mut l.max_body_bytes, |v| {
+            size_in(v, &MAX_BODY_BYTES_RANGE)
+        });
+        r.read(
+            &mut limits,
+            "max_header_bytes",
+            &mut l.max_header_bytes,
+            |v| {
+                size_in(v, &MAX_HEADER_BYTES_RANGE)
+                    .and_then(|n| to_usize(n, &MAX_HEADER_BYTES_RANGE))
+            },
+        );
+        r.read(
+            &mut limits,
+            "max_event_bytes",
+            &mut l.max_event_bytes,
+            |v| {
+                size_in(v, &MAX_EVENT_BYTES_RANGE).and_then(|n| to_usize(n, &MAX_EVENT_BYTES_RANGE))
+            },
+        );
+        for (key, field) in [
+            ("header_read_timeout", &mut l.header_read_timeout),
+            ("body_read_timeout", &mut l.body_read_timeout),
+            ("upstream_connect_timeout", &mut l.upstream_connect_timeout),
+            ("first_byte_timeout", &mut l.first_byte_timeout),
+            ("upstream_idle_timeout", &mut l.upstream_idle_timeout),
+            ("max_stream_duration", &mut l.max_stream_duration),
+        ] {
+            r.read(&mut limits, key, field, |v| {
+                let d = reader::duration(v)?;
+                check_positive(d)?;
+                check_at_most_max(d)?;
+                Ok(d)
+            });
+        }
+        r.finish_section(limits);
+
+        let mut shutdown = r.section(&mut root, "shutdown");
+        r.read(
+            &mut shutdown,
+            "drain_timeout",
+            &mut config.shutdown.drain_timeout,
+            |v| {
+                let d = reader::duration(v)?;
+                check_at_most_max(d)?;
+                Ok(d)
+            },
+        );
+        r.finish_section(shutdown);
+
+        let mut log = r.section(&mut root, "log");
+        r.read(
+            &mut log,
+            "format",
+            &mut config.log.format,
+            reader::log_format,
+        );
+        r.read(&mut log, "level", &mut config.log.level, |v| {
+            let level = reader::string(v)?;
+            check_log_level(&level)?;
+            Ok(level)
+        });
+        r.finish_section(log);
+
+        r.finish_section(root);
+        let mut errors = r.finish();
+
+        // The reader already applied the per-field checks; validate() adds
+        // the cross-field rules. A key whose value was rejected kept its
+        // (valid) default, so skip anything reported at a path twice.
+        if let Err(ConfigErrors(more)) = config.validate() {
+            for error in more {
+                if !errors.iter().any(|e| e.path == error.path) {
+                    errors.push(error);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Validates ranges and cross-field rules on the final config; call it
+    /// again after command-line overrides have been applied. Reports every
+    /// problem, with the same paths and messages as [`Config::from_toml_str`].
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut check = |path: &str, result: Result<(), String>| {
+            if let Err(message) = result {
+                errors.push(ConfigError {
+                    path: path.to_owned(),
+                    message,
+                });
+            }
+        };
+
+        if let Some(admin) = self.admin.listen {
+            check("admin.listen", check_listeners_apart(self.listen, admin));
+        }
+        if let Some(name) = &self.upstream.api_key_env {
+            check(API_KEY_ENV_PATH, check_env_name(name));
+        }
+        for name in &self.upstream.forward_headers {
+            check("upstream.forward_headers", check_forward_header(name));
+        }
+
+        let l = &self.limits;
+        check(
+            "limits.max_body_bytes",
+            check_size(l.max_body_bytes, &MAX_BODY_BYTES_RANGE),
+        );
+        check(
+            "limits.max_header_bytes",
+            check_size(usize_to_u64(l.max_header_bytes), &MAX_HEADER_BYTES_RANGE),
+        );
+        check(
+            "limits.max_event_bytes",
+            check_size(usize_to_u64(l.max_event_bytes), &MAX_EVENT_BYTES_RANGE),
+        );
+        for (path, timeout) in [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.body_read_timeout", l.body_read_timeout),
+            (
+                "limits.upstream_connect_timeout",
+                l.upstream_connect_timeout,
+            ),
+            ("limits.first_byte_timeout", l.first_byte_timeout),
+            ("limits.upstream_idle_timeout", l.upstream_idle_timeout),
+            ("limits.max_stream_duration", l.max_stream_duration),
+        ] {
+            check(
+                path,
+                check_positive(timeout)
+                    .and_then(|()| check_at_most_max(timeout))
+                    .and_then(|()| check_whole_millis(timeout)),
+            );
+        }
+        let drain = self.shutdown.drain_timeout;
+        check(
+            "shutdown.drain_timeout",
+            check_at_most_max(drain).and_then(|()| check_whole_millis(drain)),
+        );
+        check("log.level", check_log_level(&self.log.level));
+
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Reads the key named by `upstream.api_key_env` through `lookup`
+    /// (`|name| std::env::var(name).ok()` in production, a closure in tests)
+    /// and stores it in `upstream.api_key`. Without `api_key_env`,
+    /// `api_key` is cleared and nothing is looked up.
+    ///
+    /// Errors (at path `upstream.api_key_env`, never containing the value):
+    /// the variable is unset or empty, or the value cannot be sent in an HTTP
+    /// header (surrounding whitespace, control or non-ASCII characters).
+    pub fn resolve_secrets(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigErrors> {
+        self.upstream.api_key = None;
+        let Some(name) = &self.upstream.api_key_env else {
+            return Ok(());
+        };
+        let fail = |message: String| {
+            ConfigErrors::from(ConfigError {
+                path: API_KEY_ENV_PATH.to_owned(),
+                message,
+            })
+        };
+        check_env_name(name).map_err(fail)?;
+        let value =
+            lookup(name).ok_or_else(|| fail(format!("environment variable {name} is not set")))?;
+        if value.trim().is_empty() {
+            return Err(fail(format!("environment variable {name} is empty")));
+        }
+        if value.trim() != value {
+            return Err(fail(format!(
+                "the value of {name} has leading or trailing whitespace (often a stray newline); \
+                 remove it"
+            )));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(fail(format!(
+                "the value of {name} contains spaces, control or non-ASCII characters, \
+                 which cannot be sent in an Authorization header"
+            )));
+        }
+        self.upstream.api_key = Some(Secret(value));
+        Ok(())
+    }
+
+    /// The effective configuration as TOML: every key present (defaults
+    /// included; an absent optional key appears as a comment), durations as
+    /// human strings. The API key is never printed; when one was resolved, a
+    /// comment `# upstream key: <redacted> (read from $NAME)` says so.
+    ///
+    /// For a valid config, the output parses back with
+    /// [`Config::from_toml_str`] into an equal config, except that
+    /// `upstream.api_key` must be resolved again.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut out = String::new();
+        let mut line = |text: &str| {
+            out.push_str(text);
+            out.push('\n');
+        };
+        let l = &self.limits;
+
+        line("# Effective tidegate configuration. Secrets are never printed.");
+        line(&format!(
+            "listen = {}",
+            toml_string(&self.listen.to_string())
+        ));
+
+        line("");
+        line("[admin]");
+        match self.admin.listen {
+            Some(addr) => line(&format!("listen = {}", toml_string(&addr.to_string()))),
+            None => line("# listen: not set, no admin listener"),
+        }
+
+        line("");
+        line("[upstream]");
+        line(&format!(
+            "base_url = {}",
+            toml_string(self.upstream.base_url.as_str())
+        ));
+        match &self.upstream.api_key_env {
+            Some(name) => line(&format!("api_key_env = {}", toml_string(name))),
+            None => line("# api_key_env: not set, no Authorization header is sent upstream"),
+        }
+        match (&self.upstream.api_key, &self.upstream.api_key_env) {
+            (Some(_), Some(name)) => line(&format!(
+                "# upstream key: <redacted> (read from ${})",
+                name.replace(['\n', '\r'], " ")
+            )),
+            (Some(_), None) => line("# upstream key: <redacted> (not from the environment)"),
+            (None, _) => {}
+        }
+        let forwarded: Vec<String> = self
+            .upstream
+            .forward_headers
+            .iter()
+            .map(|h| toml_string(h))
+            .collect();
+        line(&format!("forward_headers = [{}]", forwarded.join(", ")));
+
+        line("");
+        line("[limits]");
+        line(&format!("max_body_bytes = {}", l.max_body_bytes));
+        line(&format!("max_header_bytes = {}", l.max_header_bytes));
+        line(&format!("max_event_bytes = {}", l.max_event_bytes));
+        for (key, value) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("body_read_timeout", l.body_read_timeout),
+            ("upstream_connect_timeout", l.upstream_connect_timeout),
+            ("first_byte_timeout", l.first_byte_timeout),
+            ("upstream_idle_timeout", l.upstream_idle_timeout),
+            ("max_stream_duration", l.max_stream_duration),
+        ] {
+            line(&format!("{key} = \"{}\"", format_duration(value)));
+        }
+
+        line("");
+        line("[shutdown]");
+        line(&format!(
+            "drain_timeout = \"{}\"",
+            format_duration(self.shutdown.drain_timeout)
+        ));
+
+        line("");
+        line("[log]");
+        line(&format!("format = \"{}\"", self.log.format));
+        line(&format!("level = {}", toml_string(&self.log.level)));
+        out
+    }
+}
+
+// ---- shared checks (used by the reader and by validate) ---------------------
+
+/// A TOML string literal for `s`, escaped by the toml crate.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Turns toml's error into one located `ConfigError`.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error
+        .message()
+        .trim()
+        .lines()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let offset = error.span().map_or(0, |span| span.start.min(text.len()));
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError {
+        path: format!("line {line}, column {column}"),
+        message: format!("invalid TOML: {message}"),
+    }
+}
+
+fn usize_to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// `1048576` → `"1 MiB"`, `8192` → `"8 KiB"`, else the plain number.
+fn human_size(n: u64) -> String {
+    for (unit, name) in [(MIB, "MiB"), (KIB, "KiB")] {
+        let (count, remainder) = (n / unit, n % unit);
+        if count > 0 && remainder == 0 {
+            return format!("{count} {name}");
+        }
+    }
+    n.to_string()
+}
+
+fn range_message(range: &RangeInclusive<u64>, got: impl fmt::Display) -> String {
+    let bound = |n: u64| {
+        let human = human_size(n);
+        if human == n.to_string() {
+            human
+        } else {
+            format!("{n} ({human})")
+        }
+    };
+    format!(
+        "must be between {} and {}, got {got}",
+        bound(*range.start()),
+        bound(*range.end())
+    )
+}
+
+fn check_size(value: u64, range: &RangeInclusive<u64>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(range_message(range, value))
+    }
+}
+
+/// Reader converter: an integer within `range` (negative values get the
+/// same range message).
+fn size_in(value: &toml::Value, range: &RangeInclusive<u64>) -> Result<u64, String> {
+    let n = reader::integer(value)?;
+    let n = u64::try_from(n).map_err(|_| range_message(range, n))?;
+    check_size(n, range)?;
+    Ok(n)
+}
+
+fn to_usize(n: u64, range: &RangeInclusive<u64>) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| range_message(range, n))
+}
+
+fn check_positive(duration: Duration) -> Result<(), String> {
+    if duration.is_zero() {
+        Err("must be greater than 0s".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_at_most_max(duration: Duration) -> Result<(), String> {
+    if duration <= MAX_DURATION {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be at most {} (365 days), got {}",
+            format_duration(MAX_DURATION),
+            format_duration(duration)
+        ))
+    }
+}
+
+/// Durations set programmatically (e.g. by CLI code) could carry
+/// sub-millisecond precision that the file format cannot express.
+fn check_whole_millis(duration: Duration) -> Result<(), String> {
+    if duration::is_whole_millis(duration) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a whole number of milliseconds, got {duration:?}"
+        ))
+    }
+}
+
+/// A portable environment variable name. Deliberately strict, and the
+/// value is never echoed: a common mistake is pasting the key itself here.
+/// Headers a client may never push upstream through `forward_headers`: credentials, hop-by-hop
+/// and framing headers, and those the gateway sets itself.
+const NEVER_FORWARDED: [&str; 14] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "accept-encoding",
+    "x-request-id",
+    "forwarded",
+];
+
+fn forward_header_list(value: &toml::Value) -> Result<Vec<String>, String> {
+    let toml::Value::Array(items) = value else {
+        return Err(format!(
+            "expected an array of header names, got {}",
+            reader::describe(value)
+        ));
+    };
+    let mut names = Vec::with_capacity(items.len());
+    for item in items {
+        let name = reader::string(item)?;
+        check_forward_header(&name)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// A lower-case header name, or a prefix of one followed by `*`, that is not refused.
+fn check_forward_header(pattern: &str) -> Result<(), String> {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    let token = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!(
+            "{pattern:?} is not a lower-case header name (optionally ending in * for a prefix)"
+        ));
+    }
+    let refused = |h: &&&str| {
+        if pattern.ends_with('*') {
+            h.starts_with(name)
+        } else {
+            **h == name
+        }
+    };
+    if let Some(h) = NEVER_FORWARDED.iter().find(refused) {
+        return Err(format!(
+            "{pattern:?} would forward {h:?}, which never goes upstream"
+        ));
+    }
+    if name.starts_with("proxy-") || (pattern.ends_with('*') && "proxy-".starts_with(name)) {
+        return Err(format!(
+            "{pattern:?} would forward proxy-* headers, which never go upstream"
+        ));
+    }
+    Ok(())
+}
+
+fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(
+            "must be the name of an environment variable (letters, digits and _, \
+             not starting with a digit), such as \"OPENAI_API_KEY\"; the key itself \
+             belongs in that variable, not in the file"
+                .to_owned(),
+        )
+    }
+}
+
+fn check_log_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        Err(
+            r#"must not be empty; use a filter such as "info" or "tidegate=debug,hyper=warn""#
+                .to_owned(),
+        )
+    } else {
+        Ok(())
+    }
+}
+
+/// The admin listener must not try to bind the client listener's socket:
+/// same non-zero port, and the same address or a wildcard covering it (an
+/// IPv6 wildcard also covers IPv4 on dual-stack hosts).
+fn check_listeners_apart(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    fn covers(a: IpAddr, b: IpAddr) -> bool {
+        a == b || (a.is_unspecified() && (a.is_ipv6() || b.is_ipv4()))
+    }
+    let same_port = admin.port() != 0 && admin.port() == listen.port();
+    if same_port && (covers(listen.ip(), admin.ip()) || covers(admin.ip(), listen.ip())) {
+        Err(format!(
+            "{admin} overlaps listen ({listen}); the admin listener needs its own port or address"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

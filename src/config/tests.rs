@@ -1,0 +1,778 @@
+//! Tests for loading, validating, resolving and printing [`Config`].
+
+use super::*;
+
+const SECRET: &str = "sk-test-0123456789abcdefSECRET";
+
+const FULL: &str = r#"
+listen = "0.0.0.0:8000"
+
+[admin]
+listen = "127.0.0.1:9100"
+
+[upstream]
+base_url = "http://127.0.0.1:8081/v1/"
+api_key_env = "TIDEGATE_TEST_KEY"
+forward_headers = ["x-stainless-*"]
+
+[limits]
+max_body_bytes = 2097152
+max_header_bytes = 8192
+max_event_bytes = 1024
+header_read_timeout = "5s"
+body_read_timeout = "45s"
+upstream_connect_timeout = "1500ms"
+first_byte_timeout = "2m"
+upstream_idle_timeout = "90s"
+max_stream_duration = "1h"
+
+[shutdown]
+drain_timeout = "0s"
+
+[log]
+format = "json"
+level = "tidegate=debug,hyper=warn"
+"#;
+
+fn errors_of(text: &str) -> Vec<ConfigError> {
+    match Config::from_toml_str(text) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(ConfigErrors(errors)) => errors,
+    }
+}
+
+fn error(path: &str, message: &str) -> ConfigError {
+    ConfigError {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The single error reported for `text`, as `path: message`.
+fn only_error(text: &str) -> String {
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors[0].to_string()
+}
+
+fn lookup_key(name: &str) -> Option<String> {
+    (name == "TIDEGATE_TEST_KEY").then(|| SECRET.to_owned())
+}
+
+#[test]
+fn empty_file_is_the_default_config() {
+    for text in ["", "\n\n", "# only a comment\n", "[admin]\n[limits]\n"] {
+        assert_eq!(
+            Config::from_toml_str(text),
+            Ok(Config::default()),
+            "{text:?}"
+        );
+    }
+    let c = Config::default();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.listen, None);
+    assert_eq!(c.upstream.base_url.as_str(), "https://api.openai.com/v1");
+    assert!(c.upstream.base_url.is_https());
+    assert_eq!(c.upstream.api_key_env, None);
+    assert_eq!(c.upstream.api_key, None);
+    assert_eq!(c.limits.max_body_bytes, 1_048_576);
+    assert_eq!(c.limits.max_header_bytes, 16_384);
+    assert_eq!(c.limits.max_event_bytes, 262_144);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.upstream_connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.first_byte_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.upstream_idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.limits.max_stream_duration, Duration::from_secs(1800));
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn full_file_sets_every_key() {
+    let c = Config::from_toml_str(FULL).unwrap();
+    let expected = Config {
+        listen: "0.0.0.0:8000".parse().unwrap(),
+        admin: AdminConfig {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+        },
+        upstream: UpstreamConfig {
+            base_url: UpstreamUrl::parse("http://127.0.0.1:8081/v1").unwrap(),
+            api_key_env: Some("TIDEGATE_TEST_KEY".to_owned()),
+            api_key: None,
+            forward_headers: vec!["x-stainless-*".to_owned()],
+        },
+        limits: Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_header_bytes: 8192,
+            max_event_bytes: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(45),
+            upstream_connect_timeout: Duration::from_millis(1500),
+            first_byte_timeout: Duration::from_secs(120),
+            upstream_idle_timeout: Duration::from_secs(90),
+            max_stream_duration: Duration::from_secs(3600),
+        },
+        shutdown: ShutdownConfig {
+            drain_timeout: Duration::ZERO,
+        },
+        log: LogConfig {
+            format: LogFormat::Json,
+            level: "tidegate=debug,hyper=warn".to_owned(),
+        },
+    };
+    assert_eq!(c, expected);
+    assert_eq!(c.upstream.base_url.as_str(), "http://127.0.0.1:8081/v1");
+    assert!(!c.upstream.base_url.is_https());
+}
+
+#[test]
+fn inline_tables_and_dotted_keys_work_too() {
+    let c = Config::from_toml_str(
+        "limits = { max_body_bytes = 10 }\nlog.format = \"json\"\nadmin.listen = \"[::1]:9000\"",
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_body_bytes, 10);
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.admin.listen, Some("[::1]:9000".parse().unwrap()));
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_path() {
+    let text = r#"
+listen = 8080
+bogus_top = true
+
+[upstream]
+base_url = "ftp://example.com/v1"
+
+[limits]
+bogus = 1
+max_body_bytes = 0
+max_header_bytes = "16k"
+max_event_bytes = -5
+first_byte_timeout = "sixty"
+upstream_idle_timeout = 120
+max_stream_duration = "0s"
+
+[log]
+format = "xml"
+level = ""
+"#;
+    let errors = errors_of(text);
+    let expected = vec![
+        error(
+            "listen",
+            r#"expected an IP address and port such as "127.0.0.1:8080" or "[::1]:8080", got integer 8080"#,
+        ),
+        error(
+            "upstream.base_url",
+            r#"unsupported scheme "ftp" in "ftp://example.com/v1"; expected http or https"#,
+        ),
+        error(
+            "limits.max_body_bytes",
+            "must be between 1 and 67108864 (64 MiB), got 0",
+        ),
+        error(
+            "limits.max_header_bytes",
+            r#"expected an integer, got "16k""#,
+        ),
+        error(
+            "limits.max_event_bytes",
+            "must be between 1024 (1 KiB) and 16777216 (16 MiB), got -5",
+        ),
+        error(
+            "limits.first_byte_timeout",
+            r#"expected a duration such as "500ms", "15s" or "30m", got "sixty""#,
+        ),
+        error(
+            "limits.upstream_idle_timeout",
+            r#"expected a duration such as "500ms", "15s" or "30m", got integer 120"#,
+        ),
+        error("limits.max_stream_duration", "must be greater than 0s"),
+        error("limits.bogus", "unknown key"),
+        error("log.format", r#"expected "text" or "json", got "xml""#),
+        error(
+            "log.level",
+            r#"must not be empty; use a filter such as "info" or "tidegate=debug,hyper=warn""#,
+        ),
+        error("bogus_top", "unknown key"),
+    ];
+    assert_eq!(errors, expected);
+
+    let shown = ConfigErrors(errors).to_string();
+    assert_eq!(shown.lines().count(), expected.len());
+    assert!(shown.contains(
+        "limits.first_byte_timeout: expected a duration such as \"500ms\", \"15s\" or \"30m\", got \"sixty\"\n"
+    ));
+    assert!(shown.contains("\nlimits.bogus: unknown key\n"));
+    assert!(!shown.ends_with('\n'));
+}
+
+#[test]
+fn unknown_sections_are_reported_once() {
+    assert_eq!(
+        only_error("[bogus]\na = 1\nb = 2\n"),
+        "bogus: unknown section"
+    );
+    assert_eq!(
+        only_error("[limits.nested]\nx = 1\n"),
+        "limits.nested: unknown section"
+    );
+    assert_eq!(
+        only_error("[limit]\nmax_body_bytes = 5\n"),
+        r#"limit: unknown section (did you mean "limits"?)"#
+    );
+}
+
+#[test]
+fn unknown_keys_get_hints() {
+    assert_eq!(
+        only_error("[limits]\nmax_body_byte = 5\n"),
+        r#"limits.max_body_byte: unknown key (did you mean "max_body_bytes"?)"#
+    );
+    // A key written above its section header lands at the top level.
+    assert_eq!(
+        only_error("drain_timeout = \"5s\"\n"),
+        r#"drain_timeout: unknown key (did you mean "shutdown.drain_timeout"?)"#
+    );
+    assert_eq!(
+        only_error("[limits]\nlevel = \"debug\"\n"),
+        r#"limits.level: unknown key (did you mean "log.level"?)"#
+    );
+    assert_eq!(
+        only_error("[limits]\n\"a b\" = 1\n"),
+        r#"limits."a b": unknown key"#
+    );
+    let api_key = only_error(&format!("[upstream]\napi_key = \"{SECRET}\"\n"));
+    assert!(
+        api_key.starts_with("upstream.api_key: unknown key (the key is never read from the file")
+    );
+    assert!(!api_key.contains(SECRET));
+}
+
+#[test]
+fn a_section_that_is_not_a_table_is_an_error_at_its_path() {
+    assert_eq!(
+        only_error("limits = 5\n"),
+        "limits: expected a table (a [limits] section), got integer 5"
+    );
+    let errors = errors_of("admin = \"x\"\nlog = [1]\n[upstream]\nnope = 1\n");
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["admin", "upstream.nope", "log"]);
+    assert_eq!(
+        errors[2].message,
+        "expected a table (a [log] section), got an array"
+    );
+}
+
+#[test]
+fn syntax_errors_are_one_located_error() {
+    let text = "listen = \"127.0.0.1:8080\"\n[limits]\nmax_body_bytes = = 5\n";
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let toml_error = toml::from_str::<toml::Table>(text).unwrap_err().to_string();
+    let location = &errors[0].path;
+    assert!(
+        toml_error.contains(&format!("at {location}")),
+        "{location} vs {toml_error}"
+    );
+    assert!(location.starts_with("line 3, column "), "{location}");
+    assert!(errors[0].message.starts_with("invalid TOML: "));
+    assert!(!errors[0].to_string().contains('\n'), "{}", errors[0]);
+
+    for broken in [
+        "[limits\n",
+        "listen = \"unterminated\n",
+        "a = 1\na = 2\n",
+        "é = \n",
+    ] {
+        let errors = errors_of(broken);
+        assert_eq!(errors.len(), 1, "{broken:?}: {errors:#?}");
+        assert!(
+            errors[0].path.starts_with("line "),
+            "{broken:?}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_value_types_name_what_was_given() {
+    let cases = [
+        (
+            "[upstream]\nbase_url = 5",
+            r#"upstream.base_url: expected a string, got integer 5"#,
+        ),
+        (
+            "[upstream]\napi_key_env = true",
+            "upstream.api_key_env: expected a string, got boolean true",
+        ),
+        (
+            "[limits]\nmax_body_bytes = 1.5",
+            "limits.max_body_bytes: expected an integer, got float 1.5",
+        ),
+        (
+            "[limits]\nmax_body_bytes = \"1048576\"",
+            r#"limits.max_body_bytes: expected an integer, got "1048576""#,
+        ),
+        (
+            "[shutdown]\ndrain_timeout = [1]",
+            r#"shutdown.drain_timeout: expected a duration such as "500ms", "15s" or "30m", got an array"#,
+        ),
+        (
+            "[log]\nformat = { a = 1 }",
+            "log.format: expected a string, got a table",
+        ),
+        (
+            "[admin]\nlisten = \"localhost\"",
+            r#"admin.listen: expected an IP address and port such as "127.0.0.1:8080" or "[::1]:8080", got "localhost" (the port is required)"#,
+        ),
+        (
+            "listen = \"localhost:8080\"",
+            r#"listen: expected an IP address and port such as "127.0.0.1:8080" or "[::1]:8080", got "localhost:8080" (host names are not resolved; use an IP address)"#,
+        ),
+        (
+            "[log]\nlevel = 1979-05-27",
+            "log.level: expected a string, got datetime 1979-05-27",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(only_error(text), expected, "{text}");
+    }
+}
+
+#[test]
+fn size_limits_enforce_their_ranges() {
+    let accepted = [
+        ("max_body_bytes", 1),
+        ("max_body_bytes", 64 * 1024 * 1024),
+        ("max_header_bytes", 8192),
+        ("max_header_bytes", 1024 * 1024),
+        ("max_event_bytes", 1024),
+        ("max_event_bytes", 16 * 1024 * 1024),
+    ];
+    for (key, value) in accepted {
+        let text = format!("[limits]\n{key} = {value}\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    let rejected = [
+        (
+            "max_body_bytes",
+            0,
+            "must be between 1 and 67108864 (64 MiB), got 0",
+        ),
+        (
+            "max_body_bytes",
+            64 * 1024 * 1024 + 1,
+            "must be between 1 and 67108864 (64 MiB), got 67108865",
+        ),
+        (
+            "max_body_bytes",
+            -1,
+            "must be between 1 and 67108864 (64 MiB), got -1",
+        ),
+        (
+            "max_header_bytes",
+            8191,
+            "must be between 8192 (8 KiB) and 1048576 (1 MiB), got 8191",
+        ),
+        (
+            "max_header_bytes",
+            1024 * 1024 + 1,
+            "must be between 8192 (8 KiB) and 1048576 (1 MiB), got 1048577",
+        ),
+        (
+            "max_event_bytes",
+            1023,
+            "must be between 1024 (1 KiB) and 16777216 (16 MiB), got 1023",
+        ),
+        (
+            "max_event_bytes",
+            i64::MAX,
+            "must be between 1024 (1 KiB) and 16777216 (16 MiB), got 9223372036854775807",
+        ),
+        (
+            "max_event_bytes",
+            i64::MIN,
+            "must be between 1024 (1 KiB) and 16777216 (16 MiB), got -9223372036854775808",
+        ),
+    ];
+    for (key, value, message) in rejected {
+        let text = format!("[limits]\n{key} = {value}\n");
+        assert_eq!(only_error(&text), format!("limits.{key}: {message}"));
+    }
+}
+
+#[test]
+fn zero_durations_are_rejected_except_drain() {
+    for key in [
+        "header_read_timeout",
+        "body_read_timeout",
+        "upstream_connect_timeout",
+        "first_byte_timeout",
+        "upstream_idle_timeout",
+        "max_stream_duration",
+    ] {
+        let text = format!("[limits]\n{key} = \"0ms\"\n");
+        assert_eq!(
+            only_error(&text),
+            format!("limits.{key}: must be greater than 0s")
+        );
+        let text = format!("[limits]\n{key} = \"1ms\"\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    let c = Config::from_toml_str("[shutdown]\ndrain_timeout = \"0s\"").unwrap();
+    assert_eq!(c.shutdown.drain_timeout, Duration::ZERO);
+}
+
+#[test]
+fn durations_are_capped_so_deadlines_cannot_overflow() {
+    for text in [
+        "[limits]\nmax_stream_duration = \"8761h\"",
+        "[limits]\nupstream_idle_timeout = \"5124095576030431h\"",
+        "[shutdown]\ndrain_timeout = \"31536000001ms\"",
+    ] {
+        let shown = only_error(text);
+        assert!(
+            shown.contains(": must be at most 8760h (365 days), got "),
+            "{shown}"
+        );
+    }
+    let c = Config::from_toml_str("[limits]\nmax_stream_duration = \"8760h\"").unwrap();
+    assert_eq!(c.limits.max_stream_duration, MAX_DURATION);
+
+    let mut c = Config::default();
+    c.limits.first_byte_timeout = Duration::MAX;
+    c.shutdown.drain_timeout = MAX_DURATION + Duration::from_millis(1);
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["limits.first_byte_timeout", "shutdown.drain_timeout"]
+    );
+}
+
+#[test]
+fn duration_rejects_reach_the_file_with_their_path() {
+    assert_eq!(
+        only_error("[limits]\nfirst_byte_timeout = \"10\""),
+        r#"limits.first_byte_timeout: expected a duration such as "500ms", "15s" or "30m", got "10" (add a unit: ms, s, m or h)"#
+    );
+    assert_eq!(
+        only_error("[shutdown]\ndrain_timeout = \"99999999999999999999999h\""),
+        r#"shutdown.drain_timeout: duration "99999999999999999999999h" is too large"#
+    );
+}
+
+#[test]
+fn upstream_url_errors_carry_the_path() {
+    let cases = [
+        ("http://", "has no host"),
+        ("https://h/v1?x=1", "must not have a query"),
+        ("https://h/v1#top", "must not have a fragment"),
+        ("garbage", "absolute URL"),
+    ];
+    for (url, needle) in cases {
+        let shown = only_error(&format!("[upstream]\nbase_url = \"{url}\""));
+        assert!(shown.starts_with("upstream.base_url: "), "{shown}");
+        assert!(shown.contains(needle), "{shown}");
+    }
+}
+
+#[test]
+fn api_key_env_must_be_a_variable_name_and_is_never_echoed() {
+    for bad in [SECRET, "", "1ABC", "MY-KEY", "A=B", "KEY "] {
+        let shown = only_error(&format!("[upstream]\napi_key_env = \"{bad}\""));
+        assert!(
+            shown.starts_with("upstream.api_key_env: must be the name of an environment variable"),
+            "{shown}"
+        );
+        if !bad.is_empty() {
+            assert!(!shown.contains(bad), "{shown}");
+        }
+    }
+    for good in ["OPENAI_API_KEY", "_K", "key2"] {
+        let text = format!("[upstream]\napi_key_env = \"{good}\"");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn admin_listener_must_not_overlap_the_client_listener() {
+    let overlapping = [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+        ("[::1]:8080", "[::]:8080"),
+    ];
+    for (listen, admin) in overlapping {
+        let text = format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n");
+        let shown = only_error(&text);
+        assert!(
+            shown.starts_with(&format!("admin.listen: {admin} overlaps listen ({listen})")),
+            "{shown}"
+        );
+    }
+    let apart = [
+        ("127.0.0.1:8080", "127.0.0.1:9090"),
+        ("10.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "[::1]:8080"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ];
+    for (listen, admin) in apart {
+        let text = format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn validate_checks_overrides_applied_after_loading() {
+    let mut c = Config::from_toml_str(FULL).unwrap();
+    assert_eq!(c.validate(), Ok(()));
+
+    c.limits.max_header_bytes = 4096;
+    c.limits.first_byte_timeout = Duration::ZERO;
+    c.limits.upstream_idle_timeout = Duration::from_micros(1500);
+    c.shutdown.drain_timeout = Duration::from_nanos(1);
+    c.log.level = "  ".to_owned();
+    c.admin.listen = Some(c.listen);
+    c.upstream.api_key_env = Some("not a name".to_owned());
+
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "admin.listen",
+            "upstream.api_key_env",
+            "limits.max_header_bytes",
+            "limits.first_byte_timeout",
+            "limits.upstream_idle_timeout",
+            "shutdown.drain_timeout",
+            "log.level",
+        ]
+    );
+    assert_eq!(
+        errors[4].message,
+        "must be a whole number of milliseconds, got 1.5ms"
+    );
+}
+
+#[test]
+fn resolve_secrets_reads_the_named_variable() {
+    let mut c = Config::from_toml_str(FULL).unwrap();
+    c.resolve_secrets(lookup_key).unwrap();
+    assert_eq!(
+        c.upstream.api_key.as_ref().map(Secret::expose),
+        Some(SECRET)
+    );
+
+    // Without api_key_env nothing is looked up and any old key is cleared.
+    let mut c = Config::default();
+    c.upstream.api_key = Some(Secret::new("stale"));
+    c.resolve_secrets(|name| panic!("looked up {name}"))
+        .unwrap();
+    assert_eq!(c.upstream.api_key, None);
+}
+
+#[test]
+fn resolve_secrets_reports_missing_or_unusable_values() {
+    let cases: [(Option<&str>, &str); 6] = [
+        (None, "environment variable TIDEGATE_TEST_KEY is not set"),
+        (Some(""), "environment variable TIDEGATE_TEST_KEY is empty"),
+        (
+            Some(" \n"),
+            "environment variable TIDEGATE_TEST_KEY is empty",
+        ),
+        (Some("sk-abc\n"), "leading or trailing whitespace"),
+        (Some("sk-a bc"), "cannot be sent in an Authorization header"),
+        (
+            Some("sk-\u{e9}"),
+            "cannot be sent in an Authorization header",
+        ),
+    ];
+    for (value, needle) in cases {
+        let mut c = Config::from_toml_str(FULL).unwrap();
+        c.upstream.api_key = Some(Secret::new("stale"));
+        let ConfigErrors(errors) = c.resolve_secrets(|_| value.map(str::to_owned)).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "upstream.api_key_env");
+        assert!(
+            errors[0].message.contains(needle),
+            "{:?}: {}",
+            value,
+            errors[0]
+        );
+        if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
+            assert!(!errors[0].message.contains(v.trim()), "{}", errors[0]);
+        }
+        assert_eq!(c.upstream.api_key, None);
+    }
+}
+
+#[test]
+fn debug_output_never_contains_the_secret() {
+    let mut c = Config::from_toml_str(FULL).unwrap();
+    c.resolve_secrets(lookup_key).unwrap();
+    for shown in [format!("{c:?}"), format!("{c:#?}")] {
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+    let secret = Secret::new(SECRET);
+    assert_eq!(format!("{secret:?}"), "<redacted>");
+    assert_eq!(format!("{secret}"), "<redacted>");
+    assert_eq!(secret.expose(), SECRET);
+}
+
+#[test]
+fn redacted_toml_hides_the_key_and_round_trips() {
+    let mut c = Config::from_toml_str(FULL).unwrap();
+    c.resolve_secrets(lookup_key).unwrap();
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains(SECRET), "{printed}");
+    assert!(
+        printed.contains("\n# upstream key: <redacted> (read from $TIDEGATE_TEST_KEY)\n"),
+        "{printed}"
+    );
+    for line in [
+        "listen = \"0.0.0.0:8000\"",
+        "base_url = \"http://127.0.0.1:8081/v1\"",
+        "upstream_connect_timeout = \"1500ms\"",
+        "first_byte_timeout = \"2m\"",
+        "max_stream_duration = \"1h\"",
+        "drain_timeout = \"0s\"",
+        "format = \"json\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "{line} missing:\n{printed}"
+        );
+    }
+
+    let mut reparsed = Config::from_toml_str(&printed).unwrap();
+    assert_eq!(
+        reparsed.upstream.api_key, None,
+        "the key is not in the TOML"
+    );
+    reparsed.resolve_secrets(lookup_key).unwrap();
+    assert_eq!(reparsed, c);
+}
+
+#[test]
+fn default_config_prints_every_key_and_round_trips() {
+    let c = Config::default();
+    let printed = c.to_redacted_toml();
+    for key in [
+        "listen",
+        "base_url",
+        "max_body_bytes",
+        "max_header_bytes",
+        "max_event_bytes",
+        "header_read_timeout",
+        "body_read_timeout",
+        "upstream_connect_timeout",
+        "first_byte_timeout",
+        "upstream_idle_timeout",
+        "max_stream_duration",
+        "drain_timeout",
+        "format",
+        "level",
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(&format!("{key} = "))),
+            "{key} missing:\n{printed}"
+        );
+    }
+    assert!(
+        printed.contains("max_stream_duration = \"30m\""),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("upstream_idle_timeout = \"2m\""),
+        "{printed}"
+    );
+    assert!(printed.contains("# listen: not set"), "{printed}");
+    assert!(printed.contains("# api_key_env: not set"), "{printed}");
+    assert!(!printed.contains("upstream key"), "{printed}");
+    assert_eq!(Config::from_toml_str(&printed), Ok(c));
+}
+
+#[test]
+fn printing_escapes_strings() {
+    let mut c = Config::default();
+    c.log.level = "tidegate=\"debug\"\\x,\u{1F30A}".to_owned();
+    c.admin.listen = Some("[::1]:9090".parse().unwrap());
+    c.upstream.api_key = Some(Secret::new(SECRET));
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains(SECRET));
+    assert!(printed.contains("# upstream key: <redacted> (not from the environment)"));
+    let mut reparsed = Config::from_toml_str(&printed).unwrap();
+    reparsed.upstream.api_key = c.upstream.api_key.clone();
+    assert_eq!(reparsed, c);
+}
+
+#[test]
+fn log_format_parses_and_prints() {
+    assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+    assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+    assert_eq!(
+        "JSON".parse::<LogFormat>(),
+        Err(r#"expected "text" or "json", got "JSON""#.to_owned())
+    );
+    assert_eq!(LogFormat::Json.to_string(), "json");
+    assert_eq!(LogFormat::Text.to_string(), "text");
+    assert_eq!(LogFormat::default(), LogFormat::Text);
+}
+
+#[test]
+fn config_errors_display_one_per_line() {
+    let errors = ConfigErrors(vec![
+        error("limits.bogus", "unknown key"),
+        error("log.level", "must not be empty"),
+    ]);
+    assert_eq!(
+        errors.to_string(),
+        "limits.bogus: unknown key\nlog.level: must not be empty"
+    );
+    let boxed: Box<dyn std::error::Error> = Box::new(errors);
+    assert!(boxed.to_string().contains("log.level"));
+}
+
+#[test]
+fn forward_headers_accepts_names_and_prefixes_and_refuses_credentials() {
+    let ok = Config::from_toml_str(
+        "[upstream]\nforward_headers = [\"x-stainless-*\", \"openai-organization\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.upstream.forward_headers,
+        vec!["x-stainless-*".to_owned(), "openai-organization".to_owned()]
+    );
+    let printed = ok.to_redacted_toml();
+    assert!(printed.contains("forward_headers = [\"x-stainless-*\", \"openai-organization\"]"));
+    assert_eq!(Config::from_toml_str(&printed).unwrap(), ok);
+
+    for bad in [
+        "authorization",
+        "Cookie",
+        "x-*-y",
+        "",
+        "*",
+        "a*",
+        "proxy-*",
+        "x-request-id",
+        "transfer-*",
+    ] {
+        let text = format!("[upstream]\nforward_headers = [\"{bad}\"]\n");
+        let err = Config::from_toml_str(&text).unwrap_err();
+        assert!(
+            err.0.iter().any(|e| e.path == "upstream.forward_headers"),
+            "{bad:?} refused: {err}"
+        );
+    }
+    let err = Config::from_toml_str("[upstream]\nforward_headers = \"x-a\"\n").unwrap_err();
+    assert!(err.to_string().contains("expected an array"));
+}

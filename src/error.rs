@@ -1,0 +1,313 @@
+//! Every error a client can see, and the one table that maps each to an HTTP status and an
+//! OpenAI-shaped body: `{"error":{"message","type","param","code"}}`.
+//!
+//! Before a response has started, an error is a JSON response with its status. Once an SSE
+//! stream has started, the same error becomes one final `data: {"error":{...}}` event: that is the
+//! form the OpenAI SDKs raise on mid-stream, so a client sees the failure instead of a silent end.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Serialize;
+
+/// An error that ends a request or a stream. `code` strings are part of our API: never rename one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("You must provide the '{0}' parameter.")]
+    MissingParameter(&'static str),
+    #[error("Invalid type for '{param}': expected {expected}.")]
+    InvalidParameter {
+        param: &'static str,
+        expected: &'static str,
+    },
+    #[error("Content-Type must be application/json.")]
+    UnsupportedMediaType,
+    #[error("The request body is larger than the limit of {limit} bytes.")]
+    BodyTooLarge { limit: u64 },
+    #[error("The request body did not arrive within {0:?}.")]
+    BodyReadTimeout(std::time::Duration),
+    #[error("The request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("Invalid URL ({method} {path})")]
+    NotFound { method: String, path: String },
+    #[error("Method {method} is not allowed for {path}; use {allowed}.")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("The gateway is shutting down.")]
+    NotReady,
+    #[error("The upstream could not be reached: {0}")]
+    UpstreamUnreachable(String),
+    #[error("The upstream failed before responding: {0}")]
+    UpstreamFailed(String),
+    #[error("The upstream did not respond within {0:?}.")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("The upstream sent nothing for {0:?}.")]
+    UpstreamIdleTimeout(std::time::Duration),
+    #[error("The upstream connection failed mid-response: {0}")]
+    UpstreamReset(String),
+    #[error("The upstream sent an event larger than {limit} bytes.")]
+    UpstreamEventTooLarge { limit: usize },
+    #[error("The upstream sent an event that is not valid JSON.")]
+    UpstreamMalformedEvent,
+    #[error("The upstream stream ended without [DONE].")]
+    UpstreamIncomplete,
+    #[error("The stream exceeded the maximum duration of {0:?}.")]
+    StreamDurationExceeded(std::time::Duration),
+}
+
+/// What the table says about one error: status, OpenAI `type`, stable `code`, `param`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub param: Option<&'static str>,
+}
+
+const INVALID_REQUEST: &str = "invalid_request_error";
+const SERVER_ERROR: &str = "server_error";
+
+impl GatewayError {
+    /// The one table of statuses, types and codes.
+    pub fn class(&self) -> ErrorClass {
+        use GatewayError::*;
+        let (status, kind, code, param) = match self {
+            InvalidJson(_) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_json",
+                None,
+            ),
+            MissingParameter(p) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "missing_required_parameter",
+                Some(*p),
+            ),
+            InvalidParameter { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_type",
+                Some(*param),
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                INVALID_REQUEST,
+                "unsupported_media_type",
+                None,
+            ),
+            BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID_REQUEST,
+                "request_too_large",
+                None,
+            ),
+            BodyReadTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID_REQUEST,
+                "request_body_timeout",
+                None,
+            ),
+            BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "request_body_unreadable",
+                None,
+            ),
+            NotFound { .. } => (StatusCode::NOT_FOUND, INVALID_REQUEST, "unknown_url", None),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID_REQUEST,
+                "method_not_allowed",
+                None,
+            ),
+            NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "server_shutdown",
+                None,
+            ),
+            UpstreamUnreachable(_) => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_unreachable",
+                None,
+            ),
+            UpstreamFailed(_) => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_failed",
+                None,
+            ),
+            UpstreamTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                SERVER_ERROR,
+                "upstream_timeout",
+                None,
+            ),
+            UpstreamIdleTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                SERVER_ERROR,
+                "upstream_idle_timeout",
+                None,
+            ),
+            UpstreamReset(_) => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_reset",
+                None,
+            ),
+            UpstreamEventTooLarge { .. } => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_event_too_large",
+                None,
+            ),
+            UpstreamMalformedEvent => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_malformed_event",
+                None,
+            ),
+            UpstreamIncomplete => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_incomplete_stream",
+                None,
+            ),
+            StreamDurationExceeded(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                SERVER_ERROR,
+                "stream_duration_exceeded",
+                None,
+            ),
+        };
+        ErrorClass {
+            status,
+            kind,
+            code,
+            param,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.class().status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.class().code
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn to_json(&self) -> Bytes {
+        let class = self.class();
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: class.kind,
+                param: class.param,
+                code: class.code,
+            },
+        };
+        // Serializing plain strings into a Vec cannot fail; the fallback keeps the type total.
+        serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal"}}"#))
+    }
+
+    /// The same body as one final SSE event, for errors after a stream has started.
+    pub fn to_sse_event(&self) -> Bytes {
+        let json = self.to_json();
+        let mut event = Vec::with_capacity(json.len() + 8);
+        event.extend_from_slice(b"data: ");
+        event.extend_from_slice(&json);
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_body_has_the_openai_shape() {
+        let err = GatewayError::MissingParameter("model");
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "missing_required_parameter");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("model"));
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line_and_a_blank_line() {
+        let ev = GatewayError::UpstreamIncomplete.to_sse_event();
+        let text = std::str::from_utf8(&ev).unwrap();
+        assert!(text.starts_with("data: {\"error\":"));
+        assert!(text.ends_with("}\n\n"));
+        assert_eq!(text.matches('\n').count(), 2);
+        let json: serde_json::Value = serde_json::from_str(&text[6..text.len() - 2]).unwrap();
+        assert_eq!(json["error"]["code"], "upstream_incomplete_stream");
+        assert_eq!(json["error"]["param"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        use std::time::Duration;
+        let all = [
+            GatewayError::InvalidJson(String::new()),
+            GatewayError::MissingParameter("model"),
+            GatewayError::InvalidParameter {
+                param: "stream",
+                expected: "a boolean",
+            },
+            GatewayError::UnsupportedMediaType,
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::BodyReadTimeout(Duration::ZERO),
+            GatewayError::BodyRead(String::new()),
+            GatewayError::NotFound {
+                method: "GET".into(),
+                path: "/".into(),
+            },
+            GatewayError::MethodNotAllowed {
+                method: "GET".into(),
+                path: "/".into(),
+                allowed: "POST",
+            },
+            GatewayError::NotReady,
+            GatewayError::UpstreamUnreachable(String::new()),
+            GatewayError::UpstreamFailed(String::new()),
+            GatewayError::UpstreamTimeout(Duration::ZERO),
+            GatewayError::UpstreamIdleTimeout(Duration::ZERO),
+            GatewayError::UpstreamReset(String::new()),
+            GatewayError::UpstreamEventTooLarge { limit: 1 },
+            GatewayError::UpstreamMalformedEvent,
+            GatewayError::UpstreamIncomplete,
+            GatewayError::StreamDurationExceeded(Duration::ZERO),
+        ];
+        let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+}

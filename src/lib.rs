@@ -1,0 +1,22 @@
+//! tidegate: a gateway between many clients and OpenAI-compatible LLM backends that relays
+//! streaming chat completions as Server-Sent Events.
+//!
+//! Data flow: [`server`] accepts connections (HTTP/1.1, HTTP/2), [`router`] maps each request to
+//! a handler, [`relay`] forwards it upstream and relays the answer, [`sse`] finds event
+//! boundaries in the upstream bytes, and [`error`] turns every failure into an OpenAI-shaped
+//! error. [`gateway::run`] is the seam that the binary, the demo and the tests call.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod logging;
+pub mod mock;
+pub mod relay;
+pub mod request_id;
+pub mod router;
+pub mod server;
+pub mod sse;
+pub mod sys;
+
+pub use gateway::{run, Listeners};

@@ -1,0 +1,1453 @@
+//! Tests over real sockets on 127.0.0.1:0. Nothing sleeps to synchronize:
+//! waits are on counters ([`MockStats::wait_until`]) or on the socket, each
+//! bounded by a deadline.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::sse::WORDS;
+use super::*;
+
+/// Upper bound for anything that should happen "promptly".
+const DEADLINE: Duration = Duration::from_secs(5);
+/// What the gateway's tests need: cancellation noticed within a second.
+const CANCEL_BOUND: Duration = Duration::from_secs(1);
+
+struct Server {
+    addr: SocketAddr,
+    upstream: MockUpstream,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    fn stats(&self) -> Arc<MockStats> {
+        self.upstream.stats()
+    }
+
+    async fn wait(&self, what: &str, cond: impl FnMut(&StatsSnapshot) -> bool) -> StatsSnapshot {
+        match self.stats().wait_until(DEADLINE, cond).await {
+            Ok(s) => s,
+            Err(s) => panic!("timed out waiting for {what}; stats: {s:?}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(settings: MockSettings) -> Server {
+    let (addr, upstream, shutdown, task) = spawn(settings, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    Server {
+        addr,
+        upstream,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// Quick defaults: 5 chunks, 1 ms apart.
+fn fast() -> MockSettings {
+    MockSettings {
+        chunks: 5,
+        chunk_delay: Duration::from_millis(1),
+        ..MockSettings::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A raw HTTP/1.1 client, so tests see exactly what went on the wire,
+// including chunk boundaries (one chunk per body frame).
+
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Chunked bodies: each chunk. Otherwise empty.
+    chunks: Vec<Vec<u8>>,
+    /// The body (chunks concatenated, or the content-length body).
+    body: Vec<u8>,
+    /// Chunked body ended with the terminating zero-size chunk.
+    complete: bool,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.chunks
+            .iter()
+            .map(|c| String::from_utf8(c.clone()).unwrap())
+            .collect()
+    }
+}
+
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    req.into_bytes()
+}
+
+/// Connects and sends a request; the caller reads (or drops) the socket.
+async fn send_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&request_bytes(method, path, headers, body))
+        .await
+        .unwrap();
+    stream
+}
+
+/// Sends a request and reads until the server closes the connection (or
+/// resets it, as fail-midstream does).
+async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Raw {
+    let mut stream = send_raw(addr, method, path, headers, body).await;
+    let mut buf = Vec::new();
+    let read_all = async {
+        let mut tmp = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut tmp).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("response did not end");
+    parse_raw(&buf)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_raw(buf: &[u8]) -> Raw {
+    let head_end = find(buf, b"\r\n\r\n").expect("no response head");
+    let head = std::str::from_utf8(&buf[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let mut rest = &buf[head_end + 4..];
+    let mut raw = Raw {
+        status,
+        headers,
+        chunks: Vec::new(),
+        body: Vec::new(),
+        complete: false,
+    };
+    if raw.header("transfer-encoding") == Some("chunked") {
+        while let Some(line_end) = find(rest, b"\r\n") {
+            let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                raw.complete = true;
+                break;
+            }
+            let data = &rest[line_end + 2..];
+            if data.len() < size + 2 {
+                break; // truncated
+            }
+            raw.chunks.push(data[..size].to_vec());
+            raw.body.extend_from_slice(&data[..size]);
+            rest = &data[size + 2..];
+        }
+    } else {
+        raw.body = rest.to_vec();
+        raw.complete = true;
+    }
+    raw
+}
+
+// ---------------------------------------------------------------------------
+// hyper clients, for timing and HTTP/2.
+
+async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    h2_client_with_socket(addr).await.0
+}
+
+/// Also returns a handle on the same socket: shutting it down closes the
+/// TCP connection under hyper's feet, like a crashed or killed client.
+async fn h2_client_with_socket(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    std::net::TcpStream,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    // Without this, Nagle holds a small RST_STREAM until the previous write
+    // is acknowledged (~40 ms with delayed ACKs). Gateways should set it too.
+    stream.set_nodelay(true).unwrap();
+    let stream = stream.into_std().unwrap();
+    let socket = stream.try_clone().unwrap();
+    let stream = TcpStream::from_std(stream).unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, socket)
+}
+
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut builder =
+        Request::post(format!("http://{addr}{path}")).header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+/// Reads SSE events from a body, timestamping each complete event relative
+/// to `t0`, until the body ends.
+async fn timed_events(body: &mut Incoming, t0: Instant) -> Vec<(Duration, String)> {
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.unwrap().into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = find(&pending, b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                events.push((t0.elapsed(), String::from_utf8(event).unwrap()));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("stream did not end");
+    events
+}
+
+fn data_json(event: &str) -> Value {
+    let payload = event
+        .strip_prefix("data: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
+    serde_json::from_str(payload).unwrap()
+}
+
+fn assert_v1_headers(r: &Raw) {
+    assert!(r.header("x-request-id").unwrap().starts_with("req_mock_"));
+    assert_eq!(r.header("openai-version"), Some("2020-10-01"));
+    r.header("openai-processing-ms")
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("10000"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("9999"));
+    assert_eq!(r.header("openai-organization"), Some("tidegate-mock"));
+}
+
+/// The exact events of a normal chat stream with `n` content chunks.
+fn expected_chat_events(
+    id: u64,
+    created: u64,
+    model: &str,
+    n: u32,
+    usage: Option<u64>,
+) -> Vec<String> {
+    let head = format!(
+        "data: {{\"id\":\"chatcmpl-mock{id}\",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":\"{model}\",\"system_fingerprint\":\"fp_tidegate_mock\",\"choices\":["
+    );
+    let tail = if usage.is_some() {
+        "],\"usage\":null}\n\n"
+    } else {
+        "]}\n\n"
+    };
+    let mut events = vec![format!(
+        "{head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}{tail}"
+    )];
+    for i in 0..n as usize {
+        let word = serde_json::to_string(WORDS[i % WORDS.len()]).unwrap();
+        events.push(format!(
+            "{head}{{\"index\":0,\"delta\":{{\"content\":{word}}},\"logprobs\":null,\"finish_reason\":null}}{tail}"
+        ));
+    }
+    events.push(format!(
+        "{head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}{tail}"
+    ));
+    if let Some(prompt) = usage {
+        events.push(format!(
+            "{head}],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+            prompt + u64::from(n)
+        ));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+// ---------------------------------------------------------------------------
+// Streams
+
+#[tokio::test]
+async fn chat_stream_exact_events_with_usage() {
+    let server = start(fast()).await;
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = raw(server.addr, "POST", "/v1/chat/completions", &[], body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("x-request-id"), Some("req_mock_1"));
+    assert_v1_headers(&r);
+    assert!(r.complete, "stream must end cleanly");
+
+    let events = r.events();
+    let created = data_json(&events[0])["created"].as_u64().unwrap();
+    let prompt = (body.len() as u64).div_ceil(4);
+    assert_eq!(
+        events,
+        expected_chat_events(1, created, "gpt-4o-mini", 5, Some(prompt))
+    );
+    // Every content chunk parses, and the deltas add up to expected_content.
+    let content: String = events[1..6]
+        .iter()
+        .map(|e| {
+            data_json(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(content, expected_content(5));
+    assert_eq!(content, "Hello from the tidegate mock ");
+
+    let s = server
+        .wait("stream completion", |s| s.streams_active == 0)
+        .await;
+    assert_eq!(s.streams_started, 1);
+    assert_eq!(s.streams_completed, 1);
+    assert_eq!(s.streams_cancelled, 0);
+    assert_eq!(s.requests_started, 0);
+}
+
+#[tokio::test]
+async fn chat_stream_without_usage_and_escaped_words() {
+    let server = start(fast()).await;
+    // 22 chunks covers the quoted word and the emoji; the model name needs escaping.
+    let body = r#"{"model":"we\"ird\\model","stream":true}"#;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "22"), ("x-mock-chunk-delay-ms", "0")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let events = r.events();
+    let created = data_json(&events[0])["created"].as_u64().unwrap();
+    assert_eq!(
+        events,
+        expected_chat_events(1, created, "we\\\"ird\\\\model", 22, None)
+    );
+    for event in &events[..events.len() - 1] {
+        let v = data_json(event);
+        assert_eq!(v["model"], "we\"ird\\model");
+        assert!(v.get("usage").is_none());
+    }
+    let content: String = events[1..23]
+        .iter()
+        .map(|e| {
+            data_json(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(content, expected_content(22));
+    assert!(content.contains("\"tide\""));
+    assert!(content.ends_with("\u{1f30a} "));
+}
+
+#[tokio::test]
+async fn legacy_completions_stream_shape() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        &[("x-mock-chunks", "3")],
+        r#"{"model":"mock-1","prompt":"Say hi","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 1 + 3 + 1 + 1);
+    let first = data_json(&events[0]);
+    let created = first["created"].as_u64().unwrap();
+    let head = format!(
+        "data: {{\"id\":\"cmpl-mock1\",\"object\":\"text_completion\",\"created\":{created},\"model\":\"mock-1\",\"system_fingerprint\":\"fp_tidegate_mock\",\"choices\":["
+    );
+    assert_eq!(
+        events[0],
+        format!(
+            "{head}{{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        )
+    );
+    assert_eq!(
+        events[1],
+        format!("{head}{{\"text\":\"Hello \",\"index\":0,\"logprobs\":null,\"finish_reason\":null}}]}}\n\n")
+    );
+    assert_eq!(
+        events[4],
+        format!("{head}{{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n")
+    );
+    assert_eq!(events[5], "data: [DONE]\n\n");
+    let text: String = events[1..4]
+        .iter()
+        .map(|e| {
+            data_json(e)["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(text, expected_content(3));
+}
+
+#[tokio::test]
+async fn header_overrides_pace_the_stream() {
+    let server = start(fast()).await;
+    let mut client = h1_client(server.addr).await;
+    let t0 = Instant::now();
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[
+                ("x-mock-chunks", "3"),
+                ("x-mock-headers-delay-ms", "150"),
+                ("x-mock-first-delay-ms", "100"),
+                ("x-mock-chunk-delay-ms", "50"),
+            ],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let headers_at = t0.elapsed();
+    assert_eq!(response.status(), StatusCode::OK);
+    let processing: u64 = response.headers()["openai-processing-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(processing >= 150, "processing-ms {processing}");
+    let mut body = response.into_body();
+    let events = timed_events(&mut body, t0).await;
+
+    assert!(headers_at >= Duration::from_millis(150), "{headers_at:?}");
+    assert_eq!(events.len(), 1 + 3 + 1 + 1);
+    let (first_at, _) = events[0];
+    assert!(first_at >= headers_at + Duration::from_millis(100) - Duration::from_millis(5));
+    assert!(first_at >= Duration::from_millis(250), "{first_at:?}");
+    // Each content chunk waits 50 ms; the tail follows the last one at once.
+    for i in 1..=3 {
+        let gap = events[i].0 - events[i - 1].0;
+        assert!(
+            gap >= Duration::from_millis(45),
+            "gap before chunk {i}: {gap:?}"
+        );
+    }
+    let (done_at, ref done) = events[5];
+    assert_eq!(done, "data: [DONE]\n\n");
+    assert!(done_at >= Duration::from_millis(400), "{done_at:?}");
+}
+
+#[tokio::test]
+async fn non_streaming_waits_headers_plus_first_delay() {
+    let server = start(fast()).await;
+    let t0 = Instant::now();
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("x-mock-headers-delay-ms", "120"),
+            ("x-mock-first-delay-ms", "80"),
+        ],
+        r#"{"model":"mock-1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn waits_are_clamped_to_max_wait() {
+    let server = start(MockSettings {
+        max_wait: Duration::from_millis(100),
+        ..fast()
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-headers-delay-ms", "3600000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert!(t0.elapsed() < DEADLINE);
+}
+
+// ---------------------------------------------------------------------------
+// Non-streaming shapes
+
+#[tokio::test]
+async fn non_streaming_chat_and_completions_shape() {
+    let server = start(fast()).await;
+    let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hello"}]}"#;
+    let r = raw(server.addr, "POST", "/v1/chat/completions", &[], body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_v1_headers(&r);
+    assert!(r
+        .body
+        .starts_with(b"{\"id\":\"chatcmpl-mock1\",\"object\":\"chat.completion\","));
+    let v = r.json();
+    let prompt = (body.len() as u64).div_ceil(4);
+    assert_eq!(
+        v,
+        json!({
+            "id": "chatcmpl-mock1",
+            "object": "chat.completion",
+            "created": v["created"],
+            "model": "gpt-test",
+            "system_fingerprint": "fp_tidegate_mock",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": expected_content(5), "refusal": null},
+                "logprobs": null,
+                "finish_reason": "stop"
+            }],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 5, "total_tokens": prompt + 5}
+        })
+    );
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+
+    let body = r#"{"model":"gpt-test","prompt":"hi","stream":false}"#;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        &[("x-mock-chunks", "2")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let prompt = (body.len() as u64).div_ceil(4);
+    assert_eq!(
+        v,
+        json!({
+            "id": "cmpl-mock2",
+            "object": "text_completion",
+            "created": v["created"],
+            "model": "gpt-test",
+            "system_fingerprint": "fp_tidegate_mock",
+            "choices": [{"text": "Hello from ", "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+        })
+    );
+    let s = server.stats().snapshot();
+    assert_eq!(
+        (s.requests_started, s.requests_completed, s.requests_active),
+        (2, 2, 0)
+    );
+    assert_eq!(s.streams_started, 0);
+}
+
+#[tokio::test]
+async fn embeddings_and_models_shape() {
+    let server = start(fast()).await;
+    let body = r#"{"model":"text-embedding-3-small","input":["a","b"]}"#;
+    let r = raw(server.addr, "POST", "/v1/embeddings", &[], body).await;
+    assert_eq!(r.status, 200);
+    assert_v1_headers(&r);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "text-embedding-3-small");
+    let prompt = (body.len() as u64).div_ceil(4);
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": prompt, "total_tokens": prompt})
+    );
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["object"], "embedding");
+        assert_eq!(item["index"], i);
+        let values = item["embedding"].as_array().unwrap();
+        assert_eq!(values.len(), 8);
+        assert!(values.iter().all(|x| x.as_f64().unwrap().abs() < 0.1));
+    }
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/embeddings",
+        &[],
+        r#"{"model":"e","input":"one string"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 1);
+
+    let r = raw(server.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_v1_headers(&r);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["object"], "model");
+            assert_eq!(m["owned_by"], "tidegate-mock");
+            assert!(m["created"].is_u64());
+            m["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "mock-1",
+            "fail-429",
+            "fail-500",
+            "fail-midstream",
+            "fail-no-done",
+            "fail-malformed",
+            "fail-oversized",
+            "hang",
+            "slow-first-token"
+        ]
+    );
+    let s = server.stats().snapshot();
+    assert_eq!((s.requests_started, s.requests_completed), (3, 3));
+}
+
+#[tokio::test]
+async fn errors_are_openai_shaped() {
+    let server = start(fast()).await;
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        "{not json",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_v1_headers(&r);
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("parse the JSON body"));
+    assert_eq!(v["error"]["param"], Value::Null);
+    assert_eq!(v["error"]["code"], Value::Null);
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "model");
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "many")],
+        r#"{"model":"mock-1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("x-mock-chunks"));
+
+    let r = raw(server.addr, "GET", "/v1/nope", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_v1_headers(&r);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Invalid URL (GET /v1/nope)", "type": "invalid_request_error", "param": null, "code": null}})
+    );
+    let r = raw(server.addr, "GET", "/v1/chat/completions", &[], "").await;
+    assert_eq!(r.status, 404);
+
+    let r = raw(server.addr, "GET", "/elsewhere", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-request-id"), None, "not a /v1 response");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+
+    // Declared too large: rejected without reading the body.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: 9000000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .ok();
+    let r = parse_raw(&buf);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "request_too_large");
+
+    // Actually too large, without a declared length (chunked upload).
+    let mut client = h1_client(server.addr).await;
+    let big = Full::new(Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]));
+    let req = Request::post(format!("http://{}/v1/embeddings", server.addr))
+        .header("transfer-encoding", "chunked")
+        .body(big)
+        .unwrap();
+    // The server may answer before the upload ends, or cut it off; either
+    // way a 413 must come back if anything does.
+    if let Ok(response) = client.send_request(req).await {
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    let s = server
+        .wait("error requests to finish", |s| s.requests_active == 0)
+        .await;
+    assert!(s.requests_started >= 7, "{s:?}");
+    assert_eq!(s.requests_started, s.requests_completed);
+    assert_eq!(s.streams_started, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Faults
+
+#[tokio::test]
+async fn fault_429_and_500() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-429","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("retry-after-ms"), Some("1000"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_v1_headers(&r);
+    assert_eq!(
+        std::str::from_utf8(&r.body).unwrap(),
+        r#"{"error":{"message":"Rate limit reached (mock)","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+    );
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-500","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_v1_headers(&r);
+    assert_eq!(
+        std::str::from_utf8(&r.body).unwrap(),
+        r#"{"error":{"message":"The server had an error (mock)","type":"server_error","param":null,"code":null}}"#
+    );
+    let s = server.stats().snapshot();
+    assert_eq!((s.requests_started, s.requests_completed), (2, 2));
+    assert_eq!(s.streams_started, 0);
+}
+
+#[tokio::test]
+async fn fault_midstream_aborts_without_done() {
+    let server = start(fast()).await;
+    // Zero delay: the body yields once before failing so hyper flushes the
+    // chunks it already has; the gateway's tests rely on seeing them.
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-chunk-delay-ms", "0"), ("x-mock-chunks", "10")],
+        r#"{"model":"fail-midstream","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.complete, "the chunked body must not terminate cleanly");
+    let events = r.events();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        data_json(&events[0])["choices"][0]["delta"]["role"],
+        "assistant"
+    );
+    assert_eq!(
+        data_json(&events[2])["choices"][0]["delta"]["content"],
+        "from "
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains("[DONE]"));
+    let s = server.wait("abort", |s| s.streams_active == 0).await;
+    assert_eq!(s.streams_started, 1);
+    assert_eq!(s.streams_completed, 0, "an abort is not a completion");
+    assert_eq!(s.streams_cancelled, 0, "an abort is not a cancellation");
+}
+
+#[tokio::test]
+async fn fault_midstream_over_http2_resets_the_stream() {
+    let server = start(fast()).await;
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-chunk-delay-ms", "20")],
+            r#"{"model":"fail-midstream","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    let outcome = tokio::time::timeout(DEADLINE, async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => data.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(outcome.is_err(), "the body must end in an error");
+    let text = String::from_utf8(data).unwrap();
+    assert!(!text.contains("[DONE]"));
+    assert!(text.contains("\"role\":\"assistant\""));
+    let s = server.wait("abort", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_completed, s.streams_cancelled), (0, 0));
+}
+
+#[tokio::test]
+async fn fault_no_done_ends_cleanly_without_done() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-no-done","stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert!(r.complete, "clean end");
+    let events = r.events();
+    assert_eq!(events.len(), 1 + 5 + 1 + 1);
+    assert_eq!(data_json(&events[6])["choices"][0]["finish_reason"], "stop");
+    assert!(data_json(&events[7])["usage"]["total_tokens"].is_u64());
+    assert!(events.iter().all(|e| !e.contains("[DONE]")));
+    let s = server.wait("completion", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_completed, s.streams_cancelled), (1, 0));
+}
+
+#[tokio::test]
+async fn fault_malformed_then_normal() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-malformed","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 1 + 1 + 5 + 1 + 1);
+    assert_eq!(
+        data_json(&events[0])["choices"][0]["delta"]["role"],
+        "assistant"
+    );
+    assert_eq!(events[1], "data: {this is not json\n\n");
+    assert_eq!(
+        data_json(&events[2])["choices"][0]["delta"]["content"],
+        "Hello "
+    );
+    assert_eq!(events[8], "data: [DONE]\n\n");
+}
+
+#[tokio::test]
+async fn fault_oversized_line_then_normal() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        &[("x-mock-chunks", "2")],
+        r#"{"model":"fail-oversized","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 1 + 1 + 2 + 1 + 1);
+    let big = &events[1];
+    assert_eq!(big.len(), "data: ".len() + OVERSIZED_LINE_BYTES + 2);
+    assert!(big.starts_with("data: xxxx"));
+    assert!(big[6..big.len() - 2].bytes().all(|b| b == b'x'));
+    assert!(big.ends_with("x\n\n"));
+    assert_eq!(data_json(&events[2])["choices"][0]["text"], "Hello ");
+    assert_eq!(events[5], "data: [DONE]\n\n");
+}
+
+#[tokio::test]
+async fn fault_slow_first_token() {
+    let server = start(MockSettings {
+        slow_first_token_delay: Duration::from_millis(1000),
+        ..fast()
+    })
+    .await;
+    let mut client = h1_client(server.addr).await;
+    let t0 = Instant::now();
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"slow-first-token","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let headers_at = t0.elapsed();
+    let events = timed_events(&mut response.into_body(), t0).await;
+    assert!(
+        events[0].0 >= Duration::from_millis(1000),
+        "{:?}",
+        events[0].0
+    );
+    assert!(
+        headers_at < events[0].0 - Duration::from_millis(500),
+        "headers come at once"
+    );
+    assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
+
+    // The header override wins.
+    let mut client = h1_client(server.addr).await;
+    let t0 = Instant::now();
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-first-delay-ms", "0")],
+            r#"{"model":"slow-first-token","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let events = timed_events(&mut response.into_body(), t0).await;
+    assert!(
+        events[0].0 < Duration::from_millis(1000),
+        "{:?}",
+        events[0].0
+    );
+}
+
+#[tokio::test]
+async fn fault_hang_gives_up_after_max_wait() {
+    let server = start(MockSettings {
+        max_wait: Duration::from_millis(200),
+        ..fast()
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"hang","stream":true}"#,
+    )
+    .await;
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    assert_eq!(r.status, 504);
+    assert_v1_headers(&r);
+    let s = server.stats().snapshot();
+    assert_eq!((s.requests_started, s.requests_completed), (1, 1));
+    assert_eq!(s.streams_started, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Cancellation: the counters the gateway's tests rely on.
+
+/// Asserts (and reports, for `--nocapture`) how long the mock took to
+/// notice that the client went away.
+fn assert_noticed(what: &str, since: Instant) {
+    let took = since.elapsed();
+    eprintln!("{what}: noticed after {took:?}");
+    assert!(took < CANCEL_BOUND, "{what}: noticed only after {took:?}");
+}
+
+/// Reads from `stream` until `needle` has been seen.
+async fn read_until(stream: &mut TcpStream, needle: &[u8]) {
+    let mut seen = Vec::new();
+    let mut tmp = vec![0u8; 16 * 1024];
+    tokio::time::timeout(DEADLINE, async {
+        while find(&seen, needle).is_none() {
+            let n = stream.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(needle));
+            seen.extend_from_slice(&tmp[..n]);
+        }
+    })
+    .await
+    .expect("did not see the expected bytes");
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_counts_cancelled() {
+    let server = start(fast()).await;
+    let mut stream = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    read_until(&mut stream, b"\"content\":\"Hello \"").await;
+    assert_eq!(server.stats().snapshot().streams_active, 1);
+
+    let t0 = Instant::now();
+    drop(stream);
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 1 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h1 close mid-stream", t0);
+    assert_eq!((s.streams_started, s.streams_completed), (1, 0));
+}
+
+#[tokio::test]
+async fn client_disconnect_during_headers_delay_counts_cancelled() {
+    let server = start(fast()).await;
+    let stream = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-headers-delay-ms", "60000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    server.wait("stream start", |s| s.streams_active == 1).await;
+    let t0 = Instant::now();
+    drop(stream);
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 1 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h1 close during headers delay", t0);
+    assert_eq!(s.streams_completed, 0);
+}
+
+#[tokio::test]
+async fn client_disconnect_during_hang_counts_cancelled_request() {
+    let server = start(fast()).await;
+    let stream = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"hang","stream":true}"#,
+    )
+    .await;
+    server.wait("hang start", |s| s.requests_active == 1).await;
+    let t0 = Instant::now();
+    drop(stream);
+    let s = server
+        .wait("cancellation", |s| {
+            s.requests_cancelled == 1 && s.requests_active == 0
+        })
+        .await;
+    assert_noticed("h1 close during hang", t0);
+    assert_eq!((s.requests_started, s.requests_completed), (1, 0));
+    assert_eq!(s.streams_started, 0);
+}
+
+#[tokio::test]
+async fn http2_reset_stream_counts_cancelled() {
+    let server = start(fast()).await;
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    let mut body = response.into_body();
+    // One frame in, then walk away: dropping the body sends RST_STREAM while
+    // the connection itself stays open (`client` is still alive).
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(frame.is_data());
+    let t0 = Instant::now();
+    drop(body);
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 1 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h2 RST_STREAM mid-stream", t0);
+    assert_eq!(s.streams_completed, 0);
+
+    // Same for a request still waiting for its headers.
+    let pending = client.send_request(post(
+        server.addr,
+        "/v1/chat/completions",
+        &[("x-mock-headers-delay-ms", "60000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    ));
+    let pending = tokio::spawn(pending);
+    server
+        .wait("second stream", |s| s.streams_active == 1)
+        .await;
+    pending.abort();
+    server
+        .wait("second cancellation", |s| {
+            s.streams_cancelled == 2 && s.streams_active == 0
+        })
+        .await;
+
+    // The connection is still usable.
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let events = timed_events(&mut response.into_body(), Instant::now()).await;
+    assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
+    let s = server
+        .wait("completion", |s| s.streams_completed == 1)
+        .await;
+    assert_eq!(s.streams_active, 0);
+}
+
+#[tokio::test]
+async fn http2_connection_close_counts_cancelled() {
+    let server = start(fast()).await;
+    let (mut client, socket) = h2_client_with_socket(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // A second stream on the same connection, still in its headers delay.
+    let waiting = tokio::spawn(client.send_request(post(
+        server.addr,
+        "/v1/chat/completions",
+        &[("x-mock-headers-delay-ms", "60000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )));
+    server.wait("two streams", |s| s.streams_active == 2).await;
+    let t0 = Instant::now();
+    socket.shutdown(std::net::Shutdown::Both).unwrap(); // no RST_STREAM frames
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 2 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h2 connection close", t0);
+    assert_eq!(s.streams_completed, 0);
+    drop(body);
+    waiting.abort();
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2, introspection, shutdown
+
+#[tokio::test]
+async fn http2_prior_knowledge_works() {
+    let server = start(fast()).await;
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(
+            Request::get(format!("http://{}/v1/models", server.addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["openai-organization"], "tidegate-mock");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], "mock-1");
+
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true}}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let events = timed_events(&mut response.into_body(), Instant::now()).await;
+    let texts: Vec<String> = events.into_iter().map(|(_, e)| e).collect();
+    let created = data_json(&texts[0])["created"].as_u64().unwrap();
+    let id: u64 = data_json(&texts[0])["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("chatcmpl-mock")
+        .parse()
+        .unwrap();
+    let prompt = (r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true}}"#
+        .len() as u64)
+        .div_ceil(4);
+    assert_eq!(
+        texts,
+        expected_chat_events(id, created, "mock-1", 5, Some(prompt))
+    );
+}
+
+#[tokio::test]
+async fn last_request_and_stats_endpoints() {
+    let server = start(fast()).await;
+    let r = raw(server.addr, "GET", "/stats/last-request", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert!(server.upstream.last_request().is_none());
+
+    let body = r#"{"model":"mock-1","messages":[{"role":"user","content":"héllo"}]}"#;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions?api-version=2024&x=1",
+        &[
+            ("Authorization", "Bearer sk-upstream"),
+            ("X-Custom", "a"),
+            ("x-custom", "b"),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    let r = raw(server.addr, "GET", "/stats/last-request", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-request-id"),
+        None,
+        "stats calls are not /v1 calls"
+    );
+    let captured: CapturedRequest = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(captured.method, "POST");
+    assert_eq!(captured.path, "/v1/chat/completions");
+    assert_eq!(captured.query.as_deref(), Some("api-version=2024&x=1"));
+    assert_eq!(
+        captured.authorization.as_deref(),
+        Some("Bearer sk-upstream")
+    );
+    assert_eq!(captured.headers["x-custom"], "a, b");
+    assert_eq!(captured.headers["content-type"], "application/json");
+    assert_eq!(captured.headers["host"], "mock");
+    assert_eq!(captured.headers["authorization"], "Bearer sk-upstream");
+    assert_eq!(captured.body, body);
+    assert_eq!(server.upstream.last_request(), Some(captured.clone()));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "authorization",
+            "body",
+            "headers",
+            "method",
+            "path",
+            "query"
+        ]
+    );
+
+    // Only the last one is kept; no auth means null.
+    raw(server.addr, "GET", "/v1/models", &[], "").await;
+    let r = raw(server.addr, "GET", "/stats/last-request", &[], "").await;
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["path"], "/v1/models");
+    assert_eq!(v["authorization"], Value::Null);
+    assert_eq!(v["query"], Value::Null);
+    assert_eq!(v["body"], "");
+
+    let r = raw(server.addr, "GET", "/stats", &[], "").await;
+    assert_eq!(r.status, 200);
+    let stats: StatsSnapshot = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(stats, server.stats().snapshot());
+    assert_eq!(
+        (stats.requests_started, stats.requests_completed),
+        (2, 2),
+        "stats endpoints are not counted"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_finishes_short_streams_and_drops_hung_requests() {
+    let mut server = start(fast()).await;
+    let hung = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"hang"}"#,
+    )
+    .await;
+    // A short stream still in flight when shutdown starts: let it finish.
+    let addr = server.addr;
+    let short = tokio::spawn(async move {
+        raw(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("x-mock-chunks", "4"), ("x-mock-chunk-delay-ms", "50")],
+            r#"{"model":"mock-1","stream":true}"#,
+        )
+        .await
+    });
+    server
+        .wait("both in flight", |s| {
+            s.requests_active == 1 && s.streams_active == 1
+        })
+        .await;
+
+    let t0 = Instant::now();
+    server.shutdown.cancel();
+    let task = server.task.take().unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("serve must return within its grace period")
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(2500), "shutdown took {took:?}");
+
+    let short = short.await.unwrap();
+    assert!(short.complete);
+    assert_eq!(short.events().last().unwrap(), "data: [DONE]\n\n");
+    let s = server.stats().snapshot();
+    assert_eq!((s.streams_completed, s.streams_active), (1, 0));
+    assert_eq!(
+        (s.requests_cancelled, s.requests_active),
+        (1, 0),
+        "the hung request is dropped at the end of the grace period"
+    );
+    drop(hung);
+    // The listener is closed.
+    assert!(TcpStream::connect(server.addr).await.is_err());
+}

@@ -1,0 +1,455 @@
+//! The OpenAI-compatible API routes: validate the request, forward it byte for byte, and relay
+//! the answer — as an SSE stream ([`stream::SseRelay`]) or as a plain body ([`body::Passthrough`]).
+
+pub mod body;
+pub mod deadline;
+pub mod lifetime;
+pub mod stream;
+pub mod upstream;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use self::body::{Passthrough, ResponseBody};
+use self::deadline::Deadlines;
+use self::lifetime::StreamLifetime;
+use self::stream::SseRelay;
+use crate::config::Limits;
+use crate::error::GatewayError;
+use crate::request_id;
+
+/// The upstream API endpoints the gateway relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+impl Endpoint {
+    /// Path below the upstream base URL (which ends in `/v1` for OpenAI).
+    pub fn upstream_suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Models => "/models",
+        }
+    }
+
+    pub fn method(self) -> &'static Method {
+        match self {
+            Endpoint::Models => &Method::GET,
+            _ => &Method::POST,
+        }
+    }
+
+    /// Checks the body enough to reject what the upstream would reject anyway, cheaply and with
+    /// a clear error; returns whether the client asked for a stream. The body is not rewritten.
+    fn validate(self, body: &[u8]) -> Result<bool, GatewayError> {
+        let required: &[&'static str] = match self {
+            Endpoint::ChatCompletions => &["model", "messages"],
+            Endpoint::Completions => &["model", "prompt"],
+            Endpoint::Embeddings => &["model", "input"],
+            Endpoint::Models => return Ok(false),
+        };
+        // serde would happily read a struct from a JSON array; the API takes objects only.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(GatewayError::InvalidJson(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let probe: RequestProbe =
+            serde_json::from_slice(body).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
+        for &field in required {
+            let shape = match field {
+                "model" => &probe.model,
+                "messages" => &probe.messages,
+                "prompt" => &probe.prompt,
+                _ => &probe.input,
+            };
+            match (field, shape) {
+                (_, None) => return Err(GatewayError::MissingParameter(field)),
+                ("model", Some(Shape::String(s))) if s.is_empty() => {
+                    return Err(GatewayError::MissingParameter("model"))
+                }
+                ("model", Some(Shape::String(_))) => {}
+                ("model", Some(_)) => {
+                    return Err(GatewayError::InvalidParameter {
+                        param: "model",
+                        expected: "a string",
+                    })
+                }
+                ("messages", Some(Shape::Array)) => {}
+                ("messages", Some(_)) => {
+                    return Err(GatewayError::InvalidParameter {
+                        param: "messages",
+                        expected: "an array",
+                    })
+                }
+                _ => {}
+            }
+        }
+        match probe.stream {
+            None => Ok(false),
+            Some(Shape::Bool(b)) => Ok(b),
+            Some(_) => Err(GatewayError::InvalidParameter {
+                param: "stream",
+                expected: "a boolean",
+            }),
+        }
+    }
+}
+
+/// The few request fields the gateway looks at; all others are skipped without being parsed
+/// into values. JSON `null` reads as absent, as the OpenAI API treats it.
+#[derive(Deserialize)]
+struct RequestProbe {
+    model: Option<Shape>,
+    messages: Option<Shape>,
+    prompt: Option<Shape>,
+    input: Option<Shape>,
+    stream: Option<Shape>,
+}
+
+/// The type of a JSON value, keeping only what validation needs (a string's text, a bool).
+#[derive(Debug)]
+enum Shape {
+    Bool(bool),
+    String(String),
+    Array,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Shape, E> {
+                Ok(Shape::Bool(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Shape, E> {
+                Ok(Shape::String(v.to_owned()))
+            }
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Shape::Array)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Shape::Other)
+            }
+        }
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+/// Reads the whole request body under the size and time limits. A declared Content-Length
+/// over the limit is refused before reading a byte; otherwise reading stops at the limit.
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, GatewayError> {
+    let limit = limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(limits.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(GatewayError::BodyReadTimeout(limits.body_read_timeout)),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(GatewayError::BodyTooLarge { limit }),
+        Ok(Err(e)) => Err(GatewayError::BodyRead(e.to_string())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// Upstream response headers that clients and SDKs read (request ids, rate limits, retry
+/// advice), copied to the client. Nothing else crosses, so hop-by-hop and upstream-internal
+/// headers stay behind.
+fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap, our_request_id: &HeaderValue) {
+    static UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+    for (name, value) in from {
+        let n = name.as_str();
+        if n == request_id::HEADER {
+            if value != our_request_id {
+                to.append(UPSTREAM_REQUEST_ID.clone(), value.clone());
+            }
+        } else if n.starts_with("openai-")
+            || n.starts_with("x-ratelimit-")
+            || n == "retry-after"
+            || n == "retry-after-ms"
+            || n == "x-should-retry"
+        {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Handles one API request end to end; the caller turns an error into its JSON response.
+pub async fn handle(
+    endpoint: Endpoint,
+    request: Request<Incoming>,
+    upstream: &upstream::Upstream,
+    limits: &Limits,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let (payload, wants_stream) = if endpoint.method() == Method::POST {
+        if !is_json(&parts.headers) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        let payload = read_body(body, &parts.headers, limits).await?;
+        let wants_stream = endpoint.validate(&payload)?;
+        (payload, wants_stream)
+    } else {
+        (Bytes::new(), false)
+    };
+
+    // Begun before the upstream is asked, so a client that leaves while we wait is recorded.
+    let lifetime = wants_stream.then(|| StreamLifetime::begin(tracing::Span::current()));
+
+    let sent = upstream
+        .send(
+            endpoint.method().clone(),
+            endpoint.upstream_suffix(),
+            parts.uri.query(),
+            &parts.headers,
+            request_id,
+            payload,
+        )
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(mut lifetime) = lifetime {
+                lifetime.finish(lifetime::Outcome::Failed(e.code()));
+            }
+            return Err(e);
+        }
+    };
+    let (up_parts, up_body) = response.into_parts();
+    let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
+
+    let mut builder = Response::builder().status(up_parts.status);
+    let headers = builder
+        .headers_mut()
+        .ok_or_else(|| GatewayError::UpstreamFailed("invalid response".into()))?;
+    copy_upstream_headers(&up_parts.headers, headers, request_id);
+
+    let body = match lifetime {
+        Some(lifetime) if up_parts.status.is_success() && is_event_stream(&up_parts.headers) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            ResponseBody::Sse(Box::new(SseRelay::new(
+                up_body,
+                limits.max_event_bytes,
+                deadlines,
+                lifetime,
+            )))
+        }
+        lifetime => {
+            // Asked to stream but got an error status or a JSON answer: relay it as it is
+            // (an SDK raises on the status), and the stream's life ends here.
+            if let Some(mut lifetime) = lifetime {
+                lifetime.finish(lifetime::Outcome::Failed("upstream_error_status"));
+            }
+            for name in [
+                header::CONTENT_TYPE,
+                header::CONTENT_LENGTH,
+                header::CONTENT_ENCODING,
+            ] {
+                if let Some(v) = up_parts.headers.get(&name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+            ResponseBody::Passthrough(Passthrough::new(up_body, deadlines))
+        }
+    };
+    builder
+        .body(body)
+        .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(endpoint: Endpoint, body: &str) -> Result<bool, &'static str> {
+        endpoint.validate(body.as_bytes()).map_err(|e| e.code())
+    }
+
+    #[test]
+    fn chat_validation() {
+        let ok = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(check(Endpoint::ChatCompletions, ok), Ok(false));
+        let streaming = r#"{"model":"m","messages":[],"stream":true}"#;
+        assert_eq!(check(Endpoint::ChatCompletions, streaming), Ok(true));
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"messages":[]}"#),
+            Err("missing_required_parameter")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"model":"m"}"#),
+            Err("missing_required_parameter")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"model":null,"messages":[]}"#),
+            Err("missing_required_parameter")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"model":"","messages":[]}"#),
+            Err("missing_required_parameter")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"model":5,"messages":[]}"#),
+            Err("invalid_type")
+        );
+        assert_eq!(
+            check(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":"hi"}"#
+            ),
+            Err("invalid_type")
+        );
+        assert_eq!(
+            check(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[],"stream":"yes"}"#
+            ),
+            Err("invalid_type")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"{"model":"m","messages":[]"#),
+            Err("invalid_json")
+        );
+        assert_eq!(
+            check(Endpoint::ChatCompletions, r#"["model","messages"]"#),
+            Err("invalid_json")
+        );
+        assert_eq!(check(Endpoint::ChatCompletions, ""), Err("invalid_json"));
+        assert_eq!(
+            check(
+                Endpoint::ChatCompletions,
+                r#"{"model":"a","model":"b","messages":[]}"#
+            ),
+            Err("invalid_json")
+        );
+    }
+
+    #[test]
+    fn other_endpoints_require_their_fields() {
+        assert_eq!(
+            check(
+                Endpoint::Completions,
+                r#"{"model":"m","prompt":"x","stream":true}"#
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            check(Endpoint::Completions, r#"{"model":"m"}"#),
+            Err("missing_required_parameter")
+        );
+        assert_eq!(
+            check(Endpoint::Embeddings, r#"{"model":"m","input":["a"]}"#),
+            Ok(false)
+        );
+        assert_eq!(
+            check(Endpoint::Embeddings, r#"{"model":"m"}"#),
+            Err("missing_required_parameter")
+        );
+    }
+
+    #[test]
+    fn only_client_facing_upstream_headers_cross() {
+        let mut from = HeaderMap::new();
+        from.insert("x-request-id", HeaderValue::from_static("up-1"));
+        from.insert("openai-processing-ms", HeaderValue::from_static("12"));
+        from.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("9"),
+        );
+        from.insert("retry-after", HeaderValue::from_static("1"));
+        from.insert("retry-after-ms", HeaderValue::from_static("1000"));
+        from.insert("set-cookie", HeaderValue::from_static("a=b"));
+        from.insert("connection", HeaderValue::from_static("keep-alive"));
+        let mut to = HeaderMap::new();
+        copy_upstream_headers(&from, &mut to, &HeaderValue::from_static("ours"));
+        assert_eq!(to["x-upstream-request-id"], "up-1");
+        assert!(to.get("x-request-id").is_none());
+        assert_eq!(to["openai-processing-ms"], "12");
+        assert_eq!(to["x-ratelimit-remaining-requests"], "9");
+        assert_eq!(to["retry-after"], "1");
+        assert_eq!(to["retry-after-ms"], "1000");
+        assert!(to.get("set-cookie").is_none());
+        assert!(to.get("connection").is_none());
+
+        let mut same = HeaderMap::new();
+        copy_upstream_headers(&from, &mut same, &HeaderValue::from_static("up-1"));
+        assert!(same.get("x-upstream-request-id").is_none());
+    }
+
+    #[test]
+    fn content_type_checks_ignore_parameters_and_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        assert!(is_event_stream(&h));
+    }
+}

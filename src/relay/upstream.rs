@@ -1,0 +1,175 @@
+//! The client side: one pooled HTTP client to the configured upstream, with the gateway's key.
+//!
+//! The client's own `Authorization` is never forwarded; only an allowlist of request headers
+//! goes upstream, and the body goes byte for byte. Dropping the future returned by [`Upstream::send`]
+//! (or the response body it yields) closes the upstream HTTP/1.1 connection or resets the HTTP/2
+//! stream: that is how a client that goes away cancels its upstream request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Limits, UpstreamConfig, UpstreamUrl};
+use crate::error::GatewayError;
+use crate::request_id;
+
+/// How long an idle pooled upstream connection is kept. Shorter than the common 120 s+ server
+/// keep-alive of LLM APIs, so we close first and never send on a connection being closed.
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Request headers from the client that are always forwarded upstream; `upstream.forward_headers`
+/// adds more. Everything else (including `authorization`, cookies, hop-by-hop headers and
+/// `accept-encoding`, so streams are never compressed) stays at the gateway.
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::USER_AGENT,
+    HeaderName::from_static("openai-beta"),
+];
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One entry of `upstream.forward_headers`.
+#[derive(Debug, Clone)]
+enum HeaderPattern {
+    Exact(HeaderName),
+    Prefix(String),
+}
+
+impl HeaderPattern {
+    fn parse(pattern: &str) -> Option<HeaderPattern> {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => Some(HeaderPattern::Prefix(prefix.to_owned())),
+            None => HeaderName::from_bytes(pattern.as_bytes())
+                .ok()
+                .map(HeaderPattern::Exact),
+        }
+    }
+
+    fn matches(&self, name: &HeaderName) -> bool {
+        match self {
+            HeaderPattern::Exact(exact) => exact == name,
+            HeaderPattern::Prefix(prefix) => name.as_str().starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// The upstream: where requests go and with which key.
+#[derive(Clone)]
+pub struct Upstream {
+    client: HttpsClient,
+    base_url: UpstreamUrl,
+    /// `Bearer <key>`, marked sensitive so hyper never logs it; None sends no Authorization.
+    authorization: Option<HeaderValue>,
+    /// Upstream response headers must arrive within this.
+    first_byte_timeout: Duration,
+    /// Extra client headers to forward (validated by the config).
+    extra_headers: Vec<HeaderPattern>,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, limits: &Limits) -> Result<Upstream, GatewayError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+            .timer(TokioTimer::new())
+            .build(https);
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| {
+                        GatewayError::UpstreamFailed(
+                            "the upstream key contains characters not allowed in a header".into(),
+                        )
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Upstream {
+            client,
+            base_url: config.base_url.clone(),
+            authorization,
+            first_byte_timeout: limits.first_byte_timeout,
+            extra_headers: config
+                .forward_headers
+                .iter()
+                .filter_map(|p| HeaderPattern::parse(p))
+                .collect(),
+        })
+    }
+
+    /// Sends one request and waits for the upstream's response headers.
+    /// `suffix` is the path below the base URL, e.g. "/chat/completions".
+    pub async fn send(
+        &self,
+        method: Method,
+        suffix: &str,
+        query: Option<&str>,
+        client_headers: &HeaderMap,
+        request_id: &HeaderValue,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let uri = self.base_url.join(suffix, query);
+        let mut builder = Request::builder().method(method).uri(uri.as_str());
+        if let Some(headers) = builder.headers_mut() {
+            for (name, value) in client_headers {
+                if FORWARDED_REQUEST_HEADERS.contains(name)
+                    || self.extra_headers.iter().any(|p| p.matches(name))
+                {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            headers.insert(request_id::HEADER, request_id.clone());
+            if let Some(auth) = &self.authorization {
+                headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream request: {e}")))?;
+
+        match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.first_byte_timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
+        }
+    }
+}
+
+/// "a: b: c" from an error and its sources, for messages that say what actually failed.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // Bounded: error chains are short, but never trust a cycle.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

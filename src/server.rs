@@ -1,0 +1,264 @@
+//! The acceptor: owns sockets and protocols (HTTP/1.1 and cleartext HTTP/2), nothing about LLMs.
+//!
+//! Each accepted connection gets one task. Shutdown is two-phase: `drain` stops the accept loop
+//! and asks every connection to finish gracefully (HTTP/1.1: no new requests, `Connection:
+//! close`; HTTP/2: GOAWAY); `force` drops the connections still open at the deadline.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Limits;
+use crate::relay::body::ResponseBody;
+
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
+/// the condition lasts.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Most concurrent HTTP/2 streams per client connection (what browsers expect, about 100,
+/// with headroom); admission control caps streams per client separately.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Interval and timeout of HTTP/2 PINGs that find dead peers on otherwise idle connections.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 client preface. Reading up to this many bytes tells HTTP/2 from HTTP/1.1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the acceptor needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// The request head (and, for a new connection, the protocol preface) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1 buffer; HTTP/2 header list).
+    pub max_header_bytes: usize,
+}
+
+impl From<&Limits> for ConnectionLimits {
+    fn from(l: &Limits) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: l.header_read_timeout,
+            max_header_bytes: l.max_header_bytes,
+        }
+    }
+}
+
+/// Builds the protocol settings shared by every connection of one listener.
+pub fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    builder
+}
+
+/// A request handler: client address and request in, response out. Errors are responses.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(
+        self,
+        peer: SocketAddr,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static;
+}
+
+/// Shutdown signals for one listener and its connections.
+#[derive(Clone)]
+pub struct Shutdown {
+    /// Stop accepting; ask connections to finish.
+    pub drain: CancellationToken,
+    /// Drop every connection still open.
+    pub force: CancellationToken,
+}
+
+/// Accepts until `shutdown.drain` fires, one tracked task per connection. Returns once the
+/// listener is closed (new connections are refused from then on).
+pub async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) {
+    let builder = Arc::new(http_builder(&limits));
+    // Bounded by the drain token: the loop ends when shutdown starts.
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.drain.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        // Small SSE events must leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            builder.clone(),
+            limits.header_read_timeout,
+            shutdown.clone(),
+        ));
+    }
+    tracing::debug!("listener closed");
+}
+
+async fn serve_connection<H: Handler>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_read_timeout: Duration,
+    shutdown: Shutdown,
+) {
+    // hyper's protocol detection has no deadline of its own: a client that connects and sends
+    // nothing (or one byte) would hold the socket forever. Read the preface ourselves.
+    let sniffed = tokio::select! {
+        _ = shutdown.drain.cancelled() => return,
+        r = tokio::time::timeout(header_read_timeout, sniff_preface(&mut stream)) => r,
+    };
+    let prefix = match sniffed {
+        Ok(Ok(prefix)) if !prefix.is_empty() => prefix,
+        Ok(Ok(_)) => return, // closed without a byte
+        Ok(Err(e)) => {
+            tracing::debug!(client = %peer, error = %e, "read failed before the first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "no request within the header read timeout");
+            return;
+        }
+    };
+    let io = TokioIo::new(Rewound::new(prefix, stream));
+    let service = service_fn(move |request| {
+        let response = handler.clone().call(peer, request);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.force.cancelled() => {
+                    tracing::debug!(client = %peer, "connection force-closed at the drain deadline");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Reads until the bytes either are the full HTTP/2 preface or cannot be, or EOF.
+async fn sniff_preface(stream: &mut TcpStream) -> io::Result<Bytes> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    // Bounded: every pass reads at least one byte into a 24-byte buffer, or returns.
+    while filled < buf.len() {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            break;
+        }
+    }
+    Ok(Bytes::copy_from_slice(&buf[..filled]))
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Rewound {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewound {
+    fn new(prefix: Bytes, inner: TcpStream) -> Rewound {
+        Rewound { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,275 @@
+//! The binary as a user runs it: `--help`, `check-config`, exit code 64 on bad config, the demo
+//! with no upstream and no key, JSON logs with the request span, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("TIDEGATE_CONFIG")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("command finished in time")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_documents_the_commands_and_flags() {
+    let (code, out, _) = run(&["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for word in [
+        "mock-upstream",
+        "check-config",
+        "--config",
+        "--listen",
+        "--admin-listen",
+        "--upstream",
+        "--log-format",
+        "TIDEGATE_CONFIG",
+    ] {
+        assert!(out.contains(word), "--help mentions {word}:\n{out}");
+    }
+    let (code, out, _) = run(&["mock-upstream", "--help"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("--chunks") && out.contains("--chunk-delay-ms"));
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_with_the_key_redacted() {
+    let file = temp_file(
+        "valid.toml",
+        "listen = \"127.0.0.1:8181\"\n[upstream]\nbase_url = \"https://api.openai.com/v1\"\napi_key_env = \"TIDEGATE_TEST_KEY\"\n[limits]\nfirst_byte_timeout = \"90s\"\n",
+    );
+    let (code, out, err) = run(
+        &["check-config", file.to_str().unwrap()],
+        &[("TIDEGATE_TEST_KEY", "sk-very-secret-value")],
+    )
+    .await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("127.0.0.1:8181"));
+    assert!(out.contains("first_byte_timeout = \"90s\""));
+    assert!(
+        out.contains("max_stream_duration = \"30m\""),
+        "defaults are shown:\n{out}"
+    );
+    assert!(out.contains("redacted"));
+    assert!(!out.contains("sk-very-secret-value") && !err.contains("sk-very-secret-value"));
+}
+
+#[tokio::test]
+async fn an_invalid_config_lists_every_error_and_exits_64() {
+    let file = temp_file(
+        "invalid.toml",
+        "lisen = \"x\"\n[limits]\nfirst_byte_timeout = \"sixty\"\nmax_body_bytes = \"big\"\nbogus = 1\n[upstream]\nbase_url = \"ftp://example\"\n",
+    );
+    let (code, _, err) = run(&["check-config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 64);
+    for path in [
+        "lisen",
+        "limits.first_byte_timeout",
+        "limits.max_body_bytes",
+        "limits.bogus",
+        "upstream.base_url",
+    ] {
+        assert!(err.contains(path), "error for {path}:\n{err}");
+    }
+
+    // Serving from it fails the same way, before anything binds; also through TIDEGATE_CONFIG.
+    let (code, _, err) = run(&["--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = run(&[], &[("TIDEGATE_CONFIG", file.to_str().unwrap())]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("limits.first_byte_timeout"));
+
+    // A key variable that is not set is a config error too, named by its key path.
+    let missing = temp_file(
+        "missing-key.toml",
+        "[upstream]\napi_key_env = \"TIDEGATE_UNSET_KEY_VAR\"\n",
+    );
+    let (code, _, err) = run(&["check-config", missing.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 64);
+    assert!(err.contains("upstream.api_key_env"), "{err}");
+
+    let (code, _, err) = run(&["--upstream", "not a url"], &[]).await;
+    assert_eq!(code, 64, "{err}");
+}
+
+/// A running `tidegate` process with its output lines.
+struct Running {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("TIDEGATE_CONFIG")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Reads stdout lines until one contains `needle`.
+    async fn stdout_line(&mut self, needle: &str) -> String {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match self.stdout.next_line().await.unwrap() {
+                    Some(line) if line.contains(needle) => return line,
+                    Some(_) => continue,
+                    None => panic!("stdout closed before {needle:?}"),
+                }
+            }
+        })
+        .await
+        .expect("line in time")
+    }
+
+    async fn stderr_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match self.stderr.next_line().await.unwrap() {
+                    Some(line) if pred(&line) => return line,
+                    Some(_) => continue,
+                    None => panic!("stderr closed"),
+                }
+            }
+        })
+        .await
+        .expect("log line in time")
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) with a pid we spawned and own.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exited in time")
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+fn addr_in(line: &str) -> SocketAddr {
+    let start = line.find("http://").expect("a URL") + "http://".len();
+    let rest = &line[start..];
+    let end = rest.find('/').unwrap_or(rest.len());
+    rest[..end].parse().expect("an address")
+}
+
+#[tokio::test]
+async fn the_demo_streams_from_its_own_mock_and_exits_0_on_sigterm() {
+    let mut demo = Running::spawn(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let curl = demo.stdout_line("curl -N").await;
+    let gateway = addr_in(&curl);
+
+    let mut conn = Conn::open(gateway).await;
+    let response = conn
+        .send(post(
+            gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[
+                ("x-request-id", "demo-test-1"),
+                ("x-mock-chunk-delay-ms", "0"),
+            ],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "demo-test-1");
+    let body = read_to_end(response.into_body()).await;
+    assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
+    drop(conn);
+
+    // One JSON log line per stream, inside the request's span: client address and request id.
+    let line = demo
+        .stderr_line(|l| l.contains("stream ended") && l.contains("demo-test-1"))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(json["span"]["request_id"], "demo-test-1");
+    assert!(json["span"]["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(json["fields"]["outcome"], "completed");
+
+    demo.signal(libc::SIGTERM);
+    assert_eq!(demo.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn serves_an_upstream_given_by_flag_with_text_logs() {
+    let env = start().await; // only its mock is used here
+    let upstream = format!("http://{}/v1", env.mock);
+    let mut gw = Running::spawn(&[
+        "--upstream",
+        &upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let line = gw.stderr_line(|l| l.contains("tidegate listening")).await;
+    let listen_at = line.find("listen=").expect("listen field") + "listen=".len();
+    let gateway: SocketAddr = line[listen_at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, _, _) = fetch(post(
+        gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    gw.signal(libc::SIGINT);
+    assert_eq!(gw.exit_code().await, 0);
+}

@@ -1,0 +1,355 @@
+//! Every error a client can see, over real sockets: the status, the OpenAI-shaped body and its
+//! stable code; and mid-stream failures as exactly one final `data: {"error":...}` event.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+use http_body_util::Full;
+use serde_json::Value;
+use tidegate::mock::MockSettings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn assert_openai_error(json: &Value, code: &str) {
+    let error = &json["error"];
+    assert_eq!(error["code"], code, "{json}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{json}"
+    );
+    assert!(error["type"].is_string(), "{json}");
+    assert!(
+        error.get("param").is_some(),
+        "param is always present: {json}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_with_a_code_and_param() {
+    let env = start().await;
+    let cases = [
+        ("{not json", "invalid_json", Value::Null),
+        (
+            r#"{"messages":[]}"#,
+            "missing_required_parameter",
+            "model".into(),
+        ),
+        (
+            r#"{"model":"m"}"#,
+            "missing_required_parameter",
+            "messages".into(),
+        ),
+        (
+            r#"{"model":"m","messages":{}}"#,
+            "invalid_type",
+            "messages".into(),
+        ),
+        (
+            r#"{"model":"m","messages":[],"stream":"yes"}"#,
+            "invalid_type",
+            "stream".into(),
+        ),
+    ];
+    for (body, code, param) in cases {
+        let (status, headers, json) =
+            fetch_json(post(env.gateway, "/v1/chat/completions", body, &[])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(headers["content-type"], "application/json");
+        assert_openai_error(&json, code);
+        assert_eq!(json["error"]["param"], param, "{body}");
+    }
+    assert_eq!(
+        mock_stats(env.mock).await.requests_started,
+        0,
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let env = start().await;
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", env.gateway))
+        .header("host", "x")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(chat_body("mock-1", true))))
+        .unwrap();
+    let (status, _, json) = fetch_json(request).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_openai_error(&json, "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_declared_or_not() {
+    let env = start_with(MockSettings::default(), |c| c.limits.max_body_bytes = 1024).await;
+    let big = format!(
+        r#"{{"model":"m","messages":[],"pad":"{}"}}"#,
+        "x".repeat(4096)
+    );
+    let (status, _, json) = fetch_json(post(env.gateway, "/v1/chat/completions", &big, &[])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_openai_error(&json, "request_too_large");
+
+    // Chunked, with no Content-Length, and far more than the limit: the gateway answers at the
+    // limit instead of reading everything.
+    let mut stream = TcpStream::connect(env.gateway).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // 16 KiB, sixteen times the limit, written in one go, then the answer is read.
+    let chunk = format!("{:x}\r\n{}\r\n", 2048, "x".repeat(2048));
+    let _ = stream.write_all(chunk.repeat(8).as_bytes()).await;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(PATIENCE, async {
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "got: {text}");
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_wrong_methods_405() {
+    let env = start().await;
+    let (status, _, json) = fetch_json(post(env.gateway, "/v1/nope", "{}", &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_openai_error(&json, "unknown_url");
+
+    let (status, headers, json) = fetch_json(get(env.gateway, "/v1/chat/completions")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    assert_openai_error(&json, "method_not_allowed");
+
+    let (status, headers, json) = fetch_json(post(env.gateway, "/v1/models", "{}", &[])).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET");
+    assert_openai_error(&json, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = start_with(MockSettings::default(), |c| {
+        c.upstream.base_url =
+            tidegate::config::UpstreamUrl::parse(&format!("http://{closed}/v1")).unwrap();
+    })
+    .await;
+    for stream in [false, true] {
+        let (status, _, json) = fetch_json(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("m", stream),
+            &[],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_openai_error(&json, "upstream_unreachable");
+    }
+}
+
+#[tokio::test]
+async fn no_upstream_headers_within_first_byte_timeout_is_504() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.first_byte_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (status, _, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("hang", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_openai_error(&json, "upstream_timeout");
+    // The abandoned upstream request is cancelled too.
+    wait_for(
+        "the hung upstream request to be cancelled",
+        PATIENCE,
+        || async {
+            let s = mock_stats(env.mock).await;
+            (s.requests_cancelled == 1 && s.requests_active == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_error_statuses_pass_through_with_their_body_and_retry_headers() {
+    let env = start().await;
+    let (status, headers, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("fail-429", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["retry-after-ms"], "1000");
+    assert!(headers.get("x-request-id").is_some());
+    assert_eq!(json["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(json["error"]["message"], "Rate limit reached (mock)");
+
+    let (status, _, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("fail-500", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(json["error"]["message"], "The server had an error (mock)");
+}
+
+/// Streams `model` (with extra mock headers) and returns the raw SSE body.
+async fn stream_body(env: &TestEnv, model: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut conn = Conn::open(env.gateway).await;
+    let response = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body(model, true),
+            extra,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    read_to_end(response.into_body()).await.to_vec()
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_stream_becomes_a_final_error_event() {
+    let env = start().await;
+    let body = stream_body(&env, "fail-midstream", &[("x-mock-chunk-delay-ms", "0")]).await;
+    let events = sse_data(&body);
+    assert!(
+        events.len() >= 2,
+        "the chunks before the failure were relayed: {events:?}"
+    );
+    assert_eq!(final_error(&body)["code"], "upstream_reset");
+}
+
+#[tokio::test]
+async fn upstream_idle_timeout_mid_stream_becomes_a_final_error_event() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.upstream_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let body = stream_body(&env, "mock-1", &[("x-mock-chunk-delay-ms", "30000")]).await;
+    assert_eq!(final_error(&body)["code"], "upstream_idle_timeout");
+    wait_for("the idle upstream to be cancelled", PATIENCE, || async {
+        let s = mock_stats(env.mock).await;
+        (s.streams_active == 0 && s.streams_cancelled == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_upstream_event_becomes_a_final_error_event() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.max_event_bytes = 64 * 1024
+    })
+    .await;
+    let body = stream_body(&env, "fail-oversized", &[("x-mock-chunk-delay-ms", "0")]).await;
+    assert!(
+        body.len() < 64 * 1024,
+        "the oversized event was not relayed"
+    );
+    assert_eq!(final_error(&body)["code"], "upstream_event_too_large");
+}
+
+#[tokio::test]
+async fn malformed_upstream_event_becomes_a_final_error_event() {
+    let env = start().await;
+    let body = stream_body(&env, "fail-malformed", &[("x-mock-chunk-delay-ms", "0")]).await;
+    assert!(!String::from_utf8_lossy(&body).contains("this is not json"));
+    assert_eq!(final_error(&body)["code"], "upstream_malformed_event");
+}
+
+#[tokio::test]
+async fn stream_ending_without_done_becomes_a_final_error_event() {
+    let env = start().await;
+    let body = stream_body(&env, "fail-no-done", &[("x-mock-chunk-delay-ms", "0")]).await;
+    let events = sse_data(&body);
+    assert!(events
+        .iter()
+        .any(|e| e.contains("\"finish_reason\":\"stop\"")));
+    assert_eq!(final_error(&body)["code"], "upstream_incomplete_stream");
+}
+
+#[tokio::test]
+async fn stream_longer_than_max_duration_is_cut_with_an_error_event() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.max_stream_duration = Duration::from_millis(500);
+    })
+    .await;
+    // Events keep flowing every 50 ms, so only the duration cap can end it.
+    let body = stream_body(
+        &env,
+        "mock-1",
+        &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+    )
+    .await;
+    assert!(sse_data(&body).len() > 1);
+    assert_eq!(final_error(&body)["code"], "stream_duration_exceeded");
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_request_is_disconnected() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Nothing at all, and a single byte that could start either protocol: both are cut.
+    for prefix in [&b""[..], b"P"] {
+        let mut stream = TcpStream::connect(env.gateway).await.unwrap();
+        stream.write_all(prefix).await.unwrap();
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "the connection was closed (prefix {prefix:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_408() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.body_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = TcpStream::connect(env.gateway).await.unwrap();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "got: {text}");
+    assert!(text.contains("request_body_timeout"));
+}

@@ -1,0 +1,34 @@
+//! The official OpenAI Python SDK as a client, unchanged except for `base_url`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+#[ignore = "needs python3 with the openai package (pip install openai); .ci/run installs it"]
+async fn the_openai_python_sdk_works_through_the_gateway() {
+    let env = start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(format!("http://{}/v1", env.gateway))
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the SDK script finished in time")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}

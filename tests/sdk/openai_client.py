@@ -1,0 +1,69 @@
+"""The official OpenAI Python SDK, unchanged, pointed at tidegate (base_url = argv[1]).
+
+Run by tests/openai_sdk.rs. Exits non-zero with a message on the first thing that is wrong.
+"""
+import sys
+
+import openai
+
+base_url = sys.argv[1]
+messages = [{"role": "user", "content": "Hello"}]
+# The client's key must not matter: the gateway sends its own upstream key.
+client = openai.OpenAI(base_url=base_url, api_key="sk-client-side", max_retries=0, timeout=30)
+
+# 1. A streamed completion, with the usage chunk.
+stream = client.chat.completions.create(
+    model="mock-1",
+    messages=messages,
+    stream=True,
+    stream_options={"include_usage": True},
+    extra_headers={"x-mock-chunk-delay-ms": "1"},
+)
+text, usage, finish = "", None, None
+for chunk in stream:
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+assert text.strip(), "streamed some text"
+assert finish == "stop", f"finish_reason stop, got {finish!r}"
+assert usage is not None and usage.completion_tokens > 0, f"usage chunk, got {usage!r}"
+print(f"streamed {len(text)} characters, usage {usage.total_tokens} tokens")
+
+# 2. A non-streaming completion; the request id the SDK exposes is the gateway's.
+completion = client.chat.completions.with_raw_response.create(model="mock-1", messages=messages)
+assert completion.headers.get("x-request-id"), "x-request-id returned"
+assert completion.parse().choices[0].message.content, "non-streaming content"
+
+# 3. An upstream 429 arrives as RateLimitError, with the retry advice intact.
+try:
+    client.chat.completions.create(model="fail-429", messages=messages, stream=True)
+    sys.exit("expected RateLimitError")
+except openai.RateLimitError as e:
+    assert e.status_code == 429
+    assert e.response.headers.get("retry-after") == "1", dict(e.response.headers)
+    assert e.response.headers.get("retry-after-ms") == "1000"
+    print(f"RateLimitError as expected: {e.message}")
+
+# 4. A failure mid-stream is raised by the SDK, not swallowed as a short answer.
+try:
+    for _ in client.chat.completions.create(
+        model="fail-midstream", messages=messages, stream=True,
+        extra_headers={"x-mock-chunk-delay-ms": "1"},
+    ):
+        pass
+    sys.exit("expected an APIError mid-stream")
+except openai.APIError as e:
+    assert "upstream" in str(e).lower(), str(e)
+    print(f"mid-stream APIError as expected: {e}")
+
+# 5. A bad request is a BadRequestError with the parameter named.
+try:
+    client.chat.completions.create(model="mock-1", messages="not a list")
+    sys.exit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert e.status_code == 400
+    assert e.param == "messages", e.body
+
+print("OK")
