@@ -115,9 +115,17 @@ pub async fn accept_loop<H: Handler>(
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
+            Err(e) if is_per_connection_error(&e) => {
+                tracing::debug!(error = %e, "accept failed for one connection");
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                // E.g. out of file descriptors: back off while it lasts.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    _ = shutdown.drain.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
                 continue;
             }
         };
@@ -184,6 +192,19 @@ async fn serve_connection<H: Handler>(
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Accept errors that concern one connection only (it was reset or aborted before we took it);
+/// the listener is fine and the next accept can go ahead at once.
+pub(crate) fn is_per_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Reads until the bytes either are the full HTTP/2 preface or cannot be, or EOF.

@@ -60,17 +60,12 @@ async fn leaving_before_the_first_byte_cancels_the_upstream_stream() {
 #[tokio::test]
 async fn leaving_mid_stream_cancels_the_upstream_stream() {
     let env = start().await;
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", true),
-            &[("x-mock-chunks", "100"), ("x-mock-chunk-delay-ms", "200")],
-        ))
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let (conn, mut body) = open_stream(
+        env.gateway,
+        "mock-1",
+        &[("x-mock-chunks", "100"), ("x-mock-chunk-delay-ms", "200")],
+    )
+    .await;
     let seen = read_until(&mut body, |b| sse_data(b).len() >= 2).await;
     assert!(sse_data(&seen).len() >= 2);
     drop(body);
@@ -150,16 +145,13 @@ async fn many_clients_leaving_at_once_leave_no_upstream_stream_behind() {
     let mut bodies = Vec::new();
     let mut conns = Vec::new();
     for _ in 0..50 {
-        let mut conn = Conn::open(env.gateway).await;
-        let response = conn
-            .send(post(
-                env.gateway,
-                "/v1/chat/completions",
-                &chat_body("mock-1", true),
-                &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "100")],
-            ))
-            .await;
-        bodies.push(response.into_body());
+        let (conn, body) = open_stream(
+            env.gateway,
+            "mock-1",
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "100")],
+        )
+        .await;
+        bodies.push(body);
         conns.push(conn);
     }
     wait_until(&env, "50 live upstream streams", PATIENCE, |s| {

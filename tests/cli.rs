@@ -273,3 +273,36 @@ async fn serves_an_upstream_given_by_flag_with_text_logs() {
     gw.signal(libc::SIGINT);
     assert_eq!(gw.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn the_mock_upstream_runs_on_its_own_with_its_flags() {
+    let mut mock = Running::spawn(&[
+        "mock-upstream",
+        "--listen",
+        "127.0.0.1:0",
+        "--chunks",
+        "3",
+        "--chunk-delay-ms",
+        "0",
+    ]);
+    let line = mock.stdout_line("mock upstream on").await;
+    let addr = addr_in(&line);
+    let (status, headers, body) = fetch(post(
+        addr,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let data = sse_data(&body);
+    // role, 3 contents, finish, [DONE]
+    assert_eq!(data.len(), 6, "{data:?}");
+    assert_eq!(mock_stats(addr).await.streams_completed, 1);
+    mock.signal(libc::SIGTERM);
+    assert_eq!(mock.exit_code().await, 0);
+}

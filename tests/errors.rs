@@ -219,17 +219,8 @@ async fn upstream_error_statuses_pass_through_with_their_body_and_retry_headers(
 
 /// Streams `model` (with extra mock headers) and returns the raw SSE body.
 async fn stream_body(env: &TestEnv, model: &str, extra: &[(&str, &str)]) -> Vec<u8> {
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body(model, true),
-            extra,
-        ))
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    read_to_end(response.into_body()).await.to_vec()
+    let (_conn, body) = open_stream(env.gateway, model, extra).await;
+    read_to_end(body).await.to_vec()
 }
 
 #[tokio::test]

@@ -95,16 +95,12 @@ async fn each_event_reaches_the_client_while_the_upstream_still_waits() {
     // The mock sends the first event, then waits 60 s: if the gateway buffered or coalesced,
     // the client would see nothing until then.
     let env = start().await;
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", true),
-            &[("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "60000")],
-        ))
-        .await;
-    let mut body = response.into_body();
+    let (_conn, mut body) = open_stream(
+        env.gateway,
+        "mock-1",
+        &[("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "60000")],
+    )
+    .await;
     let seen = read_until(&mut body, |b| b.ends_with(b"\n\n")).await;
     let data = sse_data(&seen);
     assert_eq!(data.len(), 1);

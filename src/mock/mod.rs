@@ -321,7 +321,7 @@ impl MockUpstream {
                         hard_stop.clone(),
                     ));
                 }
-                Err(err) if is_per_connection_error(&err) => {
+                Err(err) if crate::server::is_per_connection_error(&err) => {
                     tracing::debug!(error = %err, "mock upstream: accept failed for one connection");
                 }
                 Err(err) => {
@@ -351,19 +351,6 @@ impl MockUpstream {
         }
         Ok(())
     }
-}
-
-/// Errors that concern only the connection being accepted, after which the
-/// next accept can proceed at once.
-fn is_per_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }
 
 async fn serve_connection(

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::deadline::{Deadlines, Expired};
+use super::deadline::Deadlines;
 use super::stream::SseRelay;
 use super::upstream::error_chain;
 use crate::error::GatewayError;
@@ -109,12 +109,7 @@ impl Body for Passthrough {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.deadlines.poll_expired(cx) {
-                Poll::Ready(Expired::Idle(d)) => {
-                    Poll::Ready(Some(Err(GatewayError::UpstreamIdleTimeout(d))))
-                }
-                Poll::Ready(Expired::Duration(d)) => {
-                    Poll::Ready(Some(Err(GatewayError::StreamDurationExceeded(d))))
-                }
+                Poll::Ready(expired) => Poll::Ready(Some(Err(expired.into()))),
                 Poll::Pending => Poll::Pending,
             },
         }

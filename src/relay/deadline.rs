@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::error::GatewayError;
+
 /// Which limit ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
@@ -19,6 +21,15 @@ pub enum Expired {
     Idle(Duration),
     /// The response ran longer than its maximum duration.
     Duration(Duration),
+}
+
+impl From<Expired> for GatewayError {
+    fn from(expired: Expired) -> GatewayError {
+        match expired {
+            Expired::Idle(d) => GatewayError::UpstreamIdleTimeout(d),
+            Expired::Duration(d) => GatewayError::StreamDurationExceeded(d),
+        }
+    }
 }
 
 #[derive(Debug)]

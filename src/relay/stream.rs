@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::deadline::{Deadlines, Expired};
+use super::deadline::Deadlines;
 use super::lifetime::{Outcome, StreamLifetime};
 use super::upstream::error_chain;
 use crate::error::GatewayError;
@@ -28,10 +28,11 @@ use crate::sse::parser::{ParseError, Parser};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// The relay of one upstream event stream to one client.
-pub struct SseRelay {
+/// The relay of one upstream event stream to one client. Generic over the upstream body only so
+/// that tests can feed it reads split at arbitrary points.
+pub struct SseRelay<B = Incoming> {
     /// None once the upstream is finished or cancelled (dropping it closes the upstream request).
-    upstream: Option<Incoming>,
+    upstream: Option<B>,
     parser: Parser,
     /// Raw bytes of a block that has started but not ended: at most `max_event_bytes` plus the
     /// few bytes the parser does not count (a leading BOM, the LF of a split CRLF).
@@ -87,13 +88,17 @@ enum Stop {
     Malformed,
 }
 
-impl SseRelay {
+impl<B> SseRelay<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
+{
     pub fn new(
-        upstream: Incoming,
+        upstream: B,
         max_event_bytes: usize,
         deadlines: Deadlines,
         lifetime: StreamLifetime,
-    ) -> SseRelay {
+    ) -> SseRelay<B> {
         SseRelay {
             upstream: Some(upstream),
             parser: Parser::new(max_event_bytes),
@@ -191,7 +196,11 @@ impl SseRelay {
     }
 }
 
-impl Body for SseRelay {
+impl<B> Body for SseRelay<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
+{
     type Data = Bytes;
     type Error = Infallible;
 
@@ -224,19 +233,10 @@ impl Body for SseRelay {
                     this.fail(GatewayError::UpstreamReset(error_chain(&e)));
                 }
                 Poll::Ready(None) => this.on_upstream_end(),
-                Poll::Pending => {
-                    return match this.deadlines.poll_expired(cx) {
-                        Poll::Ready(Expired::Idle(d)) => {
-                            this.fail(GatewayError::UpstreamIdleTimeout(d));
-                            continue;
-                        }
-                        Poll::Ready(Expired::Duration(d)) => {
-                            this.fail(GatewayError::StreamDurationExceeded(d));
-                            continue;
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+                Poll::Pending => match this.deadlines.poll_expired(cx) {
+                    Poll::Ready(expired) => this.fail(expired.into()),
+                    Poll::Pending => return Poll::Pending,
+                },
             }
         }
     }
@@ -254,6 +254,11 @@ impl Body for SseRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
 
     #[test]
     fn classify_recognises_done_json_errors_and_garbage() {
@@ -269,5 +274,210 @@ mod tests {
         assert!(matches!(classify("{not json"), EventKind::Malformed));
         assert!(matches!(classify("[1,2]"), EventKind::Malformed));
         assert!(matches!(classify("hello"), EventKind::Malformed));
+    }
+
+    /// An upstream body that yields scripted reads, then ends.
+    struct Scripted(VecDeque<Result<Bytes, std::io::Error>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(|r| r.map(Frame::data)))
+        }
+    }
+
+    fn reads(parts: &[&[u8]]) -> Scripted {
+        Scripted(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::copy_from_slice(p)))
+                .collect(),
+        )
+    }
+
+    /// Relays `upstream` to the end; returns the frames sent and the outcome.
+    async fn relay(upstream: Scripted, max_event_bytes: usize) -> (Vec<Bytes>, Option<Outcome>) {
+        let deadlines = Deadlines::new(Duration::from_secs(60), Duration::from_secs(600));
+        let lifetime = StreamLifetime::begin(tracing::Span::none());
+        let mut body = SseRelay::new(upstream, max_event_bytes, deadlines, lifetime);
+        let mut frames = Vec::new();
+        // Bounded: the scripted upstream ends, and every poll consumes from it.
+        for _ in 0..10_000 {
+            match body.frame().await {
+                Some(Ok(frame)) => frames.push(frame.into_data().unwrap()),
+                Some(Err(never)) => match never {},
+                None => break,
+            }
+        }
+        let outcome = body.lifetime.outcome();
+        (frames, outcome)
+    }
+
+    fn concat(frames: &[Bytes]) -> Vec<u8> {
+        frames.iter().flat_map(|f| f.iter().copied()).collect()
+    }
+
+    fn last_error_code(frames: &[Bytes]) -> String {
+        let all = concat(frames);
+        let events = crate::sse::parser::parse_all(&all, 1 << 20).unwrap();
+        let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+        last["error"]["code"].as_str().unwrap().to_owned()
+    }
+
+    const A: &[u8] = b"data: {\"a\":1}\n\n";
+    const B: &[u8] = b": keep-alive comment\ndata: {\"b\":2}\n\n";
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+
+    #[tokio::test]
+    async fn whole_blocks_in_one_read_pass_through_as_one_slice() {
+        let input = [A, B, DONE].concat();
+        let (frames, outcome) = relay(reads(&[&input]), 1024).await;
+        assert_eq!(frames, vec![Bytes::from(input)]);
+        assert_eq!(outcome, Some(Outcome::Completed));
+    }
+
+    #[tokio::test]
+    async fn a_block_split_across_reads_is_held_until_complete() {
+        let (frames, outcome) = relay(
+            reads(&[b"data: {\"a\"", b":1}\n", b"\ndata: [DO", b"NE]\n\n"]),
+            1024,
+        )
+        .await;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], A);
+        assert_eq!(frames[1], DONE);
+        assert_eq!(outcome, Some(Outcome::Completed));
+    }
+
+    #[tokio::test]
+    async fn nothing_after_done_is_relayed() {
+        let input = [A, DONE, b"data: {\"late\":1}\n\n"].concat();
+        let (frames, outcome) = relay(reads(&[&input, b"more"]), 1024).await;
+        assert_eq!(concat(&frames), [A, DONE].concat());
+        assert_eq!(outcome, Some(Outcome::Completed));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_event_is_cut_and_replaced_by_one_error() {
+        let input = [A, b"data: {oops\n\n", B, DONE].concat();
+        let (frames, outcome) = relay(reads(&[&input]), 1024).await;
+        assert!(concat(&frames).starts_with(A));
+        assert!(!String::from_utf8_lossy(&concat(&frames)).contains("oops"));
+        assert_eq!(last_error_code(&frames), "upstream_malformed_event");
+        assert_eq!(outcome, Some(Outcome::Failed("upstream_malformed_event")));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_block_is_dropped_not_relayed() {
+        let big = [b"data: {\"x\":\"".as_slice(), &[b'x'; 300], b"\"}\n\n"].concat();
+        let (frames, _) = relay(reads(&[A, &big[..100], &big[100..]]), 256).await;
+        let all = concat(&frames);
+        assert!(all.starts_with(A));
+        assert!(
+            !all.contains(&b'x'),
+            "no byte of the oversized event was sent"
+        );
+        assert_eq!(last_error_code(&frames), "upstream_event_too_large");
+    }
+
+    #[tokio::test]
+    async fn a_reset_mid_block_discards_the_partial_block() {
+        let upstream = Scripted(VecDeque::from([
+            Ok(Bytes::from_static(A)),
+            Ok(Bytes::from_static(b"data: {\"half")),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let (frames, _) = relay(upstream, 1024).await;
+        assert_eq!(frames[0], A);
+        assert!(!String::from_utf8_lossy(&concat(&frames)).contains("half"));
+        assert_eq!(last_error_code(&frames), "upstream_reset");
+    }
+
+    #[tokio::test]
+    async fn an_end_without_done_is_an_error_unless_the_upstream_sent_one() {
+        let (frames, _) = relay(reads(&[A, B]), 1024).await;
+        assert_eq!(last_error_code(&frames), "upstream_incomplete_stream");
+
+        let upstream_error = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+        let (frames, outcome) = relay(reads(&[A, upstream_error]), 1024).await;
+        assert_eq!(
+            concat(&frames),
+            [A, upstream_error].concat(),
+            "no second error"
+        );
+        assert_eq!(outcome, Some(Outcome::Failed("upstream_error_event")));
+    }
+
+    #[tokio::test]
+    async fn a_leading_bom_is_not_forwarded() {
+        let (frames, _) = relay(
+            reads(&[b"\xEF\xBB", b"\xBFdata: {\"a\":1}\n\n", DONE]),
+            1024,
+        )
+        .await;
+        assert_eq!(concat(&frames), [A, DONE].concat());
+    }
+
+    fn line_end() -> impl Strategy<Value = &'static [u8]> {
+        prop_oneof![Just(&b"\n"[..]), Just(&b"\r\n"[..]), Just(&b"\r"[..])]
+    }
+
+    /// One upstream block: optional comment, one or two JSON data lines, blank line.
+    fn block() -> impl Strategy<Value = Vec<u8>> {
+        (any::<bool>(), 0u32..1000, any::<bool>(), line_end()).prop_map(|(comment, n, two, eol)| {
+            let mut b = Vec::new();
+            if comment {
+                b.extend_from_slice(b": c");
+                b.extend_from_slice(eol);
+            }
+            if two {
+                b.extend_from_slice(format!("data: {{\"n\":{n},").as_bytes());
+                b.extend_from_slice(eol);
+                b.extend_from_slice(b"data: \"m\":1}");
+            } else {
+                b.extend_from_slice(format!("data: {{\"n\":{n}}}").as_bytes());
+            }
+            b.extend_from_slice(eol);
+            b.extend_from_slice(eol);
+            b
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// However the upstream splits its bytes, the client gets the same bytes, and every frame
+        /// but a CR-ended one ends exactly at a block boundary (nothing can land inside an event).
+        #[test]
+        fn any_split_relays_the_same_bytes_in_whole_blocks(
+            blocks in prop::collection::vec(block(), 1..8),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut input: Vec<u8> = blocks.concat();
+            input.extend_from_slice(DONE);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for p in points.into_iter().chain([input.len()]) {
+                parts.push(&input[start..p]);
+                start = p;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (frames, outcome) = runtime.block_on(relay(reads(&parts), 4096));
+            prop_assert_eq!(concat(&frames), input.clone());
+            prop_assert_eq!(outcome, Some(Outcome::Completed));
+            for frame in &frames {
+                let mut parser = Parser::new(4096);
+                // A frame that opens with the LF of a CRLF split at a block end is fine too.
+                let body = frame.strip_prefix(b"\n").unwrap_or(frame);
+                parser.feed(body, |_, _| {}).unwrap();
+                prop_assert!(!parser.has_partial_block(), "frame {:?} ends inside a block", frame);
+            }
+        }
     }
 }

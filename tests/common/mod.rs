@@ -232,6 +232,26 @@ pub async fn mock_last_request(mock: SocketAddr) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// Opens a connection and starts a chat stream of `model` with extra (e.g. `x-mock-*`) headers;
+/// returns the connection (dropping it closes the socket) and the response body.
+pub async fn open_stream(
+    gateway: SocketAddr,
+    model: &str,
+    extra: &[(&str, &str)],
+) -> (Conn, Incoming) {
+    let mut conn = Conn::open(gateway).await;
+    let response = conn
+        .send(post(
+            gateway,
+            "/v1/chat/completions",
+            &chat_body(model, true),
+            extra,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    (conn, response.into_body())
+}
+
 /// Reads a streaming body to its end, returning the raw bytes.
 pub async fn read_to_end(body: Incoming) -> Bytes {
     tokio::time::timeout(PATIENCE, body.collect())
