@@ -306,3 +306,11 @@ async fn the_mock_upstream_runs_on_its_own_with_its_flags() {
     mock.signal(libc::SIGTERM);
     assert_eq!(mock.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn the_binary_allocates_with_mimalloc() {
+    // mimalloc reports its own start-up when asked; the system allocator says nothing.
+    let (code, _, err) = run(&["--version"], &[("MIMALLOC_VERBOSE", "1")]).await;
+    assert_eq!(code, 0);
+    assert!(err.contains("mimalloc: process init"), "stderr: {err}");
+}

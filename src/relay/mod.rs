@@ -299,7 +299,11 @@ pub async fn handle(
             // Asked to stream but got an error status or a JSON answer: relay it as it is
             // (an SDK raises on the status), and the stream's life ends here.
             if let Some(mut lifetime) = lifetime {
-                lifetime.finish(lifetime::Outcome::Failed("upstream_error_status"));
+                lifetime.finish(lifetime::Outcome::Failed(if up_parts.status.is_success() {
+                    "upstream_not_event_stream"
+                } else {
+                    "upstream_error_status"
+                }));
             }
             for name in [
                 header::CONTENT_TYPE,
