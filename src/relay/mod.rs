@@ -191,21 +191,18 @@ async fn read_body(
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+/// Whether the Content-Type's media type is `mime` (parameters such as `charset` and letter
+/// case ignored).
+fn has_content_type(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|found| found.trim().eq_ignore_ascii_case(mime))
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
-}
+const APPLICATION_JSON: &str = "application/json";
+const TEXT_EVENT_STREAM: &str = "text/event-stream";
 
 /// Upstream response headers that clients and SDKs read (request ids, rate limits, retry
 /// advice), copied to the client. Nothing else crosses, so hop-by-hop and upstream-internal
@@ -239,7 +236,7 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (parts, body) = request.into_parts();
     let (payload, wants_stream) = if endpoint.method() == Method::POST {
-        if !is_json(&parts.headers) {
+        if !has_content_type(&parts.headers, APPLICATION_JSON) {
             return Err(GatewayError::UnsupportedMediaType);
         }
         let payload = read_body(body, &parts.headers, limits).await?;
@@ -281,7 +278,10 @@ pub async fn handle(
     copy_upstream_headers(&up_parts.headers, headers, request_id);
 
     let body = match lifetime {
-        Some(lifetime) if up_parts.status.is_success() && is_event_stream(&up_parts.headers) => {
+        Some(lifetime)
+            if up_parts.status.is_success()
+                && has_content_type(&up_parts.headers, TEXT_EVENT_STREAM) =>
+        {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -447,13 +447,13 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("Application/JSON; charset=utf-8"),
         );
-        assert!(is_json(&h));
+        assert!(has_content_type(&h, APPLICATION_JSON));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(!is_json(&h));
+        assert!(!has_content_type(&h, APPLICATION_JSON));
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
-        assert!(is_event_stream(&h));
+        assert!(has_content_type(&h, TEXT_EVENT_STREAM));
     }
 }
