@@ -152,31 +152,12 @@ impl Running {
 
     /// Reads stdout lines until one contains `needle`.
     async fn stdout_line(&mut self, needle: &str) -> String {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                match self.stdout.next_line().await.unwrap() {
-                    Some(line) if line.contains(needle) => return line,
-                    Some(_) => continue,
-                    None => panic!("stdout closed before {needle:?}"),
-                }
-            }
-        })
-        .await
-        .expect("line in time")
+        next_line_matching(&mut self.stdout, "stdout", |l| l.contains(needle)).await
     }
 
+    /// Reads stderr (log) lines until one satisfies `pred`.
     async fn stderr_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                match self.stderr.next_line().await.unwrap() {
-                    Some(line) if pred(&line) => return line,
-                    Some(_) => continue,
-                    None => panic!("stderr closed"),
-                }
-            }
-        })
-        .await
-        .expect("log line in time")
+        next_line_matching(&mut self.stderr, "stderr", pred).await
     }
 
     fn signal(&self, signal: i32) {
@@ -193,6 +174,27 @@ impl Running {
             .code()
             .unwrap_or(-1)
     }
+}
+
+/// The first line from `lines` that satisfies `pred`, within PATIENCE; panics if the stream
+/// ends first.
+async fn next_line_matching<R: tokio::io::AsyncRead + Unpin>(
+    lines: &mut Lines<BufReader<R>>,
+    stream: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    tokio::time::timeout(PATIENCE, async {
+        // Bounded by the timeout and by the child's output ending.
+        loop {
+            match lines.next_line().await.unwrap() {
+                Some(line) if pred(&line) => return line,
+                Some(_) => continue,
+                None => panic!("{stream} closed before the line we wait for"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a matching {stream} line within {PATIENCE:?}"))
 }
 
 fn addr_in(line: &str) -> SocketAddr {
