@@ -55,6 +55,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Name of the environment variable holding the admin bearer token, required when the admin
+    /// listener is not on loopback (overrides `admin.token_env`)
+    #[arg(long, value_name = "NAME")]
+    pub admin_token_env: Option<String>,
+
     /// Upstream base URL, e.g. https://api.openai.com/v1 (overrides `upstream.base_url`)
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
@@ -225,6 +230,9 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
     }
     if let Some(addr) = cli.admin_listen {
         config.admin.listen = Some(addr);
+    }
+    if let Some(name) = &cli.admin_token_env {
+        config.admin.token_env = Some(name.clone());
     }
     if let Some(url) = &cli.upstream {
         config.upstream.base_url = UpstreamUrl::parse(url).map_err(|message| {

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::Serialize;
 
+use crate::registry::EndReason;
+
 /// An error that ends a request or a stream. `code` strings are part of our API: never rename one.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -57,6 +59,28 @@ pub enum GatewayError {
     UpstreamIncomplete,
     #[error("The stream exceeded the maximum duration of {0:?}.")]
     StreamDurationExceeded(std::time::Duration),
+    #[error("The upstream answered with HTTP status {0}.")]
+    UpstreamStatus(u16),
+    #[error("The stream was ended by the gateway's operator.")]
+    TerminatedByAdmin,
+    #[error("The client stopped reading the stream.")]
+    SlowClient,
+    #[error("No live stream has the id '{0}'.")]
+    StreamNotFound(String),
+    #[error("The admin API needs 'Authorization: Bearer <admin token>'.")]
+    AdminUnauthorized,
+}
+
+impl From<EndReason> for GatewayError {
+    /// The final error of a stream the gateway ends itself. (A slow client's event is rarely
+    /// read: its connection is closed; the code still names the outcome.)
+    fn from(reason: EndReason) -> GatewayError {
+        match reason {
+            EndReason::Admin => GatewayError::TerminatedByAdmin,
+            EndReason::Shutdown => GatewayError::NotReady,
+            EndReason::SlowClient => GatewayError::SlowClient,
+        }
+    }
 }
 
 /// What the table says about one error: status, OpenAI `type`, stable `code`, `param`.
@@ -185,6 +209,36 @@ impl GatewayError {
                 "stream_duration_exceeded",
                 None,
             ),
+            UpstreamStatus(_) => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_error_status",
+                None,
+            ),
+            TerminatedByAdmin => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "terminated_by_admin",
+                None,
+            ),
+            SlowClient => (
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID_REQUEST,
+                "slow_client",
+                None,
+            ),
+            StreamNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                INVALID_REQUEST,
+                "stream_not_found",
+                None,
+            ),
+            AdminUnauthorized => (
+                StatusCode::UNAUTHORIZED,
+                INVALID_REQUEST,
+                "invalid_admin_token",
+                None,
+            ),
         };
         ErrorClass {
             status,
@@ -304,6 +358,11 @@ mod tests {
             GatewayError::UpstreamMalformedEvent,
             GatewayError::UpstreamIncomplete,
             GatewayError::StreamDurationExceeded(Duration::ZERO),
+            GatewayError::UpstreamStatus(500),
+            GatewayError::TerminatedByAdmin,
+            GatewayError::SlowClient,
+            GatewayError::StreamNotFound(String::new()),
+            GatewayError::AdminUnauthorized,
         ];
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();

@@ -3,30 +3,50 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, Secret, StreamsConfig};
 use crate::error::GatewayError;
+use crate::heartbeat::Scheduler;
+use crate::registry::{ConnectionCounts, EndReason, Registry};
 use crate::relay::upstream::Upstream;
 use crate::router::{AdminRoutes, ApiRoutes};
 use crate::server::{self, ConnectionLimits, Shutdown};
+
+/// After the drain deadline, how long streams get to deliver their final `server_shutdown`
+/// event before their connections are closed regardless.
+pub const SHUTDOWN_EVENT_GRACE: Duration = Duration::from_secs(2);
 
 /// State shared by every connection and request.
 pub struct App {
     pub upstream: Upstream,
     pub limits: Limits,
+    pub streams: StreamsConfig,
+    /// Every live stream and the open connection counts.
+    pub registry: Arc<Registry>,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
     /// False from the moment shutdown starts, so `/readyz` turns load balancers away at once.
     ready: AtomicBool,
 }
 
 impl App {
     pub fn new(config: &Config) -> Result<App, GatewayError> {
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.limits,
+            config.streams.max_buffered_bytes,
+        )?;
         Ok(App {
-            upstream: Upstream::new(&config.upstream, &config.limits)?,
+            registry: Arc::new(Registry::new(upstream.base_url())),
+            upstream,
             limits: config.limits.clone(),
+            streams: config.streams.clone(),
+            admin_token: config.admin.token.clone(),
             ready: AtomicBool::new(true),
         })
     }
@@ -51,15 +71,33 @@ pub enum RunError {
 }
 
 /// Serves until `shutdown` is cancelled, then drains: `/readyz` fails, the API listener closes,
-/// connections finish their in-flight requests within `shutdown.drain_timeout`, and whatever is
-/// still open at the deadline is closed. Returns once every connection is gone.
+/// keep-alive connections take no new requests, and streams in flight may finish within
+/// `shutdown.drain_timeout`. At the deadline every remaining stream ends with a final
+/// `server_shutdown` error event; connections still open [`SHUTDOWN_EVENT_GRACE`] later are
+/// closed. Returns once every connection is gone.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let app = Arc::new(App::new(&config)?);
-    let limits = ConnectionLimits::from(&config.limits);
+    run_app(app, &config, listeners, shutdown).await;
+    Ok(())
+}
+
+/// [`run`] with the shared state built by the caller (tests look into the registry).
+pub async fn run_app(
+    app: Arc<App>,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) {
+    let limits = ConnectionLimits::new(&config.limits, &config.streams);
+
+    let scheduler_stop = CancellationToken::new();
+    let scheduler = tokio::spawn(
+        Scheduler::new(&config.streams).run(app.registry.clone(), scheduler_stop.clone()),
+    );
 
     let api = Shutdown {
         drain: CancellationToken::new(),
@@ -70,6 +108,7 @@ pub async fn run(
         listeners.api,
         ApiRoutes(app.clone()),
         limits.clone(),
+        app.registry.connections().clone(),
         api.clone(),
         api_tasks.clone(),
     ));
@@ -85,6 +124,7 @@ pub async fn run(
             listener,
             AdminRoutes(app.clone()),
             limits,
+            Arc::new(ConnectionCounts::default()),
             admin.clone(),
             admin_tasks.clone(),
         ));
@@ -92,9 +132,11 @@ pub async fn run(
 
     shutdown.cancelled().await;
     app.ready.store(false, Ordering::Relaxed);
+    app.registry.start_draining();
     let drain_timeout = config.shutdown.drain_timeout;
     tracing::info!(
         connections = api_tasks.len().saturating_sub(1),
+        streams = app.registry.len(),
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "shutting down: draining"
     );
@@ -104,18 +146,30 @@ pub async fn run(
         .await
         .is_err()
     {
+        let ended = app.registry.end_all(EndReason::Shutdown);
         tracing::warn!(
+            streams = ended,
             connections = api_tasks.len(),
-            "drain deadline passed: closing remaining connections"
+            "drain deadline passed: ending the remaining streams with server_shutdown"
         );
-        api.force.cancel();
-        api_tasks.wait().await;
+        if tokio::time::timeout(SHUTDOWN_EVENT_GRACE, api_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = api_tasks.len(),
+                "closing the connections still open"
+            );
+            api.force.cancel();
+            api_tasks.wait().await;
+        }
     }
 
+    scheduler_stop.cancel();
+    let _ = scheduler.await;
     admin.drain.cancel();
     admin.force.cancel();
     admin_tasks.close();
     admin_tasks.wait().await;
     tracing::info!("shutdown complete");
-    Ok(())
 }

@@ -4,14 +4,19 @@
 //! Data flow: [`server`] accepts connections (HTTP/1.1, HTTP/2), [`router`] maps each request to
 //! a handler, [`relay`] forwards it upstream and relays the answer, [`sse`] finds event
 //! boundaries in the upstream bytes, and [`error`] turns every failure into an OpenAI-shaped
-//! error. [`gateway::run`] is the seam that the binary, the demo and the tests call.
+//! error. [`registry`] knows every live stream and connection, [`heartbeat`] keeps idle streams
+//! alive and finds slow clients with one task, and [`admin`] lets operators list and end streams.
+//! [`gateway::run`] is the seam that the binary, the demo and the tests call.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod heartbeat;
 pub mod logging;
 pub mod mock;
+pub mod registry;
 pub mod relay;
 pub mod request_id;
 pub mod router;

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admin;
 use crate::error::GatewayError;
 use crate::gateway::App;
 use crate::relay::body::ResponseBody;
@@ -24,7 +25,7 @@ use crate::server::Handler;
 #[derive(Clone)]
 pub struct ApiRoutes(pub Arc<App>);
 
-/// The operator-facing listener: health checks (and later metrics and the admin API).
+/// The operator-facing listener: health checks and the admin API (later metrics).
 #[derive(Clone)]
 pub struct AdminRoutes(pub Arc<App>);
 
@@ -47,7 +48,7 @@ impl Handler for ApiRoutes {
             if request.method() != endpoint.method() {
                 return Err(method_not_allowed(&request, endpoint.method().as_str()));
             }
-            relay::handle(endpoint, request, &app.upstream, &app.limits, &id).await
+            relay::handle(endpoint, request, &app, peer, &id).await
         })
     }
 }
@@ -60,7 +61,11 @@ impl Handler for AdminRoutes {
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let app = self.0;
         with_request_span(peer, request, move |request, _id| async move {
-            health(&app, &request)
+            if admin::is_admin_path(request.uri().path()) {
+                admin::handle(&app, &request)
+            } else {
+                health(&app, &request)
+            }
         })
     }
 }
@@ -110,8 +115,14 @@ pub fn error_response(error: &GatewayError) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let GatewayError::MethodNotAllowed { allowed, .. } = error {
-        headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+    match error {
+        GatewayError::MethodNotAllowed { allowed, .. } => {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        GatewayError::AdminUnauthorized => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ => {}
     }
     response
 }
@@ -134,6 +145,7 @@ where
         request_id = %id.to_str().unwrap_or_default(),
         method = %request.method(),
         path = %request.uri().path(),
+        stream_id = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();

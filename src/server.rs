@@ -23,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Limits;
+use crate::config::{Limits, StreamsConfig};
+use crate::registry::{ConnectionCounts, ConnectionInfo, Protocol};
 use crate::relay::body::ResponseBody;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
@@ -46,15 +47,19 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct ConnectionLimits {
     /// The request head (and, for a new connection, the protocol preface) must arrive within this.
     pub header_read_timeout: Duration,
-    /// Largest request head (HTTP/1.1 buffer; HTTP/2 header list).
+    /// Largest request head (HTTP/1.1 buffer; HTTP/2 header list). On HTTP/1.1 hyper uses the
+    /// same buffer size to bound the response bytes it holds before it stops polling the body.
     pub max_header_bytes: usize,
+    /// Most response bytes hyper holds per HTTP/2 stream before it stops polling the body.
+    pub max_buffered_bytes: usize,
 }
 
-impl From<&Limits> for ConnectionLimits {
-    fn from(l: &Limits) -> ConnectionLimits {
+impl ConnectionLimits {
+    pub fn new(limits: &Limits, streams: &StreamsConfig) -> ConnectionLimits {
         ConnectionLimits {
-            header_read_timeout: l.header_read_timeout,
-            max_header_bytes: l.max_header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_buffered_bytes: streams.max_buffered_bytes,
         }
     }
 }
@@ -74,6 +79,7 @@ pub fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_send_buf_size(limits.max_buffered_bytes)
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     builder
@@ -97,12 +103,14 @@ pub struct Shutdown {
     pub force: CancellationToken,
 }
 
-/// Accepts until `shutdown.drain` fires, one tracked task per connection. Returns once the
-/// listener is closed (new connections are refused from then on).
+/// Accepts until `shutdown.drain` fires, one tracked task per connection, each counted in
+/// `connections` by protocol. Returns once the listener is closed (new connections are refused
+/// from then on).
 pub async fn accept_loop<H: Handler>(
     listener: TcpListener,
     handler: H,
     limits: ConnectionLimits,
+    connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) {
@@ -137,6 +145,7 @@ pub async fn accept_loop<H: Handler>(
             handler.clone(),
             builder.clone(),
             limits.header_read_timeout,
+            connections.clone(),
             shutdown.clone(),
         ));
     }
@@ -149,6 +158,7 @@ async fn serve_connection<H: Handler>(
     handler: H,
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_read_timeout: Duration,
+    connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
 ) {
     // hyper's protocol detection has no deadline of its own: a client that connects and sends
@@ -169,8 +179,20 @@ async fn serve_connection<H: Handler>(
             return;
         }
     };
+    let protocol = if prefix.as_ref() == H2_PREFACE {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let _counted = connections.open(protocol);
+    let close = CancellationToken::new();
+    let info = ConnectionInfo {
+        protocol,
+        close: close.clone(),
+    };
     let io = TokioIo::new(Rewound::new(prefix, stream));
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(info.clone());
         let response = handler.clone().call(peer, request);
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
@@ -178,10 +200,18 @@ async fn serve_connection<H: Handler>(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = close.cancelled() => {
+            tracing::debug!(client = %peer, "connection closed by the gateway");
+            return;
+        }
         _ = shutdown.drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 r = conn.as_mut() => r,
+                _ = close.cancelled() => {
+                    tracing::debug!(client = %peer, "connection closed by the gateway");
+                    return;
+                }
                 _ = shutdown.force.cancelled() => {
                     tracing::debug!(client = %peer, "connection force-closed at the drain deadline");
                     return;

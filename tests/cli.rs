@@ -52,6 +52,7 @@ async fn help_documents_the_commands_and_flags() {
         "--config",
         "--listen",
         "--admin-listen",
+        "--admin-token-env",
         "--upstream",
         "--log-format",
         "TIDEGATE_CONFIG",
@@ -121,6 +122,45 @@ async fn an_invalid_config_lists_every_error_and_exits_64() {
 
     let (code, _, err) = run(&["--upstream", "not a url"], &[]).await;
     assert_eq!(code, 64, "{err}");
+}
+
+#[tokio::test]
+async fn an_admin_listener_off_loopback_without_a_token_exits_64() {
+    // The admin API can end streams: off loopback it needs a token, checked after the flags are
+    // applied and before anything binds.
+    let (code, _, err) = run(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--admin-listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("admin.token_env"), "{err}");
+
+    // --admin-token-env is applied too: now the named variable is what is missing.
+    let (code, _, err) = run(
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--admin-token-env",
+            "TIDEGATE_UNSET_ADMIN_TOKEN_VAR",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(
+            "admin.token_env: environment variable TIDEGATE_UNSET_ADMIN_TOKEN_VAR is not set"
+        ),
+        "{err}"
+    );
 }
 
 /// A running `tidegate` process with its output lines.

@@ -18,13 +18,16 @@
 //!
 //! The upstream API key never appears in the file: `upstream.api_key_env`
 //! names an environment variable, and [`Config::resolve_secrets`] reads it
-//! into a [`Secret`], which prints as `<redacted>` everywhere.
+//! into a [`Secret`], which prints as `<redacted>` everywhere. The admin
+//! bearer token (`admin.token_env`) is handled the same way.
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
+//! # required when listen is not a loopback address:
+//! # token_env = "TIDEGATE_ADMIN_TOKEN"
 //!
 //! [upstream]
 //! base_url = "https://api.openai.com/v1"
@@ -40,6 +43,11 @@
 //! first_byte_timeout = "60s"
 //! upstream_idle_timeout = "120s"
 //! max_stream_duration = "30m"
+//!
+//! [streams]
+//! heartbeat_interval = "15s"
+//! max_buffered_bytes = 65536
+//! client_stall_timeout = "30s"
 //!
 //! [shutdown]
 //! drain_timeout = "30s"
@@ -101,6 +109,25 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_MAX_STREAM_DURATION: Duration = Duration::from_secs(30 * 60);
 /// Default grace period for in-flight streams on shutdown: 30 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default interval between `: ping` heartbeats on an otherwise silent
+/// stream: 15 s, well inside the 60 s idle timeout of nginx
+/// (`proxy_read_timeout`) and common cloud load balancers.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// Smallest non-zero `streams.heartbeat_interval`: 10 ms, so a typo such as
+/// `"1ms"` cannot turn heartbeats into a flood of pings; `0s` switches
+/// heartbeats off.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+/// Default cap on unsent response bytes held per stream: 64 KiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024;
+/// Allowed `streams.max_buffered_bytes`: 8 KiB (the smallest buffer hyper's
+/// HTTP/1.1 connection accepts) to 16 MiB.
+pub const MAX_BUFFERED_BYTES_RANGE: RangeInclusive<u64> = 8 * KIB..=16 * MIB;
+/// Default time a client may take none of a stream's pending data before
+/// it is cut: 30 s.
+pub const DEFAULT_CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest admin bearer token accepted from `admin.token_env`: 16 bytes,
+/// so a token cannot be trivially guessed.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 /// Upper bound for every duration: 365 days. Far beyond any sensible
 /// timeout, it exists so a typo such as `"99999999999h"` is caught here
 /// instead of overflowing `Instant + duration` (which panics) at run time.
@@ -125,6 +152,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Size and time limits (`[limits]`).
     pub limits: Limits,
+    /// Heartbeats and backpressure for streaming responses (`[streams]`).
+    pub streams: StreamsConfig,
     /// Graceful shutdown behaviour (`[shutdown]`).
     pub shutdown: ShutdownConfig,
     /// Logging (`[log]`).
@@ -139,6 +168,17 @@ pub struct AdminConfig {
     /// so operational endpoints can stay on loopback or a private network
     /// while clients are served publicly; it must not overlap `listen`.
     pub listen: Option<SocketAddr>,
+    /// Name of the environment variable holding the admin bearer token
+    /// (`admin.token_env`). The admin API can end streams, so it must not be
+    /// open to the network: this is required when `admin.listen` is not a
+    /// loopback address. Like `upstream.api_key_env`, only the variable's
+    /// name is in the file, so the file can be committed and printed safely.
+    /// Absent by default: the admin API takes no token (loopback only).
+    pub token_env: Option<String>,
+    /// The token read from `token_env` by [`Config::resolve_secrets`]: at
+    /// least [`MIN_ADMIN_TOKEN_BYTES`] of visible ASCII, so it is a valid
+    /// header value. Never read from or written to TOML.
+    pub token: Option<Secret>,
 }
 
 /// `[upstream]`: the OpenAI-compatible server requests are relayed to.
@@ -222,6 +262,47 @@ pub struct Limits {
     pub max_stream_duration: Duration,
 }
 
+/// `[streams]`: keeping long-lived streaming responses alive through idle
+/// proxies, and bounding what a slow client can pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsConfig {
+    /// Interval of the heartbeat (`streams.heartbeat_interval`): a `: ping`
+    /// SSE comment is sent to every stream that has written nothing for this
+    /// long, and if the upstream has not answered within it, the client gets
+    /// 200 event-stream headers early (early commit). Both keep idle proxies
+    /// (nginx `proxy_read_timeout`, cloud load balancers, typically 60 s)
+    /// from cutting a stream while a model thinks. `0s` disables heartbeats
+    /// and early commit; otherwise between [`MIN_HEARTBEAT_INTERVAL`] and
+    /// [`MAX_DURATION`]. Default [`DEFAULT_HEARTBEAT_INTERVAL`]. Use
+    /// [`StreamsConfig::heartbeat`], which says "off" as `None`.
+    pub heartbeat_interval: Duration,
+    /// Most unsent response bytes the gateway holds per stream
+    /// (`streams.max_buffered_bytes`): hyper's per-stream send buffer on
+    /// HTTP/2 and the bound on one upstream read. (On HTTP/1.1 hyper holds
+    /// unsent bytes in the connection buffer, sized by
+    /// `limits.max_header_bytes`.) While it is full the gateway stops reading
+    /// the upstream (backpressure), so a client that reads slower than the
+    /// model writes costs bounded memory instead of growing a queue. Default [`DEFAULT_MAX_BUFFERED_BYTES`], allowed
+    /// [`MAX_BUFFERED_BYTES_RANGE`].
+    pub max_buffered_bytes: usize,
+    /// Longest time a client may take none of a stream's pending data
+    /// (`streams.client_stall_timeout`). Such a client is cut, its upstream
+    /// request cancelled, and the stream's outcome is `slow_client`, so a
+    /// stalled reader cannot hold an upstream generation (and its cost)
+    /// open forever. Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_CLIENT_STALL_TIMEOUT`].
+    pub client_stall_timeout: Duration,
+}
+
+impl StreamsConfig {
+    /// The heartbeat interval, or `None` when `heartbeat_interval` is zero
+    /// (heartbeats and early commit off). A zero period must never reach a
+    /// timer: `tokio::time::interval` panics on it.
+    pub fn heartbeat(&self) -> Option<Duration> {
+        (!self.heartbeat_interval.is_zero()).then_some(self.heartbeat_interval)
+    }
+}
+
 /// `[shutdown]`: what happens on SIGTERM / Ctrl-C.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownConfig {
@@ -289,9 +370,9 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Holds the upstream API key. `Debug` and `Display` print `<redacted>`,
-/// and it is never serialized; call [`Secret::expose`] only where the value
-/// is actually sent.
+/// Holds a secret: the upstream API key or the admin token. `Debug` and
+/// `Display` print `<redacted>`, and it is never serialized; call
+/// [`Secret::expose`] only where the value is actually sent or compared.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -366,6 +447,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             upstream: UpstreamConfig::default(),
             limits: Limits::default(),
+            streams: StreamsConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
         }
@@ -384,6 +466,16 @@ impl Default for Limits {
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             max_stream_duration: DEFAULT_MAX_STREAM_DURATION,
+        }
+    }
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
         }
     }
 }
@@ -408,6 +500,7 @@ impl Default for LogConfig {
 // ---- loading, validation, secrets, printing ---------------------------------
 
 const API_KEY_ENV_PATH: &str = "upstream.api_key_env";
+const ADMIN_TOKEN_ENV_PATH: &str = "admin.token_env";
 
 impl Config {
     /// Parses and validates one TOML document (does not read the
@@ -427,6 +520,16 @@ impl Config {
         r.read(&mut admin, "listen", &mut config.admin.listen, |v| {
             reader::socket_addr(v).map(Some)
         });
+        r.read(&mut admin, "token_env", &mut config.admin.token_env, |v| {
+            let name = reader::string(v)?;
+            check_env_name(&name, EnvVar::AdminToken)?;
+            Ok(Some(name))
+        });
+        r.hint(
+            "admin.token",
+            "the token is never read from the file; set token_env to the name \
+             of an environment variable holding it",
+        );
         r.finish_section(admin);
 
         let mut upstream = r.section(&mut root, "upstream");
@@ -439,7 +542,7 @@ impl Config {
         );
         r.read(&mut upstream, "api_key_env", &mut up.api_key_env, |v| {
             let name = reader::string(v)?;
-            check_env_name(&name)?;
+            check_env_name(&name, EnvVar::ApiKey)?;
             Ok(Some(name))
         });
         r.read(
@@ -493,6 +596,40 @@ impl Config {
             });
         }
         r.finish_section(limits);
+
+        let mut streams = r.section(&mut root, "streams");
+        let s = &mut config.streams;
+        r.read(
+            &mut streams,
+            "heartbeat_interval",
+            &mut s.heartbeat_interval,
+            |v| {
+                let d = reader::duration(v)?;
+                check_heartbeat_interval(d)?;
+                Ok(d)
+            },
+        );
+        r.read(
+            &mut streams,
+            "max_buffered_bytes",
+            &mut s.max_buffered_bytes,
+            |v| {
+                size_in(v, &MAX_BUFFERED_BYTES_RANGE)
+                    .and_then(|n| to_usize(n, &MAX_BUFFERED_BYTES_RANGE))
+            },
+        );
+        r.read(
+            &mut streams,
+            "client_stall_timeout",
+            &mut s.client_stall_timeout,
+            |v| {
+                let d = reader::duration(v)?;
+                check_positive(d)?;
+                check_at_most_max(d)?;
+                Ok(d)
+            },
+        );
+        r.finish_section(streams);
 
         let mut shutdown = r.section(&mut root, "shutdown");
         r.read(
@@ -558,8 +695,18 @@ impl Config {
         if let Some(admin) = self.admin.listen {
             check("admin.listen", check_listeners_apart(self.listen, admin));
         }
+        match &self.admin.token_env {
+            Some(name) => check(
+                ADMIN_TOKEN_ENV_PATH,
+                check_env_name(name, EnvVar::AdminToken),
+            ),
+            None => check(
+                ADMIN_TOKEN_ENV_PATH,
+                check_admin_needs_no_token(self.admin.listen),
+            ),
+        }
         if let Some(name) = &self.upstream.api_key_env {
-            check(API_KEY_ENV_PATH, check_env_name(name));
+            check(API_KEY_ENV_PATH, check_env_name(name, EnvVar::ApiKey));
         }
         for name in &self.upstream.forward_headers {
             check("upstream.forward_headers", check_forward_header(name));
@@ -596,6 +743,25 @@ impl Config {
                     .and_then(|()| check_whole_millis(timeout)),
             );
         }
+        let s = &self.streams;
+        check(
+            "streams.heartbeat_interval",
+            check_heartbeat_interval(s.heartbeat_interval)
+                .and_then(|()| check_whole_millis(s.heartbeat_interval)),
+        );
+        check(
+            "streams.max_buffered_bytes",
+            check_size(
+                usize_to_u64(s.max_buffered_bytes),
+                &MAX_BUFFERED_BYTES_RANGE,
+            ),
+        );
+        check(
+            "streams.client_stall_timeout",
+            check_positive(s.client_stall_timeout)
+                .and_then(|()| check_at_most_max(s.client_stall_timeout))
+                .and_then(|()| check_whole_millis(s.client_stall_timeout)),
+        );
         let drain = self.shutdown.drain_timeout;
         check(
             "shutdown.drain_timeout",
@@ -610,58 +776,65 @@ impl Config {
         }
     }
 
-    /// Reads the key named by `upstream.api_key_env` through `lookup`
-    /// (`|name| std::env::var(name).ok()` in production, a closure in tests)
-    /// and stores it in `upstream.api_key`. Without `api_key_env`,
-    /// `api_key` is cleared and nothing is looked up.
+    /// Reads the secrets the file names through `lookup`
+    /// (`|name| std::env::var(name).ok()` in production, a closure in tests):
+    /// the key named by `upstream.api_key_env` into `upstream.api_key`, and
+    /// the token named by `admin.token_env` into `admin.token`. A secret
+    /// whose `*_env` key is absent is cleared and nothing is looked up for
+    /// it; on any error neither secret is stored.
     ///
-    /// Errors (at path `upstream.api_key_env`, never containing the value):
-    /// the variable is unset or empty, or the value cannot be sent in an HTTP
-    /// header (surrounding whitespace, control or non-ASCII characters).
+    /// Errors (at path `upstream.api_key_env` or `admin.token_env`, never
+    /// containing the value; both are checked, so every problem is reported
+    /// at once): the variable is unset or empty, or the value cannot be sent
+    /// in an HTTP header (surrounding whitespace, control or non-ASCII
+    /// characters), or an admin token is shorter than
+    /// [`MIN_ADMIN_TOKEN_BYTES`].
     pub fn resolve_secrets(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigErrors> {
         self.upstream.api_key = None;
-        let Some(name) = &self.upstream.api_key_env else {
-            return Ok(());
+        self.admin.token = None;
+        let mut errors = Vec::new();
+        let mut resolve = |path: &str, name: Option<&String>, var: EnvVar| {
+            let name = name?;
+            read_secret(name, var, &lookup)
+                .map_err(|message| {
+                    errors.push(ConfigError {
+                        path: path.to_owned(),
+                        message,
+                    })
+                })
+                .ok()
         };
-        let fail = |message: String| {
-            ConfigErrors::from(ConfigError {
-                path: API_KEY_ENV_PATH.to_owned(),
-                message,
-            })
-        };
-        check_env_name(name).map_err(fail)?;
-        let value =
-            lookup(name).ok_or_else(|| fail(format!("environment variable {name} is not set")))?;
-        if value.trim().is_empty() {
-            return Err(fail(format!("environment variable {name} is empty")));
+        let api_key = resolve(
+            API_KEY_ENV_PATH,
+            self.upstream.api_key_env.as_ref(),
+            EnvVar::ApiKey,
+        );
+        let token = resolve(
+            ADMIN_TOKEN_ENV_PATH,
+            self.admin.token_env.as_ref(),
+            EnvVar::AdminToken,
+        );
+        if errors.is_empty() {
+            self.upstream.api_key = api_key;
+            self.admin.token = token;
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
         }
-        if value.trim() != value {
-            return Err(fail(format!(
-                "the value of {name} has leading or trailing whitespace (often a stray newline); \
-                 remove it"
-            )));
-        }
-        if !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(fail(format!(
-                "the value of {name} contains spaces, control or non-ASCII characters, \
-                 which cannot be sent in an Authorization header"
-            )));
-        }
-        self.upstream.api_key = Some(Secret(value));
-        Ok(())
     }
 
     /// The effective configuration as TOML: every key present (defaults
     /// included; an absent optional key appears as a comment), durations as
-    /// human strings. The API key is never printed; when one was resolved, a
-    /// comment `# upstream key: <redacted> (read from $NAME)` says so.
+    /// human strings. Secrets are never printed; when one was resolved, a
+    /// comment says so: `# upstream key: <redacted> (read from $NAME)`,
+    /// `# admin token: <redacted> (read from $NAME)`.
     ///
     /// For a valid config, the output parses back with
     /// [`Config::from_toml_str`] into an equal config, except that
-    /// `upstream.api_key` must be resolved again.
+    /// `upstream.api_key` and `admin.token` must be resolved again.
     pub fn to_redacted_toml(&self) -> String {
         let mut out = String::new();
         let mut line = |text: &str| {
@@ -682,6 +855,17 @@ impl Config {
             Some(addr) => line(&format!("listen = {}", toml_string(&addr.to_string()))),
             None => line("# listen: not set, no admin listener"),
         }
+        match &self.admin.token_env {
+            Some(name) => line(&format!("token_env = {}", toml_string(name))),
+            None => line("# token_env: not set, the admin API takes no token (loopback only)"),
+        }
+        if let Some(comment) = secret_comment(
+            "admin token",
+            self.admin.token.as_ref(),
+            self.admin.token_env.as_deref(),
+        ) {
+            line(&comment);
+        }
 
         line("");
         line("[upstream]");
@@ -693,13 +877,12 @@ impl Config {
             Some(name) => line(&format!("api_key_env = {}", toml_string(name))),
             None => line("# api_key_env: not set, no Authorization header is sent upstream"),
         }
-        match (&self.upstream.api_key, &self.upstream.api_key_env) {
-            (Some(_), Some(name)) => line(&format!(
-                "# upstream key: <redacted> (read from ${})",
-                name.replace(['\n', '\r'], " ")
-            )),
-            (Some(_), None) => line("# upstream key: <redacted> (not from the environment)"),
-            (None, _) => {}
+        if let Some(comment) = secret_comment(
+            "upstream key",
+            self.upstream.api_key.as_ref(),
+            self.upstream.api_key_env.as_deref(),
+        ) {
+            line(&comment);
         }
         let forwarded: Vec<String> = self
             .upstream
@@ -726,6 +909,19 @@ impl Config {
         }
 
         line("");
+        line("[streams]");
+        let s = &self.streams;
+        line(&format!(
+            "heartbeat_interval = \"{}\"",
+            format_duration(s.heartbeat_interval)
+        ));
+        line(&format!("max_buffered_bytes = {}", s.max_buffered_bytes));
+        line(&format!(
+            "client_stall_timeout = \"{}\"",
+            format_duration(s.client_stall_timeout)
+        ));
+
+        line("");
         line("[shutdown]");
         line(&format!(
             "drain_timeout = \"{}\"",
@@ -745,6 +941,19 @@ impl Config {
 /// A TOML string literal for `s`, escaped by the toml crate.
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The comment `to_redacted_toml` prints for a resolved secret (never its
+/// value), or `None` when there is none.
+fn secret_comment(what: &str, secret: Option<&Secret>, env: Option<&str>) -> Option<String> {
+    secret?;
+    Some(match env {
+        Some(name) => format!(
+            "# {what}: <redacted> (read from ${})",
+            name.replace(['\n', '\r'], " ")
+        ),
+        None => format!("# {what}: <redacted> (not from the environment)"),
+    })
 }
 
 /// Turns toml's error into one located `ConfigError`.
@@ -837,6 +1046,36 @@ fn check_at_most_max(duration: Duration) -> Result<(), String> {
     }
 }
 
+/// `streams.heartbeat_interval`: `0s` (off), or between
+/// [`MIN_HEARTBEAT_INTERVAL`] and [`MAX_DURATION`].
+fn check_heartbeat_interval(interval: Duration) -> Result<(), String> {
+    if interval.is_zero() {
+        return Ok(());
+    }
+    if interval < MIN_HEARTBEAT_INTERVAL {
+        return Err(format!(
+            "must be 0s (heartbeats off) or at least {}, got {interval:?}",
+            format_duration(MIN_HEARTBEAT_INTERVAL)
+        ));
+    }
+    check_at_most_max(interval)
+}
+
+/// `admin.token_env` is required when the admin listener is reachable from
+/// the network. `to_canonical` makes `[::ffff:127.0.0.1]` count as loopback;
+/// the wildcards `0.0.0.0` and `[::]` are not.
+fn check_admin_needs_no_token(admin: Option<SocketAddr>) -> Result<(), String> {
+    match admin {
+        Some(addr) if !addr.ip().to_canonical().is_loopback() => Err(format!(
+            "required when admin.listen is not a loopback address (the admin API can end \
+             streams); admin.listen is {addr}: set token_env to the name of an environment \
+             variable holding a token of at least {MIN_ADMIN_TOKEN_BYTES} bytes, or listen on \
+             127.0.0.1 or [::1]"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Durations set programmatically (e.g. by CLI code) could carry
 /// sub-millisecond precision that the file format cannot express.
 fn check_whole_millis(duration: Duration) -> Result<(), String> {
@@ -849,8 +1088,6 @@ fn check_whole_millis(duration: Duration) -> Result<(), String> {
     }
 }
 
-/// A portable environment variable name. Deliberately strict, and the
-/// value is never echoed: a common mistake is pasting the key itself here.
 /// Headers a client may never push upstream through `forward_headers`: credentials, hop-by-hop
 /// and framing headers, and those the gateway sets itself.
 const NEVER_FORWARDED: [&str; 14] = [
@@ -915,19 +1152,80 @@ fn check_forward_header(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_env_name(name: &str) -> Result<(), String> {
+/// Which secret an `*_env` key names; only changes the wording of messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvVar {
+    /// `upstream.api_key_env`.
+    ApiKey,
+    /// `admin.token_env`.
+    AdminToken,
+}
+
+impl EnvVar {
+    fn example(self) -> &'static str {
+        match self {
+            EnvVar::ApiKey => "OPENAI_API_KEY",
+            EnvVar::AdminToken => "TIDEGATE_ADMIN_TOKEN",
+        }
+    }
+
+    fn secret(self) -> &'static str {
+        match self {
+            EnvVar::ApiKey => "key",
+            EnvVar::AdminToken => "token",
+        }
+    }
+}
+
+/// A portable environment variable name. Deliberately strict, and the
+/// value is never echoed: a common mistake is pasting the secret itself here.
+fn check_env_name(name: &str, var: EnvVar) -> Result<(), String> {
     let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if valid {
         Ok(())
     } else {
-        Err(
+        Err(format!(
             "must be the name of an environment variable (letters, digits and _, \
-             not starting with a digit), such as \"OPENAI_API_KEY\"; the key itself \
-             belongs in that variable, not in the file"
-                .to_owned(),
-        )
+             not starting with a digit), such as \"{}\"; the {} itself \
+             belongs in that variable, not in the file",
+            var.example(),
+            var.secret()
+        ))
     }
+}
+
+/// Reads the secret in the environment variable `name`. Messages name the
+/// variable but never contain its value.
+fn read_secret(
+    name: &str,
+    var: EnvVar,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, String> {
+    check_env_name(name, var)?;
+    let value = lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+    if value.trim().is_empty() {
+        return Err(format!("environment variable {name} is empty"));
+    }
+    if value.trim() != value {
+        return Err(format!(
+            "the value of {name} has leading or trailing whitespace (often a stray newline); \
+             remove it"
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the value of {name} contains spaces, control or non-ASCII characters, \
+             which cannot be sent in an Authorization header"
+        ));
+    }
+    if var == EnvVar::AdminToken && value.len() < MIN_ADMIN_TOKEN_BYTES {
+        return Err(format!(
+            "the value of {name} is shorter than {MIN_ADMIN_TOKEN_BYTES} bytes; use a long \
+             random token (e.g. from `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(Secret(value))
 }
 
 fn check_log_level(level: &str) -> Result<(), String> {

@@ -3,12 +3,14 @@
 use super::*;
 
 const SECRET: &str = "sk-test-0123456789abcdefSECRET";
+const ADMIN_TOKEN: &str = "admin-0123456789abcdefTOKEN";
 
 const FULL: &str = r#"
 listen = "0.0.0.0:8000"
 
 [admin]
 listen = "127.0.0.1:9100"
+token_env = "TIDEGATE_TEST_ADMIN_TOKEN"
 
 [upstream]
 base_url = "http://127.0.0.1:8081/v1/"
@@ -25,6 +27,11 @@ upstream_connect_timeout = "1500ms"
 first_byte_timeout = "2m"
 upstream_idle_timeout = "90s"
 max_stream_duration = "1h"
+
+[streams]
+heartbeat_interval = "250ms"
+max_buffered_bytes = 131072
+client_stall_timeout = "45s"
 
 [shutdown]
 drain_timeout = "0s"
@@ -56,7 +63,11 @@ fn only_error(text: &str) -> String {
 }
 
 fn lookup_key(name: &str) -> Option<String> {
-    (name == "TIDEGATE_TEST_KEY").then(|| SECRET.to_owned())
+    match name {
+        "TIDEGATE_TEST_KEY" => Some(SECRET.to_owned()),
+        "TIDEGATE_TEST_ADMIN_TOKEN" => Some(ADMIN_TOKEN.to_owned()),
+        _ => None,
+    }
 }
 
 #[test]
@@ -71,6 +82,8 @@ fn empty_file_is_the_default_config() {
     let c = Config::default();
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.admin.listen, None);
+    assert_eq!(c.admin.token_env, None);
+    assert_eq!(c.admin.token, None);
     assert_eq!(c.upstream.base_url.as_str(), "https://api.openai.com/v1");
     assert!(c.upstream.base_url.is_https());
     assert_eq!(c.upstream.api_key_env, None);
@@ -84,6 +97,10 @@ fn empty_file_is_the_default_config() {
     assert_eq!(c.limits.first_byte_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.upstream_idle_timeout, Duration::from_secs(120));
     assert_eq!(c.limits.max_stream_duration, Duration::from_secs(1800));
+    assert_eq!(c.streams.heartbeat_interval, Duration::from_secs(15));
+    assert_eq!(c.streams.heartbeat(), Some(Duration::from_secs(15)));
+    assert_eq!(c.streams.max_buffered_bytes, 65_536);
+    assert_eq!(c.streams.client_stall_timeout, Duration::from_secs(30));
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.log.level, "info");
@@ -97,6 +114,8 @@ fn full_file_sets_every_key() {
         listen: "0.0.0.0:8000".parse().unwrap(),
         admin: AdminConfig {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
+            token_env: Some("TIDEGATE_TEST_ADMIN_TOKEN".to_owned()),
+            token: None,
         },
         upstream: UpstreamConfig {
             base_url: UpstreamUrl::parse("http://127.0.0.1:8081/v1").unwrap(),
@@ -114,6 +133,11 @@ fn full_file_sets_every_key() {
             first_byte_timeout: Duration::from_secs(120),
             upstream_idle_timeout: Duration::from_secs(90),
             max_stream_duration: Duration::from_secs(3600),
+        },
+        streams: StreamsConfig {
+            heartbeat_interval: Duration::from_millis(250),
+            max_buffered_bytes: 128 * 1024,
+            client_stall_timeout: Duration::from_secs(45),
         },
         shutdown: ShutdownConfig {
             drain_timeout: Duration::ZERO,
@@ -509,7 +533,9 @@ fn admin_listener_must_not_overlap_the_client_listener() {
         ("[::1]:8080", "[::]:8080"),
     ];
     for (listen, admin) in overlapping {
-        let text = format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n");
+        // A token variable, since some of these admin addresses are wildcards.
+        let text =
+            format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\ntoken_env = \"T\"\n");
         let shown = only_error(&text);
         assert!(
             shown.starts_with(&format!("admin.listen: {admin} overlaps listen ({listen})")),
@@ -523,7 +549,9 @@ fn admin_listener_must_not_overlap_the_client_listener() {
         ("127.0.0.1:0", "127.0.0.1:0"),
     ];
     for (listen, admin) in apart {
-        let text = format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\n");
+        // A token variable, since some of these admin addresses are wildcards.
+        let text =
+            format!("listen = \"{listen}\"\n[admin]\nlisten = \"{admin}\"\ntoken_env = \"T\"\n");
         assert!(Config::from_toml_str(&text).is_ok(), "{text}");
     }
 }
@@ -569,13 +597,19 @@ fn resolve_secrets_reads_the_named_variable() {
         c.upstream.api_key.as_ref().map(Secret::expose),
         Some(SECRET)
     );
+    assert_eq!(
+        c.admin.token.as_ref().map(Secret::expose),
+        Some(ADMIN_TOKEN)
+    );
 
     // Without api_key_env nothing is looked up and any old key is cleared.
     let mut c = Config::default();
     c.upstream.api_key = Some(Secret::new("stale"));
+    c.admin.token = Some(Secret::new("stale"));
     c.resolve_secrets(|name| panic!("looked up {name}"))
         .unwrap();
     assert_eq!(c.upstream.api_key, None);
+    assert_eq!(c.admin.token, None);
 }
 
 #[test]
@@ -597,7 +631,12 @@ fn resolve_secrets_reports_missing_or_unusable_values() {
     for (value, needle) in cases {
         let mut c = Config::from_toml_str(FULL).unwrap();
         c.upstream.api_key = Some(Secret::new("stale"));
-        let ConfigErrors(errors) = c.resolve_secrets(|_| value.map(str::to_owned)).unwrap_err();
+        let ConfigErrors(errors) = c
+            .resolve_secrets(|name| match name {
+                "TIDEGATE_TEST_KEY" => value.map(str::to_owned),
+                _ => lookup_key(name),
+            })
+            .unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].path, "upstream.api_key_env");
         assert!(
@@ -610,6 +649,7 @@ fn resolve_secrets_reports_missing_or_unusable_values() {
             assert!(!errors[0].message.contains(v.trim()), "{}", errors[0]);
         }
         assert_eq!(c.upstream.api_key, None);
+        assert_eq!(c.admin.token, None, "nothing is stored on error");
     }
 }
 
@@ -619,6 +659,7 @@ fn debug_output_never_contains_the_secret() {
     c.resolve_secrets(lookup_key).unwrap();
     for shown in [format!("{c:?}"), format!("{c:#?}")] {
         assert!(!shown.contains(SECRET), "{shown}");
+        assert!(!shown.contains(ADMIN_TOKEN), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
     }
     let secret = Secret::new(SECRET);
@@ -633,12 +674,22 @@ fn redacted_toml_hides_the_key_and_round_trips() {
     c.resolve_secrets(lookup_key).unwrap();
     let printed = c.to_redacted_toml();
     assert!(!printed.contains(SECRET), "{printed}");
+    assert!(!printed.contains(ADMIN_TOKEN), "{printed}");
     assert!(
         printed.contains("\n# upstream key: <redacted> (read from $TIDEGATE_TEST_KEY)\n"),
         "{printed}"
     );
+    assert!(
+        printed.contains("\n# admin token: <redacted> (read from $TIDEGATE_TEST_ADMIN_TOKEN)\n"),
+        "{printed}"
+    );
     for line in [
         "listen = \"0.0.0.0:8000\"",
+        "token_env = \"TIDEGATE_TEST_ADMIN_TOKEN\"",
+        "[streams]",
+        "heartbeat_interval = \"250ms\"",
+        "max_buffered_bytes = 131072",
+        "client_stall_timeout = \"45s\"",
         "base_url = \"http://127.0.0.1:8081/v1\"",
         "upstream_connect_timeout = \"1500ms\"",
         "first_byte_timeout = \"2m\"",
@@ -657,6 +708,7 @@ fn redacted_toml_hides_the_key_and_round_trips() {
         reparsed.upstream.api_key, None,
         "the key is not in the TOML"
     );
+    assert_eq!(reparsed.admin.token, None, "the token is not in the TOML");
     reparsed.resolve_secrets(lookup_key).unwrap();
     assert_eq!(reparsed, c);
 }
@@ -677,6 +729,9 @@ fn default_config_prints_every_key_and_round_trips() {
         "first_byte_timeout",
         "upstream_idle_timeout",
         "max_stream_duration",
+        "heartbeat_interval",
+        "max_buffered_bytes",
+        "client_stall_timeout",
         "drain_timeout",
         "format",
         "level",
@@ -696,7 +751,18 @@ fn default_config_prints_every_key_and_round_trips() {
     );
     assert!(printed.contains("# listen: not set"), "{printed}");
     assert!(printed.contains("# api_key_env: not set"), "{printed}");
+    assert!(printed.contains("# token_env: not set"), "{printed}");
+    assert!(
+        printed.contains("heartbeat_interval = \"15s\""),
+        "{printed}"
+    );
+    assert!(printed.contains("max_buffered_bytes = 65536"), "{printed}");
+    assert!(
+        printed.contains("client_stall_timeout = \"30s\""),
+        "{printed}"
+    );
     assert!(!printed.contains("upstream key"), "{printed}");
+    assert!(!printed.contains("admin token"), "{printed}");
     assert_eq!(Config::from_toml_str(&printed), Ok(c));
 }
 
@@ -775,4 +841,410 @@ fn forward_headers_accepts_names_and_prefixes_and_refuses_credentials() {
     }
     let err = Config::from_toml_str("[upstream]\nforward_headers = \"x-a\"\n").unwrap_err();
     assert!(err.to_string().contains("expected an array"));
+}
+
+// ---- [streams] ----------------------------------------------------------------
+
+#[test]
+fn streams_defaults() {
+    let s = StreamsConfig::default();
+    assert_eq!(s.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+    assert_eq!(s.heartbeat_interval, Duration::from_secs(15));
+    assert_eq!(s.max_buffered_bytes, DEFAULT_MAX_BUFFERED_BYTES);
+    assert_eq!(s.max_buffered_bytes, 64 * 1024);
+    assert_eq!(s.client_stall_timeout, DEFAULT_CLIENT_STALL_TIMEOUT);
+    assert_eq!(s.client_stall_timeout, Duration::from_secs(30));
+    assert_eq!(MIN_HEARTBEAT_INTERVAL, Duration::from_millis(10));
+    assert_eq!(MAX_BUFFERED_BYTES_RANGE, 8192..=16 * 1024 * 1024);
+    assert_eq!(
+        Config::from_toml_str("[streams]\n").unwrap().streams,
+        StreamsConfig::default()
+    );
+}
+
+#[test]
+fn streams_keys_parse() {
+    let c = Config::from_toml_str(
+        "[streams]\nheartbeat_interval = \"250ms\"\nmax_buffered_bytes = 65536\nclient_stall_timeout = \"2m\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.streams.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(c.streams.heartbeat(), Some(Duration::from_millis(250)));
+    assert_eq!(c.streams.max_buffered_bytes, 64 * 1024);
+    assert_eq!(c.streams.client_stall_timeout, Duration::from_secs(120));
+
+    // "0s" (or "0ms") switches heartbeats and early commit off.
+    for off in ["0s", "0ms"] {
+        let c =
+            Config::from_toml_str(&format!("[streams]\nheartbeat_interval = \"{off}\"\n")).unwrap();
+        assert_eq!(c.streams.heartbeat_interval, Duration::ZERO);
+        assert_eq!(c.streams.heartbeat(), None);
+    }
+
+    // Inline and dotted forms work as for every section.
+    let c = Config::from_toml_str("streams = { max_buffered_bytes = 8192 }").unwrap();
+    assert_eq!(c.streams.max_buffered_bytes, 8192);
+    let c = Config::from_toml_str("streams.client_stall_timeout = \"1ms\"").unwrap();
+    assert_eq!(c.streams.client_stall_timeout, Duration::from_millis(1));
+
+    // Sizes are integers in bytes, like every other size key.
+    assert_eq!(
+        only_error("[streams]\nmax_buffered_bytes = \"64KiB\"\n"),
+        r#"streams.max_buffered_bytes: expected an integer, got "64KiB""#
+    );
+    assert_eq!(
+        only_error("[streams]\nheartbeat_interval = 15\n"),
+        r#"streams.heartbeat_interval: expected a duration such as "500ms", "15s" or "30m", got integer 15"#
+    );
+    assert_eq!(
+        only_error("[streams]\nclient_stall_timeout = \"30\"\n"),
+        r#"streams.client_stall_timeout: expected a duration such as "500ms", "15s" or "30m", got "30" (add a unit: ms, s, m or h)"#
+    );
+}
+
+#[test]
+fn streams_keys_enforce_their_ranges() {
+    let accepted = [
+        "heartbeat_interval = \"10ms\"",
+        "heartbeat_interval = \"8760h\"",
+        "max_buffered_bytes = 8192",
+        "max_buffered_bytes = 16777216",
+        "client_stall_timeout = \"1ms\"",
+        "client_stall_timeout = \"8760h\"",
+    ];
+    for line in accepted {
+        let text = format!("[streams]\n{line}\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    let rejected = [
+        (
+            "heartbeat_interval = \"1ms\"",
+            "streams.heartbeat_interval: must be 0s (heartbeats off) or at least 10ms, got 1ms",
+        ),
+        (
+            "heartbeat_interval = \"9ms\"",
+            "streams.heartbeat_interval: must be 0s (heartbeats off) or at least 10ms, got 9ms",
+        ),
+        (
+            "heartbeat_interval = \"8761h\"",
+            "streams.heartbeat_interval: must be at most 8760h (365 days), got 8761h",
+        ),
+        (
+            "max_buffered_bytes = 8191",
+            "streams.max_buffered_bytes: must be between 8192 (8 KiB) and 16777216 (16 MiB), got 8191",
+        ),
+        (
+            "max_buffered_bytes = 16777217",
+            "streams.max_buffered_bytes: must be between 8192 (8 KiB) and 16777216 (16 MiB), got 16777217",
+        ),
+        (
+            "max_buffered_bytes = 0",
+            "streams.max_buffered_bytes: must be between 8192 (8 KiB) and 16777216 (16 MiB), got 0",
+        ),
+        (
+            "max_buffered_bytes = -1",
+            "streams.max_buffered_bytes: must be between 8192 (8 KiB) and 16777216 (16 MiB), got -1",
+        ),
+        (
+            "client_stall_timeout = \"0s\"",
+            "streams.client_stall_timeout: must be greater than 0s",
+        ),
+        (
+            "client_stall_timeout = \"8761h\"",
+            "streams.client_stall_timeout: must be at most 8760h (365 days), got 8761h",
+        ),
+    ];
+    for (line, expected) in rejected {
+        assert_eq!(
+            only_error(&format!("[streams]\n{line}\n")),
+            expected,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn validate_checks_streams_overrides() {
+    let mut c = Config::default();
+    c.streams.heartbeat_interval = Duration::ZERO;
+    assert_eq!(c.validate(), Ok(()));
+
+    for (heartbeat, message) in [
+        (
+            Duration::from_micros(1),
+            "must be 0s (heartbeats off) or at least 10ms, got 1µs",
+        ),
+        (
+            Duration::from_micros(10_500),
+            "must be a whole number of milliseconds, got 10.5ms",
+        ),
+        (
+            Duration::MAX,
+            "must be at most 8760h (365 days), got 18446744073709551615999ms",
+        ),
+    ] {
+        let mut c = Config::default();
+        c.streams.heartbeat_interval = heartbeat;
+        let ConfigErrors(errors) = c.validate().unwrap_err();
+        assert_eq!(errors, [error("streams.heartbeat_interval", message)]);
+    }
+
+    let mut c = Config::default();
+    c.streams.max_buffered_bytes = 4096;
+    c.streams.client_stall_timeout = Duration::ZERO;
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            error(
+                "streams.max_buffered_bytes",
+                "must be between 8192 (8 KiB) and 16777216 (16 MiB), got 4096"
+            ),
+            error("streams.client_stall_timeout", "must be greater than 0s"),
+        ]
+    );
+    c.streams.max_buffered_bytes = usize::MAX;
+    c.streams.client_stall_timeout = MAX_DURATION + Duration::from_millis(1);
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["streams.max_buffered_bytes", "streams.client_stall_timeout"]
+    );
+}
+
+#[test]
+fn unknown_keys_in_streams_are_rejected() {
+    assert_eq!(
+        only_error("[streams]\nbogus = 1\n"),
+        "streams.bogus: unknown key"
+    );
+    assert_eq!(
+        only_error("[streams]\nheartbeat_intervl = \"5s\"\n"),
+        r#"streams.heartbeat_intervl: unknown key (did you mean "heartbeat_interval"?)"#
+    );
+    assert_eq!(
+        only_error("[limits]\nmax_buffered_bytes = 8192\n"),
+        r#"limits.max_buffered_bytes: unknown key (did you mean "streams.max_buffered_bytes"?)"#
+    );
+    assert_eq!(
+        only_error("[stream]\nheartbeat_interval = \"5s\"\n"),
+        r#"stream: unknown section (did you mean "streams"?)"#
+    );
+    assert_eq!(
+        only_error("[streams.x]\na = 1\n"),
+        "streams.x: unknown section"
+    );
+}
+
+// ---- admin token ----------------------------------------------------------------
+
+const ADMIN_TOKEN_REQUIRED: &str = "admin.token_env: required when admin.listen is not a loopback address (the admin API can end streams)";
+
+#[test]
+fn admin_listen_off_loopback_requires_a_token_env() {
+    for addr in [
+        "0.0.0.0:9090",
+        "[::]:9090",
+        "10.0.0.1:9090",
+        "[2001:db8::1]:9090",
+    ] {
+        let text = format!("[admin]\nlisten = \"{addr}\"\n");
+        let shown = only_error(&text);
+        assert!(shown.starts_with(ADMIN_TOKEN_REQUIRED), "{shown}");
+        assert!(
+            shown.contains(&format!("admin.listen is {addr}")),
+            "{shown}"
+        );
+
+        let text = format!("[admin]\nlisten = \"{addr}\"\ntoken_env = \"TIDEGATE_ADMIN_TOKEN\"\n");
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(c.admin.token_env.as_deref(), Some("TIDEGATE_ADMIN_TOKEN"));
+    }
+    for addr in [
+        "127.0.0.1:9090",
+        "[::1]:9090",
+        "127.0.0.2:9090",
+        "[::ffff:127.0.0.1]:9090",
+    ] {
+        let text = format!("[admin]\nlisten = \"{addr}\"\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    // No admin listener, no token needed; a token_env alone is fine too.
+    assert!(Config::from_toml_str("").is_ok());
+    assert!(Config::from_toml_str("[admin]\ntoken_env = \"T\"\n").is_ok());
+}
+
+#[test]
+fn validate_requires_a_token_env_after_overrides() {
+    // `--admin-listen` is applied after loading; validate() must catch it.
+    let mut c = Config::default();
+    c.admin.listen = Some("0.0.0.0:9090".parse().unwrap());
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].to_string().starts_with(ADMIN_TOKEN_REQUIRED),
+        "{}",
+        errors[0]
+    );
+    c.admin.token_env = Some("TIDEGATE_ADMIN_TOKEN".to_owned());
+    assert_eq!(c.validate(), Ok(()));
+    c.admin.token_env = Some("not a name".to_owned());
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "admin.token_env");
+    assert!(errors[0]
+        .message
+        .starts_with("must be the name of an environment variable"));
+}
+
+#[test]
+fn admin_token_env_must_be_a_variable_name_and_is_never_echoed() {
+    for bad in [ADMIN_TOKEN, "", "1ABC", "MY-TOKEN", "A=B", "TOKEN "] {
+        // Off loopback, a rejected name is reported once, not also as missing.
+        let text = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_env = \"{bad}\"");
+        let shown = only_error(&text);
+        assert!(
+            shown.starts_with("admin.token_env: must be the name of an environment variable"),
+            "{shown}"
+        );
+        assert!(shown.contains("TIDEGATE_ADMIN_TOKEN"), "{shown}");
+        assert!(shown.contains("the token itself"), "{shown}");
+        if !bad.is_empty() {
+            assert!(!shown.contains(bad), "{shown}");
+        }
+    }
+    assert_eq!(
+        only_error("[admin]\ntoken_env = 5"),
+        "admin.token_env: expected a string, got integer 5"
+    );
+    let token = only_error(&format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"));
+    assert!(
+        token.starts_with("admin.token: unknown key (the token is never read from the file"),
+        "{token}"
+    );
+    assert!(!token.contains(ADMIN_TOKEN), "{token}");
+}
+
+fn admin_with_token_env() -> Config {
+    Config::from_toml_str(
+        "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_env = \"TIDEGATE_TEST_ADMIN_TOKEN\"\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn resolve_secrets_reads_the_admin_token() {
+    let mut c = admin_with_token_env();
+    c.resolve_secrets(lookup_key).unwrap();
+    assert_eq!(
+        c.admin.token.as_ref().map(Secret::expose),
+        Some(ADMIN_TOKEN)
+    );
+    assert_eq!(c.upstream.api_key, None);
+
+    // Exactly MIN_ADMIN_TOKEN_BYTES of visible ASCII is enough.
+    let sixteen = "!0123456789abc~Z";
+    assert_eq!(sixteen.len(), MIN_ADMIN_TOKEN_BYTES);
+    c.resolve_secrets(|_| Some(sixteen.to_owned())).unwrap();
+    assert_eq!(c.admin.token.as_ref().map(Secret::expose), Some(sixteen));
+}
+
+#[test]
+fn resolve_secrets_reports_unusable_admin_tokens() {
+    let cases: [(Option<&str>, &str); 8] = [
+        (
+            None,
+            "environment variable TIDEGATE_TEST_ADMIN_TOKEN is not set",
+        ),
+        (
+            Some(""),
+            "environment variable TIDEGATE_TEST_ADMIN_TOKEN is empty",
+        ),
+        (
+            Some("  \t"),
+            "environment variable TIDEGATE_TEST_ADMIN_TOKEN is empty",
+        ),
+        (Some("shorttoken"), "is shorter than 16 bytes"),
+        (Some("0123456789abcde"), "is shorter than 16 bytes"),
+        (Some("0123456789abcdef\n"), "leading or trailing whitespace"),
+        (
+            Some("01234567\u{7}89abcdef"),
+            "cannot be sent in an Authorization header",
+        ),
+        (
+            Some("0123456789 abcdef\u{e9}"),
+            "cannot be sent in an Authorization header",
+        ),
+    ];
+    for (value, needle) in cases {
+        let mut c = admin_with_token_env();
+        c.admin.token = Some(Secret::new("stale"));
+        let ConfigErrors(errors) = c.resolve_secrets(|_| value.map(str::to_owned)).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].path, "admin.token_env");
+        assert!(
+            errors[0].message.contains(needle),
+            "{value:?}: {}",
+            errors[0]
+        );
+        if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
+            assert!(!errors[0].message.contains(v.trim()), "{}", errors[0]);
+        }
+        assert_eq!(c.admin.token, None);
+    }
+}
+
+#[test]
+fn resolve_secrets_reports_both_secrets_at_once() {
+    let mut c = Config::from_toml_str(FULL).unwrap();
+    let ConfigErrors(errors) = c.resolve_secrets(|_| None).unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["upstream.api_key_env", "admin.token_env"]);
+
+    // A good key is not stored when the token fails.
+    let ConfigErrors(errors) = c
+        .resolve_secrets(|name| (name == "TIDEGATE_TEST_KEY").then(|| SECRET.to_owned()))
+        .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].path, "admin.token_env");
+    assert_eq!(c.upstream.api_key, None);
+    assert_eq!(c.admin.token, None);
+}
+
+#[test]
+fn redacted_toml_prints_the_token_env_but_never_the_token() {
+    let mut c = admin_with_token_env();
+    c.streams.heartbeat_interval = Duration::ZERO;
+    c.resolve_secrets(lookup_key).unwrap();
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains(ADMIN_TOKEN), "{printed}");
+    for line in [
+        "listen = \"0.0.0.0:9090\"",
+        "token_env = \"TIDEGATE_TEST_ADMIN_TOKEN\"",
+        "# admin token: <redacted> (read from $TIDEGATE_TEST_ADMIN_TOKEN)",
+        "heartbeat_interval = \"0s\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "{line} missing:\n{printed}"
+        );
+    }
+    let mut reparsed = Config::from_toml_str(&printed).unwrap();
+    assert_eq!(reparsed.admin.token, None);
+    reparsed.resolve_secrets(lookup_key).unwrap();
+    assert_eq!(reparsed, c);
+
+    // A token set in code (not from the environment) is not printed either.
+    let mut c = Config::default();
+    c.admin.token = Some(Secret::new(ADMIN_TOKEN));
+    let printed = c.to_redacted_toml();
+    assert!(!printed.contains(ADMIN_TOKEN), "{printed}");
+    assert!(
+        printed.contains("# admin token: <redacted> (not from the environment)"),
+        "{printed}"
+    );
+    let mut reparsed = Config::from_toml_str(&printed).unwrap();
+    reparsed.admin.token = c.admin.token.clone();
+    assert_eq!(reparsed, c);
 }

@@ -2,14 +2,15 @@
 //!
 //! A [`StreamLifetime`] is created when a streaming request is accepted (before the upstream is
 //! asked) and dropped when the response body is dropped, whatever the reason: finished, failed,
-//! or the client went away (hyper drops the future or the body). Its `Drop` decides the outcome,
-//! so no path can end a stream without it being recorded. The stream registry, metrics and
-//! admin kill hang off this guard.
+//! ended by the gateway, or the client went away (hyper drops the future or the body). It owns
+//! the stream's registry entry, so the entry goes when the stream goes, and its `Drop` decides
+//! the outcome, so no path can end a stream without it being recorded.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::time::Instant;
 use tracing::Span;
+
+use crate::registry::{StreamEntry, StreamHandle};
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub enum Outcome {
     Completed,
     /// The client went away before the end; the upstream request was cancelled by drop.
     ClientGone,
-    /// The stream ended with a final error event carrying this code.
+    /// The stream ended with (or, for a client that stopped reading, for) this error code.
     Failed(&'static str),
 }
 
@@ -32,41 +33,31 @@ impl Outcome {
     }
 }
 
-/// Identity and counters of one stream; logs one line when it ends.
-#[derive(Debug)]
+/// A live stream: its registry entry, its request span, and how it ended.
 pub struct StreamLifetime {
     span: Span,
-    started: Instant,
-    first_event: Option<Duration>,
-    events: u64,
-    bytes: u64,
     outcome: Option<Outcome>,
+    entry: StreamEntry,
 }
 
 impl StreamLifetime {
-    /// Starts the clock. `span` is the request's span (client address, request id).
-    pub fn begin(span: Span) -> StreamLifetime {
+    /// `span` is the request's span (client address, request id).
+    pub fn begin(span: Span, entry: StreamEntry) -> StreamLifetime {
         StreamLifetime {
             span,
-            started: Instant::now(),
-            first_event: None,
-            events: 0,
-            bytes: 0,
             outcome: None,
+            entry,
         }
     }
 
-    /// Counts bytes handed to the client and notes the time of the first.
-    pub fn record_sent(&mut self, bytes: usize) {
-        if self.first_event.is_none() {
-            self.first_event = Some(self.started.elapsed());
-        }
-        self.bytes += bytes as u64;
+    /// The stream's registry handle: counters, state and signals.
+    pub fn handle(&self) -> &Arc<StreamHandle> {
+        self.entry.handle()
     }
 
-    /// Counts upstream events relayed.
-    pub fn record_events(&mut self, n: u64) {
-        self.events += n;
+    /// Milliseconds on the registry's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.entry.registry().now_ms()
     }
 
     /// Sets how the stream ends; the first call wins.
@@ -86,14 +77,25 @@ impl StreamLifetime {
 
 impl Drop for StreamLifetime {
     fn drop(&mut self) {
-        let outcome = self.outcome.unwrap_or(Outcome::ClientGone);
+        let handle = self.entry.handle();
+        // Not finished by the body: either the gateway cut it (a slow client's connection is
+        // closed under it) or the client left.
+        let outcome = self.outcome.unwrap_or_else(|| match handle.end_reason() {
+            Some(reason) => Outcome::Failed(reason.code()),
+            None => Outcome::ClientGone,
+        });
+        let now = self.now_ms();
         let _entered = self.span.enter();
         tracing::info!(
+            stream_id = handle.id(),
             outcome = outcome.as_str(),
-            events = self.events,
-            bytes = self.bytes,
-            first_event_ms = self.first_event.map(|d| d.as_millis() as u64),
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            events = handle.events(),
+            bytes = handle.bytes(),
+            heartbeats = handle.heartbeats(),
+            first_event_ms = handle
+                .first_event_ms()
+                .map(|t| t.saturating_sub(handle.started_ms())),
+            duration_ms = now.saturating_sub(handle.started_ms()),
             "stream ended"
         );
     }

@@ -7,6 +7,10 @@ pub mod lifetime;
 pub mod stream;
 pub mod upstream;
 
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::task::Poll;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -17,10 +21,12 @@ use serde::Deserialize;
 
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
-use self::lifetime::StreamLifetime;
-use self::stream::SseRelay;
+use self::lifetime::{Outcome, StreamLifetime};
+use self::stream::{PendingResponse, SseRelay};
 use crate::config::Limits;
 use crate::error::GatewayError;
+use crate::gateway::App;
+use crate::registry::{ConnectionInfo, EndReason, NewStream};
 use crate::request_id;
 
 /// The upstream API endpoints the gateway relays.
@@ -51,13 +57,14 @@ impl Endpoint {
     }
 
     /// Checks the body enough to reject what the upstream would reject anyway, cheaply and with
-    /// a clear error; returns whether the client asked for a stream. The body is not rewritten.
-    fn validate(self, body: &[u8]) -> Result<bool, GatewayError> {
+    /// a clear error; returns whether the client asked for a stream, and the model. The body is
+    /// not rewritten.
+    fn validate(self, body: &[u8]) -> Result<Validated, GatewayError> {
         let required: &[&'static str] = match self {
             Endpoint::ChatCompletions => &["model", "messages"],
             Endpoint::Completions => &["model", "prompt"],
             Endpoint::Embeddings => &["model", "input"],
-            Endpoint::Models => return Ok(false),
+            Endpoint::Models => return Ok(Validated::default()),
         };
         // serde would happily read a struct from a JSON array; the API takes objects only.
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -97,15 +104,30 @@ impl Endpoint {
                 _ => {}
             }
         }
-        match probe.stream {
-            None => Ok(false),
-            Some(Shape::Bool(b)) => Ok(b),
-            Some(_) => Err(GatewayError::InvalidParameter {
-                param: "stream",
-                expected: "a boolean",
-            }),
-        }
+        let stream = match probe.stream {
+            None => false,
+            Some(Shape::Bool(b)) => b,
+            Some(_) => {
+                return Err(GatewayError::InvalidParameter {
+                    param: "stream",
+                    expected: "a boolean",
+                })
+            }
+        };
+        let model = match probe.model {
+            Some(Shape::String(model)) => model,
+            _ => String::new(),
+        };
+        Ok(Validated { stream, model })
     }
+}
+
+/// What the gateway needs to know of a valid request body.
+#[derive(Debug, Default)]
+struct Validated {
+    /// The client asked for an event stream.
+    stream: bool,
+    model: String,
 }
 
 /// The few request fields the gateway looks at; all others are skipped without being parsed
@@ -193,7 +215,7 @@ async fn read_body(
 
 /// Whether the Content-Type's media type is `mime` (parameters such as `charset` and letter
 /// case ignored).
-fn has_content_type(headers: &HeaderMap, mime: &str) -> bool {
+pub(crate) fn has_content_type(headers: &HeaderMap, mime: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -202,7 +224,7 @@ fn has_content_type(headers: &HeaderMap, mime: &str) -> bool {
 }
 
 const APPLICATION_JSON: &str = "application/json";
-const TEXT_EVENT_STREAM: &str = "text/event-stream";
+pub(crate) const TEXT_EVENT_STREAM: &str = "text/event-stream";
 
 /// Upstream response headers that clients and SDKs read (request ids, rate limits, retry
 /// advice), copied to the client. Nothing else crosses, so hop-by-hop and upstream-internal
@@ -226,100 +248,159 @@ fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap, our_request_id: &
     }
 }
 
+/// The response header that names a stream in the registry (and in the admin API).
+pub const STREAM_ID_HEADER: &str = "x-tidegate-stream-id";
+
 /// Handles one API request end to end; the caller turns an error into its JSON response.
 pub async fn handle(
     endpoint: Endpoint,
     request: Request<Incoming>,
-    upstream: &upstream::Upstream,
-    limits: &Limits,
+    app: &App,
+    peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let limits = &app.limits;
     let (parts, body) = request.into_parts();
-    let (payload, wants_stream) = if endpoint.method() == Method::POST {
+    let (payload, validated) = if endpoint.method() == Method::POST {
         if !has_content_type(&parts.headers, APPLICATION_JSON) {
             return Err(GatewayError::UnsupportedMediaType);
         }
         let payload = read_body(body, &parts.headers, limits).await?;
-        let wants_stream = endpoint.validate(&payload)?;
-        (payload, wants_stream)
+        let validated = endpoint.validate(&payload)?;
+        (payload, validated)
     } else {
-        (Bytes::new(), false)
+        (Bytes::new(), Validated::default())
     };
+    let send = app.upstream.send(
+        endpoint.method().clone(),
+        endpoint.upstream_suffix(),
+        parts.uri.query(),
+        &parts.headers,
+        request_id,
+        payload,
+    );
+    if !validated.stream {
+        let response = send.await?;
+        return Ok(relay_plain(response, limits, request_id));
+    }
 
-    // Begun before the upstream is asked, so a client that leaves while we wait is recorded.
-    let lifetime = wants_stream.then(|| StreamLifetime::begin(tracing::Span::current()));
+    // Registered before the upstream is asked, so a client that leaves while we wait is
+    // recorded, and the stream is visible (and endable) from the start.
+    let entry = app.registry.register(NewStream {
+        client_ip: peer.ip(),
+        model: &validated.model,
+        request_id: request_id.to_str().unwrap_or_default(),
+        connection: parts.extensions.get::<ConnectionInfo>().cloned(),
+    });
+    let span = tracing::Span::current();
+    span.record("stream_id", entry.handle().id());
+    let mut lifetime = StreamLifetime::begin(span, entry);
+    let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
-    let sent = upstream
-        .send(
-            endpoint.method().clone(),
-            endpoint.upstream_suffix(),
-            parts.uri.query(),
-            &parts.headers,
-            request_id,
-            payload,
-        )
-        .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(e) => {
-            if let Some(mut lifetime) = lifetime {
-                lifetime.finish(lifetime::Outcome::Failed(e.code()));
-            }
+    // Wait for the upstream's headers, unless the stream is signalled first: a heartbeat due
+    // (the wait has outlasted the heartbeat interval: commit early so idle proxies see bytes)
+    // or an end request. No timer of our own: the shared scheduler does the waking.
+    let mut pending: PendingResponse<Incoming> = Box::pin(send);
+    let handle = lifetime.handle().clone();
+    let answered = poll_fn(|cx| {
+        if let Poll::Ready(result) = pending.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        handle.on_poll(cx);
+        if handle.has_signal() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+
+    let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
+    let response = match answered {
+        Some(Ok(response)) => response,
+        Some(Err(e)) => {
+            lifetime.finish(Outcome::Failed(e.code()));
             return Err(e);
         }
+        None if handle.end_reason() == Some(EndReason::Shutdown) => {
+            // Nothing sent yet: a 503 lets the client's SDK retry on another instance.
+            lifetime.finish(Outcome::Failed(GatewayError::NotReady.code()));
+            return Err(GatewayError::NotReady);
+        }
+        None => {
+            tracing::debug!("upstream has not answered yet: starting the stream early");
+            let relay = SseRelay::awaiting(pending, limits.max_event_bytes, deadlines, lifetime);
+            let mut response = Response::new(ResponseBody::Sse(Box::new(relay)));
+            set_sse_headers(response.headers_mut(), stream_id);
+            return Ok(response);
+        }
     };
+
+    let (up_parts, up_body) = response.into_parts();
+    if !(up_parts.status.is_success() && has_content_type(&up_parts.headers, TEXT_EVENT_STREAM)) {
+        // Asked to stream but got an error status or a JSON answer: relay it as it is (an SDK
+        // raises on the status), and the stream's life ends here.
+        lifetime.finish(Outcome::Failed(if up_parts.status.is_success() {
+            "upstream_not_event_stream"
+        } else {
+            stream::OUTCOME_UPSTREAM_ERROR_STATUS
+        }));
+        return Ok(relay_plain(
+            Response::from_parts(up_parts, up_body),
+            limits,
+            request_id,
+        ));
+    }
+    let mut response = Response::new(ResponseBody::Sse(Box::new(SseRelay::new(
+        up_body,
+        limits.max_event_bytes,
+        deadlines,
+        lifetime,
+    ))));
+    *response.status_mut() = up_parts.status;
+    copy_upstream_headers(&up_parts.headers, response.headers_mut(), request_id);
+    set_sse_headers(response.headers_mut(), stream_id);
+    Ok(response)
+}
+
+/// The headers of every event stream we send.
+fn set_sse_headers(headers: &mut HeaderMap, stream_id: Option<HeaderValue>) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = stream_id {
+        headers.insert(STREAM_ID_HEADER, id);
+    }
+}
+
+/// A non-streaming upstream answer, relayed as it is with its status and client-facing
+/// headers, under the idle and duration limits.
+fn relay_plain(
+    response: Response<Incoming>,
+    limits: &Limits,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
     let (up_parts, up_body) = response.into_parts();
     let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
-
-    let mut builder = Response::builder().status(up_parts.status);
-    let headers = builder
-        .headers_mut()
-        .ok_or_else(|| GatewayError::UpstreamFailed("invalid response".into()))?;
+    let mut response = Response::new(ResponseBody::Passthrough(Passthrough::new(
+        up_body, deadlines,
+    )));
+    *response.status_mut() = up_parts.status;
+    let headers = response.headers_mut();
     copy_upstream_headers(&up_parts.headers, headers, request_id);
-
-    let body = match lifetime {
-        Some(lifetime)
-            if up_parts.status.is_success()
-                && has_content_type(&up_parts.headers, TEXT_EVENT_STREAM) =>
-        {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream; charset=utf-8"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            ResponseBody::Sse(Box::new(SseRelay::new(
-                up_body,
-                limits.max_event_bytes,
-                deadlines,
-                lifetime,
-            )))
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+    ] {
+        if let Some(v) = up_parts.headers.get(&name) {
+            headers.insert(name, v.clone());
         }
-        lifetime => {
-            // Asked to stream but got an error status or a JSON answer: relay it as it is
-            // (an SDK raises on the status), and the stream's life ends here.
-            if let Some(mut lifetime) = lifetime {
-                lifetime.finish(lifetime::Outcome::Failed(if up_parts.status.is_success() {
-                    "upstream_not_event_stream"
-                } else {
-                    "upstream_error_status"
-                }));
-            }
-            for name in [
-                header::CONTENT_TYPE,
-                header::CONTENT_LENGTH,
-                header::CONTENT_ENCODING,
-            ] {
-                if let Some(v) = up_parts.headers.get(&name) {
-                    headers.insert(name, v.clone());
-                }
-            }
-            ResponseBody::Passthrough(Passthrough::new(up_body, deadlines))
-        }
-    };
-    builder
-        .body(body)
-        .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream response: {e}")))
+    }
+    response
 }
 
 #[cfg(test)]
@@ -327,7 +408,10 @@ mod tests {
     use super::*;
 
     fn check(endpoint: Endpoint, body: &str) -> Result<bool, &'static str> {
-        endpoint.validate(body.as_bytes()).map_err(|e| e.code())
+        endpoint
+            .validate(body.as_bytes())
+            .map(|v| v.stream)
+            .map_err(|e| e.code())
     }
 
     #[test]

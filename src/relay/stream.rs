@@ -1,20 +1,29 @@
 //! The body of one streaming response: upstream SSE in, whole events out.
 //!
 //! This body is the single place where everything that can happen to a stream meets: upstream
-//! bytes, the idle and duration limits, and (later) heartbeats, an admin kill and a drain
-//! deadline. Because only *whole* blocks (everything up to the blank line that ends an event) are
-//! handed to the client, anything merged in here lands between events, never inside one, and a
-//! stream ends exactly once: after `data: [DONE]`, or with one final `data: {"error":...}` event.
+//! bytes, the idle and duration limits, heartbeats requested by the shared scheduler, and an
+//! end requested by an operator or the drain. Because only *whole* blocks (everything up to the
+//! blank line that ends an event) are handed to the client, anything merged in here lands
+//! between events, never inside one, and a stream ends exactly once: after `data: [DONE]`, or
+//! with one final `data: {"error":...}` event.
 //!
 //! Bytes pass through untouched: a chunk that holds whole blocks is forwarded as a zero-copy
 //! slice; only a block split across reads is held (bounded by `max_event_bytes`) until it is
-//! complete. There is no coalescing timer and no buffer beyond that partial block.
+//! complete. There is no coalescing timer, and the upstream is read only when the client's
+//! connection asks for more: a client that does not read stops the upstream being read
+//! (backpressure), and the scheduler ends it as a slow client if that lasts.
+//!
+//! A stream may start before the upstream has answered ("early commit", so that heartbeats can
+//! keep idle proxies from cutting a long wait): then the body first waits for the upstream's
+//! response itself, and an upstream error becomes the final event.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::de::IgnoredAny;
@@ -23,16 +32,47 @@ use serde::Deserialize;
 use super::deadline::Deadlines;
 use super::lifetime::{Outcome, StreamLifetime};
 use super::upstream::error_chain;
+use super::{has_content_type, TEXT_EVENT_STREAM};
 use crate::error::GatewayError;
+use crate::registry::StreamState;
 use crate::sse::parser::{ParseError, Parser};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The heartbeat: an SSE comment, which every SSE client (and the OpenAI SDKs) ignores.
+pub const HEARTBEAT: &[u8] = b": ping\n\n";
+
+/// Most bytes of an upstream error body read after an early commit (the rest is ignored).
+pub const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
+
+/// The outcome of a stream whose upstream answered with an error status.
+pub const OUTCOME_UPSTREAM_ERROR_STATUS: &str = "upstream_error_status";
+
+/// The upstream's response, still on its way.
+pub type PendingResponse<B> =
+    Pin<Box<dyn Future<Output = Result<Response<B>, GatewayError>> + Send>>;
+
+/// Where the relay reads from.
+enum Source<B> {
+    /// Committed early: the upstream has not sent its response headers yet.
+    Awaiting(PendingResponse<B>),
+    /// The upstream's event stream.
+    Events(B),
+    /// The upstream answered with an error status after the commit: its body (up to
+    /// [`MAX_UPSTREAM_ERROR_BODY`]) becomes the final event.
+    ErrorBody {
+        body: B,
+        status: StatusCode,
+        collected: BytesMut,
+    },
+    /// Finished or cancelled (dropping the upstream closes its request).
+    Closed,
+}
+
 /// The relay of one upstream event stream to one client. Generic over the upstream body only so
 /// that tests can feed it reads split at arbitrary points.
 pub struct SseRelay<B = Incoming> {
-    /// None once the upstream is finished or cancelled (dropping it closes the upstream request).
-    upstream: Option<B>,
+    source: Source<B>,
     parser: Parser,
     /// Raw bytes of a block that has started but not ended: at most `max_event_bytes` plus the
     /// few bytes the parser does not count (a leading BOM, the LF of a split CRLF).
@@ -82,6 +122,25 @@ fn classify(data: &str) -> EventKind {
     }
 }
 
+/// The final event for an upstream error status: the upstream's own `error` object when its body
+/// has one (so the client sees the real reason), else our `upstream_error_status` error.
+fn upstream_error_event(status: StatusCode, body: &[u8]) -> Bytes {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: serde_json::Map<String, serde_json::Value>,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => {
+            let event = serde_json::json!({ "error": envelope.error });
+            let mut bytes = b"data: ".to_vec();
+            bytes.extend_from_slice(event.to_string().as_bytes());
+            bytes.extend_from_slice(b"\n\n");
+            Bytes::from(bytes)
+        }
+        Err(_) => GatewayError::UpstreamStatus(status.as_u16()).to_sse_event(),
+    }
+}
+
 /// How processing one chunk stopped early.
 enum Stop {
     Done,
@@ -93,14 +152,47 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + 'static,
 {
+    /// A relay of an upstream event stream whose headers are in.
     pub fn new(
         upstream: B,
         max_event_bytes: usize,
         deadlines: Deadlines,
         lifetime: StreamLifetime,
     ) -> SseRelay<B> {
+        lifetime
+            .handle()
+            .advance_state(StreamState::WaitingForFirstToken);
+        SseRelay::with_source(
+            Source::Events(upstream),
+            max_event_bytes,
+            deadlines,
+            lifetime,
+        )
+    }
+
+    /// A relay committed before the upstream answered: it waits for `pending` itself.
+    pub fn awaiting(
+        pending: PendingResponse<B>,
+        max_event_bytes: usize,
+        deadlines: Deadlines,
+        lifetime: StreamLifetime,
+    ) -> SseRelay<B> {
+        SseRelay::with_source(
+            Source::Awaiting(pending),
+            max_event_bytes,
+            deadlines,
+            lifetime,
+        )
+    }
+
+    fn with_source(
+        source: Source<B>,
+        max_event_bytes: usize,
+        deadlines: Deadlines,
+        lifetime: StreamLifetime,
+    ) -> SseRelay<B> {
         SseRelay {
-            upstream: Some(upstream),
+            source,
             parser: Parser::new(max_event_bytes),
             partial: BytesMut::new(),
             at_stream_start: true,
@@ -109,6 +201,48 @@ where
             upstream_sent_error: false,
             deadlines,
             lifetime,
+        }
+    }
+
+    /// The upstream's response arrived after the commit.
+    fn on_upstream_response(&mut self, response: Response<B>) {
+        let (parts, body) = response.into_parts();
+        // The idle clock starts now: the wait for headers had its own limit.
+        self.deadlines.touch();
+        if parts.status.is_success() && has_content_type(&parts.headers, TEXT_EVENT_STREAM) {
+            self.lifetime
+                .handle()
+                .advance_state(StreamState::WaitingForFirstToken);
+            self.source = Source::Events(body);
+        } else if !parts.status.is_success() {
+            self.source = Source::ErrorBody {
+                body,
+                status: parts.status,
+                collected: BytesMut::new(),
+            };
+        } else {
+            self.fail(GatewayError::UpstreamFailed(
+                "the upstream answered a streaming request without an event stream".into(),
+            ));
+        }
+    }
+
+    /// The upstream's error body is complete (or cut at the limit): it becomes the final event.
+    fn on_error_body_end(&mut self) {
+        if let Source::ErrorBody {
+            status, collected, ..
+        } = &self.source
+        {
+            let event = upstream_error_event(*status, collected);
+            tracing::warn!(
+                parent: self.lifetime.span(),
+                status = status.as_u16(),
+                "upstream answered with an error status after the stream started"
+            );
+            self.source = Source::Closed;
+            self.lifetime
+                .finish(Outcome::Failed(OUTCOME_UPSTREAM_ERROR_STATUS));
+            self.final_event = Some(event);
         }
     }
 
@@ -138,7 +272,10 @@ where
             }
             complete_end = end;
         });
-        self.lifetime.record_events(events);
+        if events > 0 {
+            let now = self.lifetime.now_ms();
+            self.lifetime.handle().record_events(events, now);
+        }
         self.upstream_sent_error |= saw_error;
 
         if complete_end > 0 {
@@ -156,7 +293,7 @@ where
         match (stop, fed) {
             (Some(Stop::Done), _) => {
                 // Anything after [DONE] is ignored; the upstream request is finished.
-                self.upstream = None;
+                self.source = Source::Closed;
                 self.partial = BytesMut::new();
                 self.lifetime.finish(Outcome::Completed);
             }
@@ -171,7 +308,7 @@ where
     /// Ends the stream with one final error event (after any whole blocks already queued) and
     /// cancels the upstream by dropping it. A partial block is discarded, never sent.
     fn fail(&mut self, error: GatewayError) {
-        self.upstream = None;
+        self.source = Source::Closed;
         self.partial = BytesMut::new();
         self.lifetime.finish(Outcome::Failed(error.code()));
         tracing::warn!(parent: self.lifetime.span(), code = error.code(), "stream failed: {error}");
@@ -182,7 +319,7 @@ where
     fn on_upstream_end(&mut self) {
         if self.upstream_sent_error {
             // The upstream already told the client what went wrong in its own error event.
-            self.upstream = None;
+            self.source = Source::Closed;
             self.lifetime
                 .finish(Outcome::Failed("upstream_error_event"));
         } else {
@@ -190,8 +327,74 @@ where
         }
     }
 
-    fn emit(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.lifetime.record_sent(bytes.len());
+    /// Advances the source by one step: `Ready` when something changed (a read, a state
+    /// change, an end), `Pending` when the upstream has nothing now.
+    fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.source {
+            Source::Closed => Poll::Ready(()),
+            Source::Awaiting(pending) => match pending.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    self.on_upstream_response(response);
+                    Poll::Ready(())
+                }
+                Poll::Ready(Err(error)) => {
+                    self.fail(error);
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Source::Events(upstream) => match Pin::new(upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.deadlines.touch();
+                        if !data.is_empty() {
+                            self.on_upstream_bytes(data);
+                        }
+                    }
+                    Poll::Ready(())
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.fail(GatewayError::UpstreamReset(error_chain(&e)));
+                    Poll::Ready(())
+                }
+                Poll::Ready(None) => {
+                    self.on_upstream_end();
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Source::ErrorBody {
+                body, collected, ..
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.deadlines.touch();
+                    if let Ok(data) = frame.into_data() {
+                        let room = MAX_UPSTREAM_ERROR_BODY.saturating_sub(collected.len());
+                        collected.extend_from_slice(&data[..data.len().min(room)]);
+                        if data.len() > room {
+                            self.on_error_body_end();
+                        }
+                    }
+                    Poll::Ready(())
+                }
+                Poll::Ready(Some(Err(_)) | None) => {
+                    self.on_error_body_end();
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn emit(
+        &mut self,
+        bytes: Bytes,
+        heartbeat: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let now = self.lifetime.now_ms();
+        self.lifetime
+            .handle()
+            .record_write(bytes.len(), heartbeat, now);
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }
@@ -209,40 +412,46 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        // Bounded: every pass either returns or consumes one upstream frame.
+        // Registers this task to be woken for heartbeats and end requests, and tells the
+        // scheduler the client's connection took the last frame.
+        this.lifetime.handle().on_poll(cx);
+        // Bounded: every pass returns, or consumes one upstream frame, or moves the source on.
         loop {
             if let Some(bytes) = this.out.take() {
-                return this.emit(bytes);
+                return this.emit(bytes, false);
             }
             if let Some(bytes) = this.final_event.take() {
-                return this.emit(bytes);
+                return this.emit(bytes, false);
             }
-            let Some(upstream) = this.upstream.as_mut() else {
+            if matches!(this.source, Source::Closed) {
                 return Poll::Ready(None);
-            };
-            match Pin::new(upstream).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.deadlines.touch();
-                        if !data.is_empty() {
-                            this.on_upstream_bytes(data);
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.fail(GatewayError::UpstreamReset(error_chain(&e)));
-                }
-                Poll::Ready(None) => this.on_upstream_end(),
-                Poll::Pending => match this.deadlines.poll_expired(cx) {
-                    Poll::Ready(expired) => this.fail(expired.into()),
-                    Poll::Pending => return Poll::Pending,
-                },
             }
+            let signals = this.lifetime.handle().take_signals();
+            if let Some(reason) = signals.end {
+                this.fail(reason.into());
+                continue;
+            }
+            if this.poll_source(cx).is_ready() {
+                continue;
+            }
+            // The upstream has nothing now: the moment for a heartbeat, between two blocks.
+            if signals.ping {
+                return this.emit(Bytes::from_static(HEARTBEAT), true);
+            }
+            // The idle and duration limits run once the upstream has answered; the wait for its
+            // headers has its own (first_byte_timeout).
+            if !matches!(this.source, Source::Awaiting(_)) {
+                if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
+                    this.fail(expired.into());
+                    continue;
+                }
+            }
+            return Poll::Pending;
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.upstream.is_none() && self.out.is_none() && self.final_event.is_none()
+        matches!(self.source, Source::Closed) && self.out.is_none() && self.final_event.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -255,7 +464,11 @@ where
 mod tests {
     use super::*;
     use std::collections::VecDeque;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
     use std::time::Duration;
+
+    use crate::registry::{NewStream, Registry};
 
     use http_body_util::BodyExt;
     use proptest::prelude::*;
@@ -299,11 +512,26 @@ mod tests {
         )
     }
 
-    /// Relays `upstream` to the end; returns the frames sent and the outcome.
-    async fn relay(upstream: Scripted, max_event_bytes: usize) -> (Vec<Bytes>, Option<Outcome>) {
-        let deadlines = Deadlines::new(Duration::from_secs(60), Duration::from_secs(600));
-        let lifetime = StreamLifetime::begin(tracing::Span::none());
-        let mut body = SseRelay::new(upstream, max_event_bytes, deadlines, lifetime);
+    fn lifetime(registry: &Arc<Registry>) -> StreamLifetime {
+        let entry = registry.register(NewStream {
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            model: "m",
+            request_id: "r",
+            connection: None,
+        });
+        StreamLifetime::begin(tracing::Span::none(), entry)
+    }
+
+    fn deadlines() -> Deadlines {
+        Deadlines::new(Duration::from_secs(60), Duration::from_secs(600))
+    }
+
+    /// Polls `body` to its end; returns the frames sent.
+    async fn drain<B>(body: &mut SseRelay<B>) -> Vec<Bytes>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::error::Error + 'static,
+    {
         let mut frames = Vec::new();
         // Bounded: the scripted upstream ends, and every poll consumes from it.
         for _ in 0..10_000 {
@@ -313,8 +541,135 @@ mod tests {
                 None => break,
             }
         }
+        frames
+    }
+
+    /// Relays `upstream` to the end; returns the frames sent and the outcome.
+    async fn relay(upstream: Scripted, max_event_bytes: usize) -> (Vec<Bytes>, Option<Outcome>) {
+        let registry = Arc::new(Registry::new("u"));
+        let mut body = SseRelay::new(upstream, max_event_bytes, deadlines(), lifetime(&registry));
+        let frames = drain(&mut body).await;
         let outcome = body.lifetime.outcome();
+        drop(body);
+        assert!(registry.is_empty(), "the entry goes with the body");
         (frames, outcome)
+    }
+
+    fn sse_response(status: u16, content_type: &str, body: Scripted) -> Response<Scripted> {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_early_committed_stream_relays_once_the_upstream_answers() {
+        let registry = Arc::new(Registry::new("u"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<Response<Scripted>>();
+        let pending: PendingResponse<Scripted> =
+            Box::pin(async move { rx.await.map_err(|_| GatewayError::UpstreamIncomplete) });
+        let lifetime = lifetime(&registry);
+        let handle = lifetime.handle().clone();
+        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime);
+        // Nothing to send yet; a requested heartbeat goes out.
+        handle.request_ping();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, HEARTBEAT);
+        assert_eq!(handle.heartbeats(), 1);
+        assert_eq!(handle.state(), StreamState::WaitingForUpstream);
+        tx.send(sse_response(200, "text/event-stream", reads(&[A, DONE])))
+            .ok()
+            .unwrap();
+        let rest = drain(&mut body).await;
+        assert_eq!(concat(&rest), [A, DONE].concat());
+        assert_eq!(handle.state(), StreamState::Streaming);
+        assert_eq!(body.lifetime.outcome(), Some(Outcome::Completed));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_error_after_an_early_commit_becomes_the_final_event() {
+        let registry = Arc::new(Registry::new("u"));
+        // The upstream's own error object is forwarded.
+        let upstream_error = br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let response = sse_response(
+            429,
+            "application/json",
+            reads(&[&upstream_error[..20], &upstream_error[20..]]),
+        );
+        let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
+        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let frames = drain(&mut body).await;
+        assert_eq!(last_error_code(&frames), "rate_limit_exceeded");
+        assert_eq!(
+            body.lifetime.outcome(),
+            Some(Outcome::Failed(OUTCOME_UPSTREAM_ERROR_STATUS))
+        );
+
+        // A body that is not an error object gets our own error, naming the status.
+        let response = sse_response(502, "text/html", reads(&[b"<html>bad gateway</html>"]));
+        let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
+        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let frames = drain(&mut body).await;
+        assert_eq!(last_error_code(&frames), "upstream_error_status");
+        assert!(String::from_utf8_lossy(&concat(&frames)).contains("502"));
+
+        // A failure to connect, after the commit.
+        let pending: PendingResponse<Scripted> =
+            Box::pin(async move { Err(GatewayError::UpstreamTimeout(Duration::from_secs(1))) });
+        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let frames = drain(&mut body).await;
+        assert_eq!(last_error_code(&frames), "upstream_timeout");
+    }
+
+    /// An upstream that sends `A`, then waits forever.
+    struct OneThenSilent(bool);
+
+    impl Body for OneThenSilent {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if std::mem::replace(&mut self.get_mut().0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(A)))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_go_between_events_and_an_end_request_sends_one_final_event() {
+        let registry = Arc::new(Registry::new("u"));
+        let lifetime = lifetime(&registry);
+        let handle = lifetime.handle().clone();
+        // Asked for a heartbeat while an event is ready: the event goes first.
+        handle.request_ping();
+        let mut body = SseRelay::new(OneThenSilent(false), 1024, deadlines(), lifetime);
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame, A);
+        // Now the upstream is silent: a heartbeat when asked, and nothing otherwise.
+        handle.request_ping();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame, HEARTBEAT);
+        let waker = std::task::Waker::noop();
+        assert!(Pin::new(&mut body)
+            .poll_frame(&mut Context::from_waker(waker))
+            .is_pending());
+        // An operator ends it: one final event, then the end; the upstream is dropped.
+        handle.end(crate::registry::EndReason::Admin);
+        let frames = drain(&mut body).await;
+        assert_eq!(frames.len(), 1);
+        assert_eq!(last_error_code(&frames), "terminated_by_admin");
+        assert!(matches!(body.source, Source::Closed));
+        assert_eq!(
+            body.lifetime.outcome(),
+            Some(Outcome::Failed("terminated_by_admin"))
+        );
+        assert_eq!(handle.events(), 1);
+        assert_eq!(handle.heartbeats(), 1);
     }
 
     fn concat(frames: &[Bytes]) -> Vec<u8> {

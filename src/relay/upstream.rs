@@ -5,6 +5,7 @@
 //! (or the response body it yields) closes the upstream HTTP/1.1 connection or resets the HTTP/2
 //! stream: that is how a client that goes away cancels its upstream request.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,9 @@ use crate::request_id;
 /// How long an idle pooled upstream connection is kept. Shorter than the common 120 s+ server
 /// keep-alive of LLM APIs, so we close first and never send on a connection being closed.
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The smallest HTTP/1.1 buffer hyper accepts.
+const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 
 /// Request headers from the client that are always forwarded upstream; `upstream.forward_headers`
 /// adds more. Everything else (including `authorization`, cookies, hop-by-hop headers and
@@ -76,7 +80,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, limits: &Limits) -> Result<Upstream, GatewayError> {
+    /// `read_buffer` bounds what one read from an HTTP/1.1 upstream holds (at least 8 KiB, the
+    /// least hyper accepts): with backpressure it is part of a stream's memory.
+    pub fn new(
+        config: &UpstreamConfig,
+        limits: &Limits,
+        read_buffer: usize,
+    ) -> Result<Upstream, GatewayError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -91,6 +101,7 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
             .timer(TokioTimer::new())
+            .http1_max_buf_size(read_buffer.max(MIN_HTTP1_BUFFER))
             .build(https);
         let authorization = match &config.api_key {
             Some(key) => {
@@ -118,9 +129,11 @@ impl Upstream {
         })
     }
 
-    /// Sends one request and waits for the upstream's response headers.
-    /// `suffix` is the path below the base URL, e.g. "/chat/completions".
-    pub async fn send(
+    /// Sends one request; the future resolves with the upstream's response headers. It owns
+    /// everything it needs (so a stream can keep waiting on it after its response has started),
+    /// and dropping it cancels the request. `suffix` is the path below the base URL, e.g.
+    /// "/chat/completions".
+    pub fn send(
         &self,
         method: Method,
         suffix: &str,
@@ -128,7 +141,32 @@ impl Upstream {
         client_headers: &HeaderMap,
         request_id: &HeaderValue,
         body: Bytes,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, GatewayError>> + Send + 'static {
+        let request = self.build_request(method, suffix, query, client_headers, request_id, body);
+        let client = self.client.clone();
+        let first_byte_timeout = self.first_byte_timeout;
+        async move {
+            let request = request?;
+            match tokio::time::timeout(first_byte_timeout, client.request(request)).await {
+                Err(_) => Err(GatewayError::UpstreamTimeout(first_byte_timeout)),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) if e.is_connect() => {
+                    Err(GatewayError::UpstreamUnreachable(error_chain(&e)))
+                }
+                Ok(Err(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
+            }
+        }
+    }
+
+    fn build_request(
+        &self,
+        method: Method,
+        suffix: &str,
+        query: Option<&str>,
+        client_headers: &HeaderMap,
+        request_id: &HeaderValue,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
         let uri = self.base_url.join(suffix, query);
         let mut builder = Request::builder().method(method).uri(uri.as_str());
         if let Some(headers) = builder.headers_mut() {
@@ -144,16 +182,14 @@ impl Upstream {
                 headers.insert(header::AUTHORIZATION, auth.clone());
             }
         }
-        let request = builder
+        builder
             .body(Full::new(body))
-            .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream request: {e}")))?;
+            .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream request: {e}")))
+    }
 
-        match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout(self.first_byte_timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
-            Ok(Err(e)) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
-        }
+    /// The base URL, for display (it holds no secret: the key travels in a header).
+    pub fn base_url(&self) -> &str {
+        self.base_url.as_str()
     }
 }
 

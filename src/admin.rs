@@ -1,0 +1,428 @@
+//! The admin API, on the operator listener: list, inspect and end live streams, and a summary.
+//!
+//! - `GET /admin/streams?ip=&model=&state=&limit=`: live streams, oldest first.
+//! - `GET /admin/streams/{id}`: one stream.
+//! - `DELETE /admin/streams/{id}`: ends the stream with a final `terminated_by_admin` error
+//!   event and cancels its upstream request.
+//! - `GET /admin/summary`: streams by state, connections by protocol, the oldest stream's age.
+//!
+//! When an admin token is configured (required on a non-loopback listener), every admin route
+//! needs `Authorization: Bearer <token>`. Health checks stay open: they reveal nothing and
+//! probes should not need secrets.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::error::GatewayError;
+use crate::gateway::App;
+use crate::registry::{EndReason, Protocol, Registry, StreamHandle, StreamState};
+use crate::relay::body::ResponseBody;
+
+/// Streams listed when the request gives no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Most streams one list request returns.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+const STREAMS_PATH: &str = "/admin/streams";
+
+/// Whether `path` belongs to the admin API (anything else on the listener is health or 404).
+pub fn is_admin_path(path: &str) -> bool {
+    path == "/admin" || path.starts_with("/admin/")
+}
+
+/// Serves one admin request.
+pub fn handle<B>(app: &App, request: &Request<B>) -> Result<Response<ResponseBody>, GatewayError> {
+    authorize(app, request)?;
+    let path = request.uri().path();
+    let method = request.method();
+    let registry = &app.registry;
+    if path == "/admin/summary" {
+        expect_method(request, &Method::GET, "GET")?;
+        return Ok(json(StatusCode::OK, &summary(registry)));
+    }
+    if path == STREAMS_PATH {
+        expect_method(request, &Method::GET, "GET")?;
+        let filter = Filter::parse(request.uri().query().unwrap_or(""))?;
+        return Ok(json(StatusCode::OK, &list(registry, &filter)));
+    }
+    if let Some(id) = path
+        .strip_prefix(STREAMS_PATH)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        let stream = registry
+            .get(id)
+            .ok_or_else(|| GatewayError::StreamNotFound(id.to_owned()))?;
+        return match *method {
+            Method::GET => Ok(json(StatusCode::OK, &view(registry, &stream))),
+            Method::DELETE => {
+                let first = stream.end(EndReason::Admin);
+                tracing::info!(
+                    stream_id = stream.id(),
+                    client = %stream.client_ip(),
+                    "stream ended by the admin API"
+                );
+                Ok(json(
+                    StatusCode::ACCEPTED,
+                    &Ended {
+                        id: stream.id(),
+                        ending: EndReason::Admin.code(),
+                        already_ending: !first,
+                    },
+                ))
+            }
+            _ => Err(GatewayError::MethodNotAllowed {
+                method: method.to_string(),
+                path: path.to_owned(),
+                allowed: "GET, DELETE",
+            }),
+        };
+    }
+    Err(GatewayError::NotFound {
+        method: method.to_string(),
+        path: path.to_owned(),
+    })
+}
+
+fn expect_method<B>(
+    request: &Request<B>,
+    method: &Method,
+    allowed: &'static str,
+) -> Result<(), GatewayError> {
+    if request.method() == method {
+        Ok(())
+    } else {
+        Err(GatewayError::MethodNotAllowed {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            allowed,
+        })
+    }
+}
+
+/// Checks the bearer token, if one is configured, in time independent of where it differs.
+fn authorize<B>(app: &App, request: &Request<B>) -> Result<(), GatewayError> {
+    let Some(token) = &app.admin_token else {
+        return Ok(());
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(presented, token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(GatewayError::AdminUnauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is not secret (the token's length is fixed by the operator); the content is.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The list filters.
+#[derive(Debug, Default, PartialEq)]
+struct Filter {
+    ip: Option<IpAddr>,
+    model: Option<String>,
+    state: Option<StreamState>,
+    limit: Option<usize>,
+}
+
+impl Filter {
+    fn parse(query: &str) -> Result<Filter, GatewayError> {
+        let mut filter = Filter::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value).ok_or(GatewayError::InvalidParameter {
+                param: "query",
+                expected: "valid percent-encoding",
+            })?;
+            match key {
+                "ip" => {
+                    filter.ip = Some(value.parse().map_err(|_| GatewayError::InvalidParameter {
+                        param: "ip",
+                        expected: "an IPv4 or IPv6 address",
+                    })?)
+                }
+                "model" => filter.model = Some(value),
+                "state" => {
+                    filter.state = Some(StreamState::parse(&value).ok_or(
+                        GatewayError::InvalidParameter {
+                            param: "state",
+                            expected: "one of waiting_for_upstream, waiting_for_first_token, streaming, draining",
+                        },
+                    )?)
+                }
+                "limit" => {
+                    filter.limit = Some(
+                        value
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                            .ok_or(GatewayError::InvalidParameter {
+                                param: "limit",
+                                expected: "an integer from 1 to 10000",
+                            })?,
+                    )
+                }
+                _ => {
+                    return Err(GatewayError::InvalidParameter {
+                        param: "query",
+                        expected: "only the parameters ip, model, state and limit",
+                    })
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, stream: &StreamHandle) -> bool {
+        self.ip.is_none_or(|ip| stream.client_ip() == ip)
+            && self.model.as_deref().is_none_or(|m| stream.model() == m)
+            && self.state.is_none_or(|s| stream.state() == s)
+    }
+}
+
+/// `%XX` and `+` decoding of one query value; None if it is not valid UTF-8 afterwards.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// One stream as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct StreamView<'a> {
+    pub id: &'a str,
+    pub state: StreamState,
+    pub client_ip: IpAddr,
+    /// The API key's name, once the gateway has keys of its own.
+    pub api_key: Option<&'a str>,
+    pub model: &'a str,
+    pub upstream: &'a str,
+    pub request_id: &'a str,
+    pub protocol: Option<Protocol>,
+    pub started_at: String,
+    pub age_ms: u64,
+    /// Time from the start to the first event relayed.
+    pub first_event_after_ms: Option<u64>,
+    pub last_write_ago_ms: u64,
+    pub events: u64,
+    pub bytes: u64,
+    pub heartbeats: u64,
+    /// How long the client has not taken the last frame, if it has not.
+    pub blocked_ms: Option<u64>,
+    /// Why the gateway is ending it, if it is.
+    pub ending: Option<&'static str>,
+}
+
+fn view<'a>(registry: &Registry, stream: &'a StreamHandle) -> StreamView<'a> {
+    let now = registry.now_ms();
+    StreamView {
+        id: stream.id(),
+        state: stream.state(),
+        client_ip: stream.client_ip(),
+        api_key: None,
+        model: stream.model(),
+        upstream: stream.upstream(),
+        request_id: stream.request_id(),
+        protocol: stream.protocol(),
+        started_at: rfc3339_millis(registry.unix_ms(stream.started_ms())),
+        age_ms: now.saturating_sub(stream.started_ms()),
+        first_event_after_ms: stream
+            .first_event_ms()
+            .map(|t| t.saturating_sub(stream.started_ms())),
+        last_write_ago_ms: now.saturating_sub(stream.last_write_ms()),
+        events: stream.events(),
+        bytes: stream.bytes(),
+        heartbeats: stream.heartbeats(),
+        blocked_ms: stream.blocked_since_ms().map(|t| now.saturating_sub(t)),
+        ending: stream.end_reason().map(EndReason::code),
+    }
+}
+
+#[derive(Serialize)]
+struct StreamList<'a> {
+    /// Streams matching the filters (all of them, not only those returned).
+    matched: usize,
+    returned: usize,
+    streams: Vec<StreamView<'a>>,
+}
+
+fn list(registry: &Registry, filter: &Filter) -> serde_json::Value {
+    let all = registry.snapshot();
+    let matching: Vec<_> = all.iter().filter(|s| filter.matches(s)).collect();
+    let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    let streams: Vec<_> = matching
+        .iter()
+        .take(limit)
+        .map(|s| view(registry, s))
+        .collect();
+    serde_json::to_value(StreamList {
+        matched: matching.len(),
+        returned: streams.len(),
+        streams,
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Ended<'a> {
+    id: &'a str,
+    ending: &'static str,
+    /// The stream was already being ended (by an earlier request or the gateway).
+    already_ending: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    streams: usize,
+    by_state: serde_json::Map<String, serde_json::Value>,
+    connections: Connections,
+    oldest_stream_age_ms: Option<u64>,
+    draining: bool,
+}
+
+#[derive(Serialize)]
+struct Connections {
+    http1: u64,
+    http2: u64,
+}
+
+fn summary(registry: &Registry) -> Summary {
+    let mut counts = [0usize; StreamState::ALL.len()];
+    let mut oldest = None::<u64>;
+    let mut total = 0;
+    registry.for_each(|s| {
+        total += 1;
+        counts[s.state() as usize] += 1;
+        oldest = Some(oldest.map_or(s.started_ms(), |o| o.min(s.started_ms())));
+    });
+    let now = registry.now_ms();
+    Summary {
+        streams: total,
+        by_state: StreamState::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), counts[*s as usize].into()))
+            .collect(),
+        connections: Connections {
+            http1: registry.connections().get(Protocol::Http1),
+            http2: registry.connections().get(Protocol::Http2),
+        },
+        oldest_stream_age_ms: oldest.map(|t| now.saturating_sub(t)),
+        draining: registry.is_draining(),
+    }
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
+    // Serializing plain data cannot fail; an empty object keeps the type total.
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `2026-11-21T08:30:00.123Z` from Unix milliseconds (proleptic Gregorian, UTC).
+fn rfc3339_millis(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            rfc3339_millis(1_795_257_000_000),
+            "2026-11-21T10:30:00.000Z"
+        );
+    }
+
+    #[test]
+    fn filters_parse_and_reject_what_they_do_not_know() {
+        assert_eq!(Filter::parse("").unwrap(), Filter::default());
+        let f = Filter::parse("ip=%3A%3A1&model=gpt-4o+mini&state=streaming&limit=5").unwrap();
+        assert_eq!(f.ip, Some("::1".parse().unwrap()));
+        assert_eq!(f.model.as_deref(), Some("gpt-4o mini"));
+        assert_eq!(f.state, Some(StreamState::Streaming));
+        assert_eq!(f.limit, Some(5));
+        for (query, param) in [
+            ("ip=nope", "ip"),
+            ("state=done", "state"),
+            ("limit=0", "limit"),
+            ("limit=10001", "limit"),
+            ("limit=x", "limit"),
+            ("colour=red", "query"),
+            ("model=%zz", "query"),
+        ] {
+            let err = Filter::parse(query).unwrap_err();
+            assert_eq!(err.class().param, Some(param), "{query}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abcdef", b"abcdef"));
+        assert!(!constant_time_eq(b"abcdef", b"abcdeg"));
+        assert!(!constant_time_eq(b"abc", b"abcdef"));
+        assert!(!constant_time_eq(b"", b"abcdef"));
+    }
+}
