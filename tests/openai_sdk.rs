@@ -9,7 +9,12 @@ use common::*;
 #[tokio::test]
 #[ignore = "needs python3 with the openai package (pip install openai); .ci/run installs it"]
 async fn the_openai_python_sdk_works_through_the_gateway() {
-    let env = start().await;
+    // Heartbeats well above the mock's immediate answers (so a 429 stays a 429), well below
+    // the slow scenarios' waits (so those are answered early and kept alive).
+    let env = start_with(tidegate::mock::MockSettings::default(), |config| {
+        config.streams.heartbeat_interval = Duration::from_millis(500);
+    })
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
     let output = tokio::time::timeout(
         Duration::from_secs(120),

@@ -66,4 +66,38 @@ except openai.BadRequestError as e:
     assert e.status_code == 400
     assert e.param == "messages", e.body
 
+# 6. A slow upstream (no headers for 1.5 s, then a slow first token): the gateway answers early
+#    and sends `: ping` heartbeats; the SDK ignores them and gets the same completion.
+stream = client.chat.completions.create(
+    model="mock-1",
+    messages=messages,
+    stream=True,
+    extra_headers={
+        "x-mock-headers-delay-ms": "1500",
+        "x-mock-first-delay-ms": "1000",
+        "x-mock-chunks": "3",
+        "x-mock-chunk-delay-ms": "1",
+    },
+)
+with stream:
+    assert stream.response.headers.get("x-tidegate-stream-id"), "answered by the gateway early"
+    chunks = [c for c in stream]
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text.strip(), "streamed some text after heartbeats"
+assert chunks[-1].choices[0].finish_reason == "stop"
+print(f"slow upstream with heartbeats: {len(chunks)} chunks")
+
+# 7. An upstream error after the early answer is raised as an APIError carrying the
+#    upstream's own message.
+try:
+    for _ in client.chat.completions.create(
+        model="fail-429", messages=messages, stream=True,
+        extra_headers={"x-mock-headers-delay-ms": "1500"},
+    ):
+        pass
+    sys.exit("expected an APIError after the early answer")
+except openai.APIError as e:
+    assert "Rate limit reached" in str(e), str(e)
+    print(f"APIError after the early answer as expected: {e}")
+
 print("OK")
