@@ -301,14 +301,15 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
         None => None,
     };
     let listen = api.local_addr().unwrap_or(config.listen);
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
         listen = %listen,
-        admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()),
+        admin = ?admin_addr,
         upstream = config.upstream.base_url.as_str(),
         "tidegate listening"
     );
     if demo {
-        print_demo_banner(listen, config.upstream.base_url.as_str());
+        print_demo_banner(listen, admin_addr, config.upstream.base_url.as_str());
     }
 
     tokio::spawn(watch_signals(shutdown.clone()));
@@ -326,14 +327,18 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
     }
 }
 
-fn print_demo_banner(listen: SocketAddr, mock: &str) {
+fn print_demo_banner(listen: SocketAddr, admin: Option<SocketAddr>, mock: &str) {
+    let watch = match admin {
+        Some(admin) => format!("Watch live streams: curl http://{admin}/admin/streams\n"),
+        None => "Add --admin-listen 127.0.0.1:9090 to list and end live streams.\n".to_owned(),
+    };
     println!(
         "\ntidegate demo: gateway on http://{listen}, built-in mock upstream on {mock}\n\
          Stream a completion (no API key needed):\n\n  \
          curl -N http://{listen}/v1/chat/completions \\\n    \
          -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\":\"mock-1\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
-         Press Ctrl-C to stop.\n"
+         {watch}Press Ctrl-C to stop.\n"
     );
 }
 

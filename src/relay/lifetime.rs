@@ -86,8 +86,8 @@ impl Drop for StreamLifetime {
         });
         let now = self.now_ms();
         let _entered = self.span.enter();
+        // The request's span carries the stream id.
         tracing::info!(
-            stream_id = handle.id(),
             outcome = outcome.as_str(),
             events = handle.events(),
             bytes = handle.bytes(),
