@@ -111,13 +111,24 @@ fn authorize<B>(app: &App, request: &Request<B>) -> Result<(), GatewayError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer_token(v.as_bytes()))
         .unwrap_or_default();
     if constant_time_eq(presented, token.expose().as_bytes()) {
         Ok(())
     } else {
         Err(GatewayError::AdminUnauthorized)
     }
+}
+
+/// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|b| *b != b' ')?;
+    Some(&rest[start..])
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -416,6 +427,16 @@ mod tests {
             assert_eq!(err.class().param, Some(param), "{query}");
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
     }
 
     #[test]

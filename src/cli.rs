@@ -344,33 +344,61 @@ fn print_demo_banner(listen: SocketAddr, admin: Option<SocketAddr>, mock: &str) 
 
 /// First SIGTERM or SIGINT: graceful drain. A second one: exit at once.
 async fn watch_signals(shutdown: CancellationToken) {
-    wait_for_signal().await;
+    // Listeners are created once, before the first signal, so a second signal that arrives
+    // while the first is being handled is not lost.
+    let mut signals = Signals::new();
+    signals.recv().await;
     tracing::info!("signal received: draining (send it again to exit at once)");
     shutdown.cancel();
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), as one stream of signals.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {},
+                _ = next(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -384,7 +412,7 @@ async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        Signals::new().recv().await;
         signal_stop.cancel();
     });
     match MockUpstream::new(settings).serve(listener, stop).await {

@@ -22,7 +22,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StreamsConfig;
-use crate::registry::{EndReason, Registry, StreamHandle};
+use crate::registry::{Registry, StreamHandle};
 
 /// Sweeps per heartbeat interval: a heartbeat is late by at most 1/32 of the interval.
 pub const SWEEPS_PER_INTERVAL: u32 = 32;
@@ -89,21 +89,22 @@ impl Scheduler {
         let mut sweep = Sweep::default();
         registry.for_each(|stream| {
             sweep.streams += 1;
-            if stream.end_reason().is_some() {
-                return;
-            }
             if let Some(since) = stream.blocked_since_ms() {
-                if now_ms.saturating_sub(since) >= self.stall_ms {
+                // Also for a stream already asked to end (by an operator, say): it cannot write
+                // its final event while its client takes nothing.
+                if now_ms.saturating_sub(since) >= self.stall_ms && stream.cut_slow_client() {
                     tracing::warn!(
                         stream_id = stream.id(),
                         client = %stream.client_ip(),
                         stalled_ms = now_ms.saturating_sub(since),
-                        "client stopped reading: ending the stream as a slow client"
+                        "client stopped reading: closing its connection (slow client)"
                     );
-                    stream.end(EndReason::SlowClient);
                     sweep.stalled += 1;
                 }
                 // A blocked stream is not idle: its client just is not taking what it has.
+                return;
+            }
+            if stream.end_reason().is_some() {
                 return;
             }
             if self.heartbeat_ms > 0
@@ -136,7 +137,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{NewStream, StreamEntry};
+    use crate::registry::{EndReason, NewStream, StreamEntry};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn settings(heartbeat_ms: u64, stall_ms: u64) -> StreamsConfig {
@@ -250,7 +251,7 @@ mod tests {
         assert_eq!(scheduler.sweep(&registry, 1_000).stalled, 1);
         assert_eq!(stuck.end_reason(), Some(EndReason::SlowClient));
         assert_eq!(fine.end_reason(), None);
-        // Ended streams are left alone.
+        // Cut once, not again at every sweep.
         assert_eq!(scheduler.sweep(&registry, 5_000).stalled, 0);
     }
 

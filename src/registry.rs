@@ -334,6 +334,8 @@ fn truncate_chars(text: &str, max: usize) -> &str {
 /// The signal bits a body is woken for.
 const SIGNAL_PING: u8 = 1;
 const SIGNAL_END: u8 = 2;
+/// Not a request to the body: marks that the connection was closed under a stalled stream.
+const SIGNAL_CUT: u8 = 4;
 
 /// What a stream's body was asked to do since it last looked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -486,7 +488,7 @@ impl StreamHandle {
 
     /// Takes the pending ping request and reads the end request (which stays set).
     pub fn take_signals(&self) -> Signals {
-        if self.signals.load(Ordering::Acquire) == 0 {
+        if self.signals.load(Ordering::Acquire) & (SIGNAL_PING | SIGNAL_END) == 0 {
             return Signals::default();
         }
         let bits = self.signals.fetch_and(!SIGNAL_PING, Ordering::AcqRel);
@@ -500,9 +502,9 @@ impl StreamHandle {
         }
     }
 
-    /// Whether any signal is pending (without taking it).
+    /// Whether a ping or end request is pending (without taking it).
     pub fn has_signal(&self) -> bool {
-        self.signals.load(Ordering::Acquire) != 0
+        self.signals.load(Ordering::Acquire) & (SIGNAL_PING | SIGNAL_END) != 0
     }
 
     // ---- written by the scheduler, the admin API and the drain ----
@@ -516,11 +518,7 @@ impl StreamHandle {
     }
 
     /// Asks the stream to end with a final error event. The first reason wins; returns whether
-    /// this call set it. The body writes that event itself on its next poll. A slow client's
-    /// body is not being polled at all (its connection cannot take more), so for
-    /// [`EndReason::SlowClient`] the connection is closed instead: on HTTP/2 that ends the
-    /// connection's other streams too, since hyper cannot reset one stream whose body it is not
-    /// polling.
+    /// this call set it. The body writes that event itself on its next poll.
     pub fn end(&self, reason: EndReason) -> bool {
         let first = self
             .end_reason
@@ -528,12 +526,22 @@ impl StreamHandle {
             .is_ok();
         self.signals.fetch_or(SIGNAL_END, Ordering::AcqRel);
         self.waker.wake();
-        if reason == EndReason::SlowClient {
-            if let Some(connection) = &self.connection {
-                connection.close.cancel();
-            }
-        }
         first
+    }
+
+    /// Ends a stream whose client is not taking data (its body is not even polled, so it cannot
+    /// end itself) by closing its connection; returns false if that was already done. On HTTP/2
+    /// this ends the connection's other streams too, since hyper cannot reset one stream whose
+    /// body it is not polling. The outcome is `slow_client` unless another end was asked first.
+    pub fn cut_slow_client(&self) -> bool {
+        self.end(EndReason::SlowClient);
+        if self.signals.fetch_or(SIGNAL_CUT, Ordering::AcqRel) & SIGNAL_CUT != 0 {
+            return false;
+        }
+        if let Some(connection) = &self.connection {
+            connection.close.cancel();
+        }
+        true
     }
 }
 
@@ -670,8 +678,10 @@ mod tests {
         // The body writes the final event itself.
         h.end(EndReason::Admin);
         assert!(!close.is_cancelled());
-        h.end(EndReason::SlowClient);
+        // A stalled stream, even one already asked to end, has its connection closed, once.
+        assert!(h.cut_slow_client());
         assert!(close.is_cancelled());
+        assert!(!h.cut_slow_client());
         assert_eq!(h.end_reason(), Some(EndReason::Admin));
     }
 
