@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::gateway::App;
 use crate::registry::{EndReason, Protocol, Registry, StreamHandle, StreamState};
 use crate::relay::body::ResponseBody;
+use crate::router::method_not_allowed;
 
 /// Streams listed when the request gives no `limit`.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -74,11 +75,7 @@ pub fn handle<B>(app: &App, request: &Request<B>) -> Result<Response<ResponseBod
                     },
                 ))
             }
-            _ => Err(GatewayError::MethodNotAllowed {
-                method: method.to_string(),
-                path: path.to_owned(),
-                allowed: "GET, DELETE",
-            }),
+            _ => Err(method_not_allowed(request, "GET, DELETE")),
         };
     }
     Err(GatewayError::NotFound {
@@ -95,11 +92,7 @@ fn expect_method<B>(
     if request.method() == method {
         Ok(())
     } else {
-        Err(GatewayError::MethodNotAllowed {
-            method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
-            allowed,
-        })
+        Err(method_not_allowed(request, allowed))
     }
 }
 

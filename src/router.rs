@@ -88,7 +88,8 @@ fn health(app: &App, request: &Request<Incoming>) -> Result<Response<ResponseBod
     Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#))
 }
 
-fn method_not_allowed(request: &Request<Incoming>, allowed: &'static str) -> GatewayError {
+/// The 405 error for `request`, naming the methods its path allows.
+pub(crate) fn method_not_allowed<B>(request: &Request<B>, allowed: &'static str) -> GatewayError {
     GatewayError::MethodNotAllowed {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
