@@ -912,31 +912,10 @@ async fn run(args: Args, target: Target, nofile_limit: u64) -> ExitCode {
     }
 }
 
-/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit (as the gateway does in `src/sys.rs`);
-/// returns the soft limit in force afterwards.
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit, as the gateway does; returns the soft
+/// limit in force afterwards.
 fn raise_nofile_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    // rlim_t is u64 on Linux but not on every platform.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(limit.rlim_cur as u64)
+    tidegate::sys::raise_nofile_limit().map(|limit| limit.after)
 }
 
 fn main() -> ExitCode {
