@@ -282,3 +282,20 @@ async fn health_endpoints_answer_on_both_listeners() {
     );
     assert_eq!(json["error"]["code"], "unknown_url");
 }
+
+#[tokio::test]
+async fn the_mocks_send_time_comments_pass_through_for_latency_measurement() {
+    // Load generators ask the mock for `: sent_us=` comments and read them at the client end.
+    let env = start().await;
+    let (_conn, body) = open_stream(
+        env.gateway,
+        "mock-1",
+        &[("x-mock-chunks", "3"), ("x-mock-timestamps", "1")],
+    )
+    .await;
+    let all = read_to_end(body).await;
+    let text = String::from_utf8_lossy(&all);
+    let stamps = text.lines().filter(|l| l.starts_with(": sent_us=")).count();
+    assert_eq!(stamps, 1 + 3 + 1, "one per JSON event: {text}");
+    assert_eq!(sse_data(&all).len(), 1 + 3 + 1 + 1);
+}

@@ -298,6 +298,8 @@ struct Timing {
     chunk_delay: Duration,
     headers_delay: Duration,
     first_delay: Duration,
+    /// `x-mock-timestamps: 1`: each event carries its send time (see `SseStream`).
+    timestamps: bool,
 }
 
 impl Timing {
@@ -320,6 +322,7 @@ impl Timing {
             chunk_delay: clamp(ms("x-mock-chunk-delay-ms")?.unwrap_or(settings.chunk_delay)),
             headers_delay: clamp(ms("x-mock-headers-delay-ms")?.unwrap_or(settings.headers_delay)),
             first_delay: clamp(ms("x-mock-first-delay-ms")?.unwrap_or(default_first)),
+            timestamps: header_number::<u8>(headers, "x-mock-timestamps")?.unwrap_or(0) != 0,
         })
     }
 
@@ -494,6 +497,7 @@ fn plan_or_error(
                 fault,
                 include_usage,
                 prompt_tokens,
+                timestamps: timing.timestamps,
             },
             headers_delay: timing.headers_delay,
         });

@@ -30,7 +30,9 @@
 //!   `x-ratelimit-remaining-requests` and `openai-organization`.
 //! * Per-request overrides (non-negative integers; anything else is a 400):
 //!   `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-headers-delay-ms`,
-//!   `x-mock-first-delay-ms`. Every wait is clamped to
+//!   `x-mock-first-delay-ms`, and `x-mock-timestamps: 1`, which starts each
+//!   JSON event with a `: sent_us=<Unix microseconds>` comment line (for load
+//!   generators measuring per-event delay). Every wait is clamped to
 //!   [`MockSettings::max_wait`].
 //! * A stream is: the role chunk (after the first-chunk delay), `chunks`
 //!   content chunks (each after the chunk delay), then at once the
@@ -90,6 +92,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use handler::CapturedRequest;
+pub use sse::SENT_US_COMMENT;
 pub use stats::{MockStats, StatsSnapshot};
 
 /// The model name to use for an ordinary, well-behaved response. Any name

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -50,6 +50,8 @@ pub(crate) const WORDS: [&str; 22] = [
 ];
 
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+/// The send-time comment of `x-mock-timestamps` events: `: sent_us=<Unix microseconds>`.
+pub const SENT_US_COMMENT: &[u8] = b": sent_us=";
 const MALFORMED_EVENT: &[u8] = b"data: {this is not json\n\n";
 
 /// `data: ` + 4 MiB of `x` + `\n\n`, built once and shared by every
@@ -137,6 +139,10 @@ pub(crate) struct StreamSpec {
     pub fault: Option<Fault>,
     pub include_usage: bool,
     pub prompt_tokens: u64,
+    /// Start each JSON event with a `: sent_us=<Unix microseconds>` comment line, so a load
+    /// generator on the same machine can compute the delay each event saw on its way. A comment
+    /// changes nothing for SSE clients, and the JSON stays exactly OpenAI's.
+    pub timestamps: bool,
 }
 
 /// The next thing the stream will emit.
@@ -172,6 +178,7 @@ pub(crate) struct SseStream {
     fault: Option<Fault>,
     include_usage: bool,
     prompt_tokens: u64,
+    timestamps: bool,
     /// `data: {"id":..,"object":..,"created":..,"model":..,
     /// "system_fingerprint":..,"choices":[` — identical for every event.
     prefix: Box<[u8]>,
@@ -222,6 +229,7 @@ impl SseStream {
             fault: spec.fault,
             include_usage: spec.include_usage,
             prompt_tokens: spec.prompt_tokens,
+            timestamps: spec.timestamps,
             prefix: prefix.into_boxed_slice(),
         };
         stream.arm(stream.first_delay);
@@ -281,7 +289,15 @@ impl SseStream {
 
     /// One `data: {...}\n\n` event whose single choice is written by `choice`.
     fn event(&self, choice: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-        let mut buf = Vec::with_capacity(self.prefix.len() + 112);
+        let mut buf = Vec::with_capacity(self.prefix.len() + 144);
+        if self.timestamps {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            buf.extend_from_slice(SENT_US_COMMENT);
+            push_u64(&mut buf, now);
+            buf.push(b'\n');
+        }
         buf.extend_from_slice(&self.prefix);
         choice(&mut buf);
         if self.include_usage {
@@ -327,7 +343,15 @@ impl SseStream {
 
     fn usage_event(&self) -> Bytes {
         let completion = u64::from(self.chunks);
-        let mut buf = Vec::with_capacity(self.prefix.len() + 112);
+        let mut buf = Vec::with_capacity(self.prefix.len() + 144);
+        if self.timestamps {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            buf.extend_from_slice(SENT_US_COMMENT);
+            push_u64(&mut buf, now);
+            buf.push(b'\n');
+        }
         buf.extend_from_slice(&self.prefix);
         buf.extend_from_slice(b"],\"usage\":{\"prompt_tokens\":");
         push_u64(&mut buf, self.prompt_tokens);

@@ -528,6 +528,63 @@ async fn header_overrides_pace_the_stream() {
 }
 
 #[tokio::test]
+async fn timestamps_header_marks_each_json_event_with_its_send_time() {
+    let server = start(fast()).await;
+    let mut client = h1_client(server.addr).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[
+                ("x-mock-chunks", "3"),
+                ("x-mock-chunk-delay-ms", "20"),
+                ("x-mock-timestamps", "1"),
+            ],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let events = timed_events(&mut body, Instant::now()).await;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert_eq!(events.len(), 1 + 3 + 1 + 1);
+    let mut last = before;
+    for (_, event) in &events[..5] {
+        // `: sent_us=<micros>` then the unchanged OpenAI data line.
+        let (comment, data) = event.split_once('\n').unwrap();
+        let sent: u64 = comment.strip_prefix(": sent_us=").unwrap().parse().unwrap();
+        assert!(
+            (last..=after).contains(&sent),
+            "{sent} not in {last}..={after}"
+        );
+        last = sent;
+        assert_eq!(data_json(data)["object"], "chat.completion.chunk");
+    }
+    assert_eq!(events[5].1, "data: [DONE]\n\n");
+
+    // Off by default: the stream is exactly OpenAI's.
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-chunks", "1")],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let events = timed_events(&mut body, Instant::now()).await;
+    assert!(events.iter().all(|(_, e)| e.starts_with("data: ")));
+}
+
+#[tokio::test]
 async fn non_streaming_waits_headers_plus_first_delay() {
     let server = start(fast()).await;
     let t0 = Instant::now();
