@@ -1,5 +1,5 @@
 //! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
-//! upstream on its own, and `check-config`.
+//! upstream on its own, `check-config`, and the `bench` load driver.
 //!
 //! The configuration is loaded and validated completely before anything binds; an invalid one
 //! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).
@@ -92,12 +92,17 @@ pub enum Command {
         /// The TOML file to check
         file: PathBuf,
     },
+    /// Load driver: run many concurrent streaming chat completions against a loopback gateway
+    /// (or the mock) and report time to first event, per-event latency, failures by kind and
+    /// the RSS/CPU of given processes (exit code 1 if any stream failed, 2 for bad arguments)
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file),
+        Some(Command::Bench(args)) => crate::bench::main(args),
         Some(Command::MockUpstream {
             listen,
             chunks,

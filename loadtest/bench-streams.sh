@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The concurrent-stream benchmark: the same load, in one session, (1) directly against the mock
+# upstream (the latency reference), (2) through nginx (the reference proxy: proxy_buffering off,
+# one worker per core) and (3) through tidegate. Each run is `tidegate bench` with the target
+# process's pids, so RSS and CPU are measured per target. Loopback only.
+#
+# Environment (defaults in brackets):
+#   STREAMS [9500]   concurrent streams (HTTP/1.1 clients: a proxied stream holds two sockets in
+#                    the proxy, and the open-files hard cap is 20,000 per process)
+#   PROTOCOL [http1] http1 or h2 between the driver and the target
+#   CHUNKS [30]  DELAY_MS [1000]  RAMP [1000]  THREADS [1]
+#   TARGETS ["direct nginx tidegate"]
+#   TIDEGATE_BIN [target/release/tidegate]  built unless set
+#   OUT_DIR [a new /tmp/tidegate-bench.XXXXXX]  configs, logs, JSON reports, SVG charts
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+STREAMS=${STREAMS:-9500}
+PROTOCOL=${PROTOCOL:-http1}
+CHUNKS=${CHUNKS:-30}
+DELAY_MS=${DELAY_MS:-1000}
+RAMP=${RAMP:-1000}
+THREADS=${THREADS:-1}
+TARGETS=${TARGETS:-"direct nginx tidegate"}
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-bench.XXXXXX)}
+
+log() { printf 'bench-streams: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    log "logs, reports and charts in $OUT_DIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until file $1 has a line matching regex $2, for at most $3 seconds.
+wait_for_line() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+if [[ -z ${TIDEGATE_BIN:-} ]]; then
+    log "building (cargo build --release)"
+    cargo build --release >&2
+    TIDEGATE_BIN=target/release/tidegate
+fi
+[[ -x $TIDEGATE_BIN ]] || die "no tidegate binary at $TIDEGATE_BIN"
+mkdir -p "$OUT_DIR"
+
+# ---- the mock upstream (its own process, shared by all targets) --------------------------------
+"$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 || die "the mock did not start"
+MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
+log "mock upstream at $MOCK (pid $MOCK_PID)"
+
+# ---- targets -------------------------------------------------------------------------------------
+start_nginx() {
+    command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
+    local port dir=$OUT_DIR/nginx
+    mkdir -p "$dir"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:$port|" \
+        loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
+    nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
+    PIDS+=("$!")
+    wait_for_line "$dir/nginx.pid" '[0-9]' 15 || die "nginx did not start: $(cat "$dir/stderr.log")"
+    sleep 1
+    TARGET_URL=http://127.0.0.1:$port
+    TARGET_PIDS=()
+    local w i=1
+    for w in $(pgrep -P "$(cat "$dir/nginx.pid")"); do
+        TARGET_PIDS+=("--pid" "nginx-worker-$i=$w")
+        i=$((i + 1))
+    done
+}
+
+start_tidegate() {
+    local cfg=$OUT_DIR/tidegate.toml glog=$OUT_DIR/tidegate.log
+    {
+        printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
+        printf 'forward_headers = ["x-mock-*"]\n\n[shutdown]\ndrain_timeout = "1s"\n'
+    } >"$cfg"
+    "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_for_line "$glog" 'tidegate listening' 15 || die "tidegate did not start: $(cat "$glog")"
+    TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
+    TARGET_PIDS=("--pid" "tidegate=$pid")
+    sleep 1
+}
+
+for target in $TARGETS; do
+    case $target in
+        direct)
+            TARGET_URL=http://$MOCK
+            TARGET_PIDS=("--pid" "mock=$MOCK_PID")
+            ;;
+        nginx) start_nginx ;;
+        tidegate) start_tidegate ;;
+        *) die "unknown target $target" ;;
+    esac
+    log "[$target] $STREAMS streams over $PROTOCOL to $TARGET_URL"
+    "$TIDEGATE_BIN" bench --url "$TARGET_URL" --streams "$STREAMS" --ramp "$RAMP" \
+        --protocol "$PROTOCOL" --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" \
+        --threads "$THREADS" "${TARGET_PIDS[@]}" \
+        --json "$OUT_DIR/$target.json" --svg "$OUT_DIR/$target.svg" \
+        >"$OUT_DIR/$target.txt" 2>"$OUT_DIR/$target.progress" || log "[$target] some streams failed"
+    cat "$OUT_DIR/$target.txt"
+done

@@ -1,0 +1,507 @@
+//! Connections, requests and one stream's life: connect (HTTP/1.1 from a chosen source address,
+//! or a stream on a shared HTTP/2 connection), send the chat request, check the status, read the
+//! body through the [`SseReader`](super::sse::SseReader) and record what it saw in [`Live`].
+//! Nothing is retried; how a stream ended is its [`Outcome`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::sse::{classify, EventKind, Item, SseReader};
+use super::stats::Live;
+use super::Protocol;
+
+/// The path every stream posts to.
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// Most bytes of a non-200 answer read to describe it.
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// Where the streams go: a loopback address.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `host:port`, for `Host` and `:authority`.
+    pub authority: String,
+    /// The chat endpoint's absolute URI (HTTP/2 needs scheme and authority).
+    pub absolute: Uri,
+}
+
+impl Target {
+    /// Accepts `http://HOST[:PORT][/]` where HOST is a loopback IP address or `localhost`.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "--url {url:?}: only http:// (cleartext) is supported"
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("--url {url:?} has no host"))?;
+        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| {
+                    format!(
+                        "--url {url:?}: refusing a host that is not a loopback IP address or \
+                         localhost; this tool only sends load to 127.0.0.0/8 or ::1"
+                    )
+                })?
+        };
+        if !ip.is_loopback() {
+            return Err(format!(
+                "--url {url:?}: refusing a non-loopback address ({ip}); this tool only sends \
+                 load to 127.0.0.0/8 or ::1"
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "--url {url:?}: give the base URL without a path; {CHAT_PATH} is appended"
+            ));
+        }
+        let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
+        let authority = addr.to_string();
+        let absolute: Uri = format!("http://{authority}{CHAT_PATH}")
+            .parse()
+            .map_err(|e| format!("cannot build the request URI: {e}"))?;
+        Ok(Target {
+            addr,
+            authority,
+            absolute,
+        })
+    }
+}
+
+/// What every stream sends; built once.
+#[derive(Debug)]
+pub struct RequestSpec {
+    pub target: Target,
+    pub protocol: Protocol,
+    body: Bytes,
+    headers: HeaderMap,
+}
+
+/// The request's knobs.
+#[derive(Debug, Clone)]
+pub struct RequestOptions {
+    pub model: String,
+    pub api_key: Option<String>,
+    /// `(chunks, chunk delay in ms)` for the mock, or `None` for a real upstream.
+    pub mock: Option<(u32, u64)>,
+}
+
+impl RequestSpec {
+    pub fn new(
+        target: Target,
+        protocol: Protocol,
+        options: &RequestOptions,
+    ) -> Result<RequestSpec, String> {
+        let body = serde_json::json!({
+            "model": options.model,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "stream": true,
+        });
+        let body = serde_json::to_vec(&body).map_err(|e| format!("request body: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if protocol == Protocol::Http1 {
+            let host = HeaderValue::from_str(&target.authority)
+                .map_err(|e| format!("Host header: {e}"))?;
+            headers.insert(HOST, host);
+        }
+        if let Some(key) = &options.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| "--api-key: not a valid header value".to_owned())?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        if let Some((chunks, delay_ms)) = options.mock {
+            for (name, value) in [
+                ("x-mock-chunks", chunks.to_string()),
+                ("x-mock-chunk-delay-ms", delay_ms.to_string()),
+                ("x-mock-timestamps", "1".to_owned()),
+            ] {
+                let value = HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        Ok(RequestSpec {
+            target,
+            protocol,
+            body: Bytes::from(body),
+            headers,
+        })
+    }
+
+    fn request(&self) -> Result<Request<Full<Bytes>>, String> {
+        let uri = match self.protocol {
+            Protocol::H2 => self.target.absolute.clone(),
+            Protocol::Http1 => Uri::from_static(CHAT_PATH),
+        };
+        let mut request = Request::post(uri)
+            .body(Full::new(self.body.clone()))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        *request.headers_mut() = self.headers.clone();
+        Ok(request)
+    }
+}
+
+/// One HTTP/2 connection, opened by the first of its streams that needs it and shared by the
+/// rest; closed once the last of them drops its handle.
+#[derive(Default)]
+pub struct H2Slot {
+    sender: OnceCell<Result<http2::SendRequest<Full<Bytes>>, String>>,
+}
+
+/// How one stream reaches the target.
+pub enum Route {
+    /// Its own HTTP/1.1 connection, from this source address (`None`: the system's choice).
+    Http1(Option<IpAddr>),
+    /// A stream on this shared HTTP/2 connection.
+    H2(Arc<H2Slot>),
+}
+
+/// What every stream task shares.
+pub struct StreamContext {
+    pub spec: Arc<RequestSpec>,
+    pub live: Arc<Live>,
+    /// Whole-stream timeout, from the start of the request to the end of the body.
+    pub timeout: Duration,
+    /// Cancelled when the run stops early (duration cap, Ctrl-C).
+    pub cancel: CancellationToken,
+}
+
+/// How one stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `data: [DONE]`, then a clean end of body.
+    Completed,
+    /// `kind` is one of `connect`, `request`, `status_NNN`, `timeout`, `reset`, `eof`,
+    /// `error_event:CODE`.
+    Failed { kind: String, message: String },
+    /// Stopped by the run (duration cap or interrupt), not by anything the target did.
+    Cancelled,
+}
+
+fn failed(kind: impl Into<String>, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        kind: kind.into(),
+        message: message.into(),
+    }
+}
+
+/// Microseconds since the Unix epoch, the clock of the mock's `sent_us`.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+    let tcp = connect(target, None)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        // A connection error also fails every stream on it, which records it.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends the request; errors are `(kind, message)`.
+async fn send(
+    route: Route,
+    spec: &RequestSpec,
+) -> Result<http::Response<Incoming>, (&'static str, String)> {
+    let request = spec.request().map_err(|e| ("request", e))?;
+    match route {
+        Route::H2(slot) => {
+            let sender = slot
+                .sender
+                .get_or_init(|| open_h2(spec.target.addr))
+                .await
+                .clone();
+            let mut sender = sender.map_err(|e| ("connect", e))?;
+            // Waits while the connection is at its concurrent-stream limit.
+            sender
+                .ready()
+                .await
+                .map_err(|e| ("request", format!("HTTP/2 connection: {e}")))?;
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| ("request", e.to_string()))
+        }
+        Route::Http1(source) => {
+            let tcp = connect(spec.target.addr, source).await.map_err(|e| {
+                let from = source.map(|ip| format!(" from {ip}")).unwrap_or_default();
+                ("connect", format!("connect{from}: {e}"))
+            })?;
+            let (mut sender, connection) = http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| ("connect", format!("HTTP/1.1 handshake: {e}")))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| ("request", e.to_string()))
+        }
+    }
+}
+
+/// A short description of a non-200 answer: its status and the error code of an OpenAI-style
+/// body, or the start of the body. Reads at most [`ERROR_BODY_BYTES`] before `deadline`.
+async fn describe_status(
+    status: StatusCode,
+    mut body: Incoming,
+    deadline: tokio::time::Instant,
+) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < ERROR_BODY_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    bytes.truncate(ERROR_BODY_BYTES);
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let error = v.get("error")?;
+            let code = error.get("code").and_then(|c| c.as_str());
+            code.or_else(|| error.get("type").and_then(|t| t.as_str()))
+                .map(str::to_owned)
+        });
+    match code {
+        Some(code) => format!("HTTP {status}: {code}"),
+        None => {
+            let text = String::from_utf8_lossy(&bytes);
+            let text: String = text.chars().take(200).collect();
+            format!("HTTP {status}: {text}")
+        }
+    }
+}
+
+/// One stream, from connecting to the end of its body (or the timeout, or a cancel).
+pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> Outcome {
+    let live = &ctx.live;
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::from_std(start + ctx.timeout);
+    let response = tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => return Outcome::Cancelled,
+        r = tokio::time::timeout_at(deadline, send(route, &ctx.spec)) => r,
+    };
+    let response = match response {
+        Err(_) => {
+            return failed(
+                "timeout",
+                format!("no response headers within {:?}", ctx.timeout),
+            )
+        }
+        Ok(Err((kind, message))) => return failed(kind, message),
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    if status != StatusCode::OK {
+        let message = describe_status(status, response.into_body(), deadline).await;
+        return failed(format!("status_{}", status.as_u16()), message);
+    }
+    live.stream_opened();
+    let outcome = read_body(&ctx, response.into_body(), start, deadline).await;
+    live.stream_closed();
+    outcome
+}
+
+/// Reads the body to its end; bounded by `deadline` and the cancel token.
+async fn read_body(
+    ctx: &StreamContext,
+    mut body: Incoming,
+    start: Instant,
+    deadline: tokio::time::Instant,
+) -> Outcome {
+    let live = &ctx.live;
+    let mut reader = SseReader::default();
+    let mut done = false;
+    let mut error: Option<String> = None;
+    let mut first_event_seen = false;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Outcome::Cancelled,
+            frame = tokio::time::timeout_at(deadline, body.frame()) => frame,
+        };
+        let data = match frame {
+            Err(_) => {
+                let what = if done {
+                    "the body did not end after [DONE]"
+                } else {
+                    "the stream did not finish"
+                };
+                return failed("timeout", format!("{what} within {:?}", ctx.timeout));
+            }
+            Ok(None) => {
+                return match (&error, done) {
+                    (Some(code), _) => failed(format!("error_event:{code}"), "final error event"),
+                    (None, true) => Outcome::Completed,
+                    (None, false) => failed("eof", "the body ended without data: [DONE]"),
+                };
+            }
+            Ok(Some(Err(e))) => {
+                return match &error {
+                    Some(code) => failed(format!("error_event:{code}"), e.to_string()),
+                    None if done => failed("reset", format!("after [DONE]: {e}")),
+                    None => failed("reset", e.to_string()),
+                };
+            }
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+        };
+        Live::add(&live.bytes, data.len() as u64);
+        let now_us = unix_micros();
+        let since_start = start.elapsed();
+        let (mut events, mut pings, mut comments) = (0u64, 0u64, 0u64);
+        reader.feed(&data, &mut |item| match item {
+            Item::Event(event) => {
+                events += 1;
+                if let Some(sent_us) = event.sent_us {
+                    live.record_latency(now_us.saturating_sub(sent_us));
+                }
+                match classify(event.data) {
+                    EventKind::Done => done = true,
+                    EventKind::Error(code) => {
+                        error.get_or_insert(code);
+                    }
+                    EventKind::Data => {}
+                }
+            }
+            Item::Ping => pings += 1,
+            Item::Comment => comments += 1,
+        });
+        if events > 0 {
+            Live::add(&live.events, events);
+            if !first_event_seen {
+                first_event_seen = true;
+                live.first_event_us.record(micros(since_start));
+            }
+        }
+        if pings > 0 {
+            Live::add(&live.pings, pings);
+        }
+        if comments > 0 {
+            Live::add(&live.other_comments, comments);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_urls() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.5:8080/",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+        ] {
+            assert!(Target::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:8080",
+            "http://192.168.1.1",
+            "http://example.com",
+            "https://127.0.0.1:8080",
+            "http://127.0.0.1:8080/v1",
+            "http://127.0.0.1:8080/?x=1",
+            "not a url",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        let t = Target::parse("http://localhost:9").unwrap();
+        assert_eq!(t.authority, "127.0.0.1:9");
+        assert_eq!(t.absolute, "http://127.0.0.1:9/v1/chat/completions");
+    }
+
+    #[test]
+    fn requests_carry_the_mock_headers_and_the_key() {
+        let target = Target::parse("http://127.0.0.1:8080").unwrap();
+        let options = RequestOptions {
+            model: "fail-\"midstream\"".into(),
+            api_key: Some("sk-test".into()),
+            mock: Some((5, 20)),
+        };
+        let spec = RequestSpec::new(target.clone(), Protocol::Http1, &options).unwrap();
+        let request = spec.request().unwrap();
+        assert_eq!(request.uri(), "/v1/chat/completions");
+        let h = request.headers();
+        assert_eq!(h["host"], "127.0.0.1:8080");
+        assert_eq!(h["x-mock-chunks"], "5");
+        assert_eq!(h["x-mock-chunk-delay-ms"], "20");
+        assert_eq!(h["x-mock-timestamps"], "1");
+        assert_eq!(h["authorization"], "Bearer sk-test");
+        let body: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(body["model"], "fail-\"midstream\"");
+        assert_eq!(body["stream"], true);
+
+        let options = RequestOptions {
+            model: "m".into(),
+            api_key: None,
+            mock: None,
+        };
+        let spec = RequestSpec::new(target, Protocol::H2, &options).unwrap();
+        let request = spec.request().unwrap();
+        assert_eq!(request.uri(), "http://127.0.0.1:8080/v1/chat/completions");
+        assert!(request.headers().get("host").is_none());
+        assert!(request.headers().get("x-mock-chunks").is_none());
+        assert!(request.headers().get("authorization").is_none());
+    }
+}

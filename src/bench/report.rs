@@ -1,0 +1,398 @@
+//! The end of a run: one [`Report`] with every figure, printed as a table and written as JSON.
+//! Latencies are in microseconds in the JSON (`*_us`) and in milliseconds in the table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::procfs::Watched;
+use super::stats::{LatencySummary, Live};
+use super::{BenchArgs, StopReason, Tally};
+
+/// One point of the timeline: counters at `t_s` seconds after the start (cumulative), rates
+/// over the interval since the previous point, and that interval's per-event latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    /// Seconds since the previous point (the rates' denominator; the last point's is short).
+    pub interval_s: f64,
+    pub started: u64,
+    pub opened: u64,
+    pub alive: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub events: u64,
+    pub bytes: u64,
+    pub opened_per_s: f64,
+    pub completed_per_s: f64,
+    pub failed_per_s: f64,
+    pub events_per_s: f64,
+    pub bytes_per_s: f64,
+    /// Timestamped events received in the interval.
+    pub latency_count: u64,
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+    /// RSS and cumulative CPU time of each watched process.
+    pub processes: BTreeMap<String, ProcPoint>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProcPoint {
+    pub rss_kib: u64,
+    pub cpu_s: f64,
+}
+
+/// The arguments, as run (the API key only as present or not).
+#[derive(Debug, Clone, Serialize)]
+pub struct ArgsRecord {
+    pub url: String,
+    pub protocol: super::Protocol,
+    pub streams: u32,
+    pub ramp_per_s: u32,
+    pub per_connection: Option<u32>,
+    pub source_addrs: Option<u8>,
+    pub mock_headers: bool,
+    pub chunks: Option<u32>,
+    pub chunk_delay_ms: Option<u64>,
+    pub model: String,
+    pub api_key: bool,
+    pub duration_s: f64,
+    pub stream_timeout_s: f64,
+    pub threads: u16,
+    pub pids: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamCounts {
+    pub requested: u64,
+    pub started: u64,
+    /// Got `200` response headers.
+    pub opened: u64,
+    /// `data: [DONE]` and a clean end of body.
+    pub completed: u64,
+    pub failed: u64,
+    pub failed_by_kind: BTreeMap<String, u64>,
+    /// The first message seen for each failure kind.
+    pub failure_examples: BTreeMap<String, String>,
+    /// Stopped by the duration cap or an interrupt.
+    pub cancelled: u64,
+    /// Never started (the run stopped first).
+    pub not_started: u64,
+    /// Still running when the collection deadline passed (aborted).
+    pub abandoned: u64,
+    pub max_alive: u64,
+    /// HTTP/1.1: one per stream; h2: connections opened.
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// SSE events with data (`[DONE]` and error events included).
+    pub events: u64,
+    /// Events that carried a `: sent_us=` stamp (those have a latency).
+    pub timed_events: u64,
+    pub bytes: u64,
+    pub events_per_s: f64,
+    pub bytes_per_s: f64,
+    /// The most in one timeline interval of at least half a second.
+    pub peak_events_per_s: f64,
+    /// `: ping` heartbeats.
+    pub pings: u64,
+    pub other_comments: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    pub name: String,
+    pub pid: u32,
+    pub rss_start_kib: Option<u64>,
+    pub rss_peak_kib: Option<u64>,
+    pub rss_end_kib: Option<u64>,
+    /// (peak − start) / max alive streams.
+    pub rss_per_stream_kib: Option<f64>,
+    /// utime + stime used between the first and the last sample.
+    pub cpu_s: Option<f64>,
+    pub cpu_s_per_1000_events: Option<f64>,
+    /// Why sampling failed, if it did (e.g. the process exited).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub args: ArgsRecord,
+    pub started_at_unix_ms: u64,
+    pub elapsed_s: f64,
+    pub stopped_early: Option<StopReason>,
+    pub nofile_limit: u64,
+    pub streams: StreamCounts,
+    pub throughput: Throughput,
+    /// From the start of the request (connect included on HTTP/1.1) to the first event.
+    pub time_to_first_event_us: LatencySummary,
+    /// Receive time − the event's `sent_us` (same machine): what the path added per event.
+    pub event_latency_us: LatencySummary,
+    pub processes: Vec<ProcessReport>,
+    pub timeline: Vec<Sample>,
+}
+
+/// What [`Report::build`] needs from the run.
+pub struct RunData<'a> {
+    pub args: &'a BenchArgs,
+    pub nofile_limit: u64,
+    pub started_at_unix_ms: u64,
+    pub elapsed: Duration,
+    pub started: u32,
+    pub connections: u64,
+    pub tally: Tally,
+    pub abandoned: u64,
+    pub stop: Option<StopReason>,
+    pub live: &'a Live,
+    pub watched: Vec<Watched>,
+    pub timeline: Vec<Sample>,
+}
+
+impl Report {
+    pub fn build(run: RunData<'_>) -> Report {
+        let a = run.args;
+        let mock = !a.no_mock_headers;
+        let args = ArgsRecord {
+            url: a.url.clone(),
+            protocol: a.protocol,
+            streams: a.streams,
+            ramp_per_s: a.ramp,
+            per_connection: (a.protocol == super::Protocol::H2).then_some(a.per_connection),
+            source_addrs: (a.protocol == super::Protocol::Http1).then_some(a.source_addrs),
+            mock_headers: mock,
+            chunks: mock.then_some(a.chunks),
+            chunk_delay_ms: mock.then_some(a.chunk_delay_ms),
+            model: a.model.clone(),
+            api_key: a.api_key.is_some(),
+            duration_s: a.duration.as_secs_f64(),
+            stream_timeout_s: a.effective_stream_timeout().as_secs_f64(),
+            threads: a.threads,
+            pids: a.pids.iter().cloned().collect(),
+        };
+        let live = run.live;
+        let max_alive = Live::get(&live.max_alive);
+        let elapsed_s = run.elapsed.as_secs_f64().max(1e-6);
+        let events = Live::get(&live.events);
+        let bytes = Live::get(&live.bytes);
+        let streams = StreamCounts {
+            requested: u64::from(a.streams),
+            started: u64::from(run.started),
+            opened: Live::get(&live.opened),
+            completed: run.tally.completed,
+            failed: run.tally.failures.total(),
+            failed_by_kind: run.tally.failures.by_kind.clone(),
+            failure_examples: run.tally.failures.examples.clone(),
+            cancelled: run.tally.cancelled,
+            not_started: u64::from(a.streams - run.started.min(a.streams)),
+            abandoned: run.abandoned,
+            max_alive,
+            connections: run.connections,
+        };
+        let throughput = Throughput {
+            events,
+            timed_events: Live::get(&live.timed_events),
+            bytes,
+            events_per_s: events as f64 / elapsed_s,
+            bytes_per_s: bytes as f64 / elapsed_s,
+            peak_events_per_s: run
+                .timeline
+                .iter()
+                // A short last interval would make a rate out of a handful of events.
+                .filter(|s| s.interval_s >= 0.5)
+                .map(|s| s.events_per_s)
+                .fold(0.0, f64::max),
+            pings: Live::get(&live.pings),
+            other_comments: Live::get(&live.other_comments),
+        };
+        let processes = run
+            .watched
+            .iter()
+            .map(|w| {
+                let cpu_s = match (w.first, w.last) {
+                    (Some(first), Some(last)) => {
+                        Some((last.cpu_seconds - first.cpu_seconds).max(0.0))
+                    }
+                    _ => None,
+                };
+                ProcessReport {
+                    name: w.name.clone(),
+                    pid: w.pid,
+                    rss_start_kib: w.first.map(|s| s.rss_kib),
+                    rss_peak_kib: w.first.map(|_| w.peak_rss_kib),
+                    rss_end_kib: w.last.map(|s| s.rss_kib),
+                    rss_per_stream_kib: match w.first {
+                        Some(first) if max_alive > 0 => Some(
+                            w.peak_rss_kib.saturating_sub(first.rss_kib) as f64 / max_alive as f64,
+                        ),
+                        _ => None,
+                    },
+                    cpu_s,
+                    cpu_s_per_1000_events: cpu_s
+                        .filter(|_| events > 0)
+                        .map(|cpu| cpu / events as f64 * 1000.0),
+                    error: w.error.clone(),
+                }
+            })
+            .collect();
+        Report {
+            tool: "tidegate bench",
+            version: env!("CARGO_PKG_VERSION"),
+            args,
+            started_at_unix_ms: run.started_at_unix_ms,
+            elapsed_s: run.elapsed.as_secs_f64(),
+            stopped_early: run.stop,
+            nofile_limit: run.nofile_limit,
+            streams,
+            throughput,
+            time_to_first_event_us: live.first_event_us.snapshot().summary(),
+            event_latency_us: live.latency_us.snapshot().summary(),
+            processes,
+            timeline: run.timeline,
+        }
+    }
+
+    /// Every requested stream completed.
+    pub fn all_completed(&self) -> bool {
+        self.streams.completed == self.streams.requested
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), String> {
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| format!("cannot encode the JSON report: {e}"))?;
+        text.push('\n');
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The human summary.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let a = &self.args;
+        let s = &self.streams;
+        let t = &self.throughput;
+        let load = match (a.chunks, a.chunk_delay_ms) {
+            (Some(chunks), Some(delay)) => format!("{chunks} chunks every {delay} ms"),
+            _ => "no mock headers".to_owned(),
+        };
+        let shape = match a.per_connection {
+            Some(m) => format!("h2, {m} streams/connection"),
+            None => "http1".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}",
+            a.streams, a.url, a.ramp_per_s, a.model
+        );
+        let stopped = match self.stopped_early {
+            Some(StopReason::DurationCap) => " (stopped by --duration)",
+            Some(StopReason::Interrupted) => " (interrupted)",
+            None => "",
+        };
+        let _ = writeln!(out, "run time            {:.1} s{stopped}", self.elapsed_s);
+        let _ = writeln!(
+            out,
+            "streams             {} completed, {} failed, {} cancelled, {} not started of {}; \
+             max alive {}; {} connections",
+            s.completed,
+            s.failed,
+            s.cancelled,
+            s.not_started,
+            s.requested,
+            s.max_alive,
+            s.connections
+        );
+        for (kind, n) in &s.failed_by_kind {
+            let example = s.failure_examples.get(kind).map_or("", String::as_str);
+            let _ = writeln!(out, "  failed {kind:<24} {n:>7}   e.g. {example}");
+        }
+        let _ = writeln!(
+            out,
+            "events              {} ({} timed) in {:.1} s: {:.0} events/s (peak {:.0}/s), {} / s; \
+             {} pings, {} other comments",
+            t.events,
+            t.timed_events,
+            self.elapsed_s,
+            t.events_per_s,
+            t.peak_events_per_s,
+            human_bytes(t.bytes_per_s),
+            t.pings,
+            t.other_comments
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "latency (ms)", "count", "p50", "p90", "p99", "max", "mean"
+        );
+        for (name, l) in [
+            ("time to first event", &self.time_to_first_event_us),
+            ("per-event added", &self.event_latency_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}",
+                l.count,
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.max),
+                ms(l.mean)
+            );
+        }
+        if !self.processes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<10}{:>8}{:>13}{:>13}{:>13}{:>13}{:>9}{:>15}",
+                "process",
+                "pid",
+                "RSS start",
+                "RSS peak",
+                "RSS end",
+                "KiB/stream",
+                "CPU s",
+                "CPU s/1k ev"
+            );
+            for p in &self.processes {
+                let mib = |k: Option<u64>| {
+                    k.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+                };
+                let num = |v: Option<f64>, digits: usize| {
+                    v.map_or("-".to_owned(), |v| format!("{v:.digits$}"))
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<10}{:>8}{:>13}{:>13}{:>13}{:>13}{:>9}{:>15}",
+                    p.name,
+                    p.pid,
+                    mib(p.rss_start_kib),
+                    mib(p.rss_peak_kib),
+                    mib(p.rss_end_kib),
+                    num(p.rss_per_stream_kib, 1),
+                    num(p.cpu_s, 2),
+                    num(p.cpu_s_per_1000_events, 4)
+                );
+                if let Some(e) = &p.error {
+                    let _ = writeln!(out, "  {}: sampling stopped: {e}", p.name);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn ms(us: Option<u64>) -> String {
+    us.map_or("-".to_owned(), |us| format!("{:.2}", us as f64 / 1e3))
+}
+
+fn human_bytes(per_s: f64) -> String {
+    if per_s >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", per_s / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", per_s / 1024.0)
+    }
+}

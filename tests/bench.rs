@@ -1,0 +1,506 @@
+//! `tidegate bench` as a user runs it: the real binary against the gateway and mock started
+//! in-process on 127.0.0.1:0, over HTTP/1.1 and HTTP/2; its exit code, its JSON report, its
+//! chart; failures counted by kind; and arguments it must refuse.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tidegate::mock::MockSettings;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+/// A whole bench run of a few hundred short streams on a loaded 2-core machine, debug build.
+const RUN_PATIENCE: Duration = Duration::from_secs(120);
+
+fn out_path(test: &str, file: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(file)
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn bench(args: &[&str]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("bench")
+        .args(args)
+        .env_remove("TIDEGATE_CONFIG")
+        .env_remove("TIDEGATE_BENCH_API_KEY")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(RUN_PATIENCE, cmd.output())
+        .await
+        .expect("bench finished in time")
+        .expect("bench ran");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn read_json(path: &PathBuf) -> Value {
+    let text = std::fs::read_to_string(path).expect("JSON report written");
+    serde_json::from_str(&text).expect("JSON report parses")
+}
+
+/// The gateway and the mock in this process hold two or three sockets per stream.
+fn raise_fd_limit() {
+    tidegate::sys::raise_nofile_limit().expect("open-files limit");
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned number: {v}"))
+}
+
+/// Checks the report of a run where every stream should have completed with `chunks` chunks.
+fn assert_clean_run(report: &Value, streams: u64, chunks: u64) {
+    let s = &report["streams"];
+    assert_eq!(u(&s["requested"]), streams, "{s}");
+    assert_eq!(u(&s["started"]), streams, "{s}");
+    assert_eq!(u(&s["opened"]), streams, "{s}");
+    assert_eq!(u(&s["completed"]), streams, "{s}");
+    assert_eq!(u(&s["failed"]), 0, "{s}");
+    assert_eq!(s["failed_by_kind"], serde_json::json!({}));
+    assert_eq!(u(&s["cancelled"]), 0);
+    assert_eq!(u(&s["not_started"]), 0);
+    let max_alive = u(&s["max_alive"]);
+    assert!((1..=streams).contains(&max_alive), "max alive {max_alive}");
+
+    // role chunk + content chunks + stop chunk + [DONE]; all but [DONE] carry a timestamp.
+    let t = &report["throughput"];
+    assert_eq!(u(&t["events"]), streams * (chunks + 3), "{t}");
+    assert_eq!(u(&t["timed_events"]), streams * (chunks + 2), "{t}");
+    assert!(u(&t["bytes"]) > u(&t["events"]) * 50, "{t}");
+    assert!(t["events_per_s"].as_f64().unwrap() > 0.0);
+
+    let first = &report["time_to_first_event_us"];
+    assert_eq!(u(&first["count"]), streams);
+    let latency = &report["event_latency_us"];
+    assert_eq!(u(&latency["count"]), streams * (chunks + 2));
+    for summary in [first, latency] {
+        let (p50, p90, p99, max) = (
+            u(&summary["p50"]),
+            u(&summary["p90"]),
+            u(&summary["p99"]),
+            u(&summary["max"]),
+        );
+        assert!(
+            p50 > 0 && p50 <= p90 && p90 <= p99 && p99 <= max,
+            "{summary}"
+        );
+        // Loopback: even a loaded debug build adds well under 10 s.
+        assert!(max < 10_000_000, "{summary}");
+    }
+    assert!(report["timeline"].as_array().unwrap().len() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_streams_all_complete_and_the_report_adds_up() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("http1", "report.json");
+    let url = format!("http://{}", env.gateway);
+    let pid = std::process::id().to_string();
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "200",
+        "--ramp",
+        "1000",
+        "--chunks",
+        "3",
+        "--chunk-delay-ms",
+        "20",
+        "--source-addrs",
+        "4",
+        "--pid",
+        &format!("gateway={pid}"),
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = read_json(&json);
+    assert_clean_run(&report, 200, 3);
+    assert_eq!(report["args"]["protocol"], "http1");
+    assert_eq!(u(&report["streams"]["connections"]), 200);
+    assert_eq!(report["args"]["api_key"], false);
+
+    // The gateway (this process) and the driver itself were sampled.
+    let processes = report["processes"].as_array().unwrap();
+    let names: Vec<&str> = processes
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["gateway", "bench"]);
+    let gateway = &processes[0];
+    assert_eq!(gateway["pid"].as_u64(), Some(u64::from(std::process::id())));
+    assert!(u(&gateway["rss_start_kib"]) > 0);
+    assert!(u(&gateway["rss_peak_kib"]) >= u(&gateway["rss_start_kib"]));
+    assert!(gateway["cpu_s"].as_f64().unwrap() >= 0.0);
+    assert!(gateway["cpu_s_per_1000_events"].as_f64().is_some());
+    assert!(gateway["error"].is_null());
+
+    // The human table.
+    assert!(
+        run.stdout.contains("200 completed, 0 failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("time to first event"), "{}", run.stdout);
+    assert!(run.stdout.contains("per-event added"), "{}", run.stdout);
+    // Progress lines on stderr.
+    assert!(run.stderr.contains("bench: t="), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_all_complete_over_shared_connections() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("h2", "report.json");
+    let url = format!("http://{}", env.gateway);
+    let run = bench(&[
+        "--url",
+        &url,
+        "--protocol",
+        "h2",
+        "--per-connection",
+        "50",
+        "--streams",
+        "200",
+        "--ramp",
+        "1000",
+        "--chunks",
+        "3",
+        "--chunk-delay-ms",
+        "20",
+        "--threads",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = read_json(&json);
+    assert_clean_run(&report, 200, 3);
+    assert_eq!(report["args"]["protocol"], "h2");
+    assert_eq!(report["args"]["per_connection"], 50);
+    assert_eq!(u(&report["streams"]["connections"]), 4);
+    assert!(run.stderr.is_empty(), "--quiet: {}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_alone_works_as_the_reference() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("mock", "report.json");
+    let url = format!("http://{}", env.mock);
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "50",
+        "--ramp",
+        "1000",
+        "--chunks",
+        "2",
+        "--chunk-delay-ms",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert_clean_run(&read_json(&json), 50, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_is_counted_by_kind_and_exits_non_zero() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("midstream", "report.json");
+    for (url, protocol, kind) in [
+        // The gateway turns the upstream's abort into a final error event.
+        (
+            format!("http://{}", env.gateway),
+            "http1",
+            "error_event:upstream_reset",
+        ),
+        (
+            format!("http://{}", env.gateway),
+            "h2",
+            "error_event:upstream_reset",
+        ),
+        // The mock alone just breaks the connection (HTTP/1.1) or resets the stream (h2).
+        (format!("http://{}", env.mock), "http1", "reset"),
+        (format!("http://{}", env.mock), "h2", "reset"),
+    ] {
+        let run = bench(&[
+            "--url",
+            &url,
+            "--protocol",
+            protocol,
+            "--streams",
+            "20",
+            "--ramp",
+            "1000",
+            "--chunks",
+            "5",
+            "--chunk-delay-ms",
+            "10",
+            "--model",
+            "fail-midstream",
+            "--json",
+            json.to_str().unwrap(),
+            "--quiet",
+        ])
+        .await;
+        assert_eq!(
+            run.code, 1,
+            "{url} {protocol}: {}\n{}",
+            run.stdout, run.stderr
+        );
+        let report = read_json(&json);
+        let s = &report["streams"];
+        assert_eq!(u(&s["completed"]), 0, "{url} {protocol}: {s}");
+        assert_eq!(u(&s["failed"]), 20, "{url} {protocol}: {s}");
+        assert_eq!(
+            s["failed_by_kind"],
+            serde_json::json!({ kind: 20 }),
+            "{url} {protocol}"
+        );
+        assert!(s["failure_examples"][kind].is_string());
+        // Role chunk and two content chunks arrived before the failure.
+        assert!(u(&report["throughput"]["events"]) >= 20 * 3);
+        assert!(
+            run.stdout.contains(&format!("failed {kind}")),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_statuses_and_timeouts_are_failures_by_kind() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("status", "report.json");
+    let url = format!("http://{}", env.gateway);
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "10",
+        "--ramp",
+        "1000",
+        "--model",
+        "fail-429",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    assert_eq!(
+        report["streams"]["failed_by_kind"],
+        serde_json::json!({"status_429": 10})
+    );
+    let example = report["streams"]["failure_examples"]["status_429"]
+        .as_str()
+        .unwrap();
+    assert!(example.contains("429"), "{example}");
+
+    // `hang` never answers: each stream runs into --stream-timeout.
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "5",
+        "--ramp",
+        "1000",
+        "--model",
+        "hang",
+        "--stream-timeout",
+        "300ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    assert_eq!(
+        report["streams"]["failed_by_kind"],
+        serde_json::json!({"timeout": 5})
+    );
+    assert_eq!(u(&report["streams"]["opened"]), 0);
+
+    // Streams still running at the --duration cap are cancelled, not failed, and the run
+    // still exits non-zero: it did not do what was asked.
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "5",
+        "--ramp",
+        "1000",
+        "--chunks",
+        "1000",
+        "--chunk-delay-ms",
+        "100",
+        "--duration",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["stopped_early"], "duration_cap");
+    assert_eq!(u(&report["streams"]["cancelled"]), 5);
+    assert_eq!(u(&report["streams"]["failed"]), 0);
+    assert!(
+        run.stdout.contains("stopped by --duration"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svg_chart_is_written() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let svg = out_path("svg", "chart.svg");
+    let url = format!("http://{}", env.gateway);
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "20",
+        "--ramp",
+        "1000",
+        "--chunks",
+        "2",
+        "--chunk-delay-ms",
+        "10",
+        "--svg",
+        svg.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let text = std::fs::read_to_string(&svg).expect("SVG written");
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+    assert!(text.trim_end().ends_with("</svg>"));
+    for label in ["alive", "p99", "bench (pid"] {
+        assert!(text.contains(label), "the chart shows {label}");
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_with_2() {
+    for (args, needle) in [
+        (&["--url", "http://10.0.0.1:8080"][..], "non-loopback"),
+        (&["--url", "http://example.com"][..], "loopback"),
+        (&["--url", "https://127.0.0.1:8080"][..], "http://"),
+        (
+            &["--url", "http://127.0.0.1:8080", "--streams", "0"][..],
+            "--streams",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--protocol", "h3"][..],
+            "h3",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--duration", "10"][..],
+            "unit",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--pid", "nope"][..],
+            "process id",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:8080",
+                "--json",
+                "/nonexistent-dir/r.json",
+            ][..],
+            "cannot write",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--streams", "100000"][..],
+            "open-files limit",
+        ),
+    ] {
+        if args.contains(&"100000") {
+            // Only meaningful where the hard limit is below 100,000 sockets (20,000 here).
+            let limit = tidegate::sys::raise_nofile_limit().unwrap();
+            if limit.hard >= 100_064 {
+                continue;
+            }
+        }
+        let run = bench(args).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+        assert!(
+            run.stdout.is_empty(),
+            "{args:?}: nothing ran: {}",
+            run.stdout
+        );
+    }
+}
+
+#[tokio::test]
+async fn help_lists_the_options() {
+    let run = bench(&["--help"]).await;
+    assert_eq!(run.code, 0);
+    for option in [
+        "--url",
+        "--streams",
+        "--ramp",
+        "--protocol",
+        "--per-connection",
+        "--source-addrs",
+        "--chunks",
+        "--chunk-delay-ms",
+        "--no-mock-headers",
+        "--model",
+        "--api-key",
+        "--duration",
+        "--stream-timeout",
+        "--threads",
+        "--pid",
+        "--json",
+        "--svg",
+    ] {
+        assert!(run.stdout.contains(option), "--help mentions {option}");
+    }
+}
