@@ -9,7 +9,8 @@
 #                    the proxy, and the open-files hard cap is 20,000 per process)
 #   PROTOCOL [http1] http1 or h2 between the driver and the target
 #   CHUNKS [30]  DELAY_MS [1000]  RAMP [1000]  THREADS [1]
-#   TARGETS ["direct nginx tidegate"]
+#   TARGETS ["direct nginx tidegate"]; also "tidegate-h2": tidegate with upstream.http2 = true
+#                    (one HTTP/2 connection to the mock for all streams)
 #   TIDEGATE_BIN [target/release/tidegate]  built unless set
 #   OUT_DIR [a new /tmp/tidegate-bench.XXXXXX]  configs, logs, JSON reports, SVG charts
 set -euo pipefail
@@ -93,17 +94,19 @@ start_nginx() {
 }
 
 start_tidegate() {
-    local cfg=$OUT_DIR/tidegate.toml glog=$OUT_DIR/tidegate.log
+    local name=$1 http2=$2
+    local cfg=$OUT_DIR/$name.toml glog=$OUT_DIR/$name.log
     {
         printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
-        printf 'forward_headers = ["x-mock-*"]\n\n[shutdown]\ndrain_timeout = "1s"\n'
+        printf 'forward_headers = ["x-mock-*"]\nhttp2 = %s\n\n' "$http2"
+        printf '[shutdown]\ndrain_timeout = "1s"\n'
     } >"$cfg"
     "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     wait_for_line "$glog" 'tidegate listening' 15 || die "tidegate did not start: $(cat "$glog")"
     TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
-    TARGET_PIDS=("--pid" "tidegate=$pid")
+    TARGET_PIDS=("--pid" "$name=$pid")
     sleep 1
 }
 
@@ -114,7 +117,8 @@ for target in $TARGETS; do
             TARGET_PIDS=("--pid" "mock=$MOCK_PID")
             ;;
         nginx) start_nginx ;;
-        tidegate) start_tidegate ;;
+        tidegate) start_tidegate tidegate false ;;
+        tidegate-h2) start_tidegate tidegate-h2 true ;;
         *) die "unknown target $target" ;;
     esac
     log "[$target] $STREAMS streams over $PROTOCOL to $TARGET_URL"

@@ -233,6 +233,13 @@ pub(super) fn string(value: &Value) -> Result<String, String> {
     }
 }
 
+pub(super) fn boolean(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Boolean(b) => Ok(*b),
+        other => Err(format!("expected true or false, got {}", describe(other))),
+    }
+}
+
 pub(super) fn integer(value: &Value) -> Result<i64, String> {
     match value {
         Value::Integer(i) => Ok(*i),

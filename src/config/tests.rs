@@ -16,6 +16,7 @@ token_env = "TIDEGATE_TEST_ADMIN_TOKEN"
 base_url = "http://127.0.0.1:8081/v1/"
 api_key_env = "TIDEGATE_TEST_KEY"
 forward_headers = ["x-stainless-*"]
+http2 = true
 
 [limits]
 max_body_bytes = 2097152
@@ -101,6 +102,7 @@ fn empty_file_is_the_default_config() {
     assert_eq!(c.streams.heartbeat(), Some(Duration::from_secs(15)));
     assert_eq!(c.streams.max_buffered_bytes, 65_536);
     assert_eq!(c.streams.client_stall_timeout, Duration::from_secs(30));
+    assert!(!c.upstream.http2);
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.log.level, "info");
@@ -122,6 +124,7 @@ fn full_file_sets_every_key() {
             api_key_env: Some("TIDEGATE_TEST_KEY".to_owned()),
             api_key: None,
             forward_headers: vec!["x-stainless-*".to_owned()],
+            http2: true,
         },
         limits: Limits {
             max_body_bytes: 2 * 1024 * 1024,
@@ -1247,4 +1250,22 @@ fn redacted_toml_prints_the_token_env_but_never_the_token() {
     let mut reparsed = Config::from_toml_str(&printed).unwrap();
     reparsed.admin.token = c.admin.token.clone();
     assert_eq!(reparsed, c);
+}
+
+#[test]
+fn upstream_http2_must_be_a_boolean() {
+    assert!(
+        Config::from_toml_str("[upstream]\nhttp2 = true\n")
+            .unwrap()
+            .upstream
+            .http2
+    );
+    let errors = Config::from_toml_str("[upstream]\nhttp2 = \"yes\"\n").unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].path, "upstream.http2");
+    assert!(
+        errors.0[0].message.contains("true or false"),
+        "{}",
+        errors.0[0].message
+    );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,7 @@ impl Shared {
 
     fn capture(&self, parts: &Parts, body: Bytes) {
         let captured = Arc::new(Captured {
+            version: parts.version,
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -76,6 +77,7 @@ impl Shared {
 
 /// What the mock keeps of the last request.
 struct Captured {
+    version: Version,
     method: Method,
     path: String,
     query: Option<String>,
@@ -97,6 +99,7 @@ impl Captured {
                 .or_insert_with(|| value.into_owned());
         }
         CapturedRequest {
+            version: format!("{:?}", self.version),
             method: self.method.as_str().to_owned(),
             path: self.path.clone(),
             query: self.query.clone(),
@@ -114,6 +117,8 @@ impl Captured {
 /// `GET /stats/last-request`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedRequest {
+    /// `"HTTP/1.1"` or `"HTTP/2.0"`: how the gateway spoke to the mock.
+    pub version: String,
     /// e.g. `"POST"`.
     pub method: String,
     /// Path without the query, e.g. `"/v1/chat/completions"`.

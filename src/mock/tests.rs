@@ -1406,6 +1406,7 @@ async fn last_request_and_stats_endpoints() {
         "stats calls are not /v1 calls"
     );
     let captured: CapturedRequest = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(captured.version, "HTTP/1.1");
     assert_eq!(captured.method, "POST");
     assert_eq!(captured.path, "/v1/chat/completions");
     assert_eq!(captured.query.as_deref(), Some("api-version=2024&x=1"));
@@ -1430,7 +1431,8 @@ async fn last_request_and_stats_endpoints() {
             "headers",
             "method",
             "path",
-            "query"
+            "query",
+            "version"
         ]
     );
 

@@ -26,6 +26,13 @@ use crate::request_id;
 /// keep-alive of LLM APIs, so we close first and never send on a connection being closed.
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The upstream HTTP/2 connection's flow-control window: wide, since thousands of streams share
+/// it; each stream's own window (`max_buffered_bytes`) bounds what one stream can hold.
+const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 1 << 30;
+
+/// Interval and timeout of PINGs that find a dead upstream HTTP/2 connection.
+const UPSTREAM_H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
 /// The smallest HTTP/1.1 buffer hyper accepts.
 const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 
@@ -97,12 +104,23 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
             .timer(TokioTimer::new())
             .http1_max_buf_size(read_buffer.max(MIN_HTTP1_BUFFER))
-            .build(https);
+            // Each stream may hold at most one read buffer's worth unread (backpressure); the
+            // connection's window is wide so that streams whose clients are slow do not stall
+            // the streams of others sharing the connection.
+            .http2_initial_stream_window_size(u32::try_from(read_buffer).unwrap_or(u32::MAX))
+            .http2_initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW)
+            .http2_keep_alive_interval(UPSTREAM_H2_KEEPALIVE)
+            .http2_keep_alive_timeout(UPSTREAM_H2_KEEPALIVE);
+        if config.http2 {
+            builder.http2_only(true);
+        }
+        let client = builder.build(https);
         let authorization = match &config.api_key {
             Some(key) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
