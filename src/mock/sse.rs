@@ -287,8 +287,8 @@ impl SseStream {
         }
     }
 
-    /// One `data: {...}\n\n` event whose single choice is written by `choice`.
-    fn event(&self, choice: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    /// A buffer for one JSON event, holding its send-time comment if timestamps were asked for.
+    fn start_event(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.prefix.len() + 144);
         if self.timestamps {
             let now = SystemTime::now()
@@ -298,6 +298,12 @@ impl SseStream {
             push_u64(&mut buf, now);
             buf.push(b'\n');
         }
+        buf
+    }
+
+    /// One `data: {...}\n\n` event whose single choice is written by `choice`.
+    fn event(&self, choice: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+        let mut buf = self.start_event();
         buf.extend_from_slice(&self.prefix);
         choice(&mut buf);
         if self.include_usage {
@@ -343,15 +349,7 @@ impl SseStream {
 
     fn usage_event(&self) -> Bytes {
         let completion = u64::from(self.chunks);
-        let mut buf = Vec::with_capacity(self.prefix.len() + 144);
-        if self.timestamps {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-            buf.extend_from_slice(SENT_US_COMMENT);
-            push_u64(&mut buf, now);
-            buf.push(b'\n');
-        }
+        let mut buf = self.start_event();
         buf.extend_from_slice(&self.prefix);
         buf.extend_from_slice(b"],\"usage\":{\"prompt_tokens\":");
         push_u64(&mut buf, self.prompt_tokens);
