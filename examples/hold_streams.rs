@@ -25,7 +25,7 @@
 //!   object with `--json`). Exit code 1 if any stream failed to open, 2 for bad arguments.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,12 +34,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
-use http::{Request, StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpSocket, TcpStream};
+use hyper_util::rt::TokioIo;
+use tidegate::bench::client::{connect, open_h2, Target};
+use tidegate::signals::interrupted;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
@@ -126,76 +127,17 @@ struct Args {
     json: bool,
 }
 
-/// Where the streams go.
-#[derive(Debug)]
-struct Target {
-    addr: SocketAddr,
-    /// `host:port`, for the Host header and `:authority`.
-    authority: String,
-    /// The absolute URI of the chat endpoint (HTTP/2 needs scheme and authority).
-    absolute: Uri,
-}
-
-impl Target {
-    /// Accepts `http://HOST[:PORT][/]` where HOST is a loopback address or `localhost`.
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "--url {url:?}: only http:// (cleartext) is supported"
-            ));
-        }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("--url {url:?} has no host"))?;
-        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .map_err(|_| {
-                    format!("--url {url:?}: the host must be a loopback IP address or localhost")
-                })?
-        };
-        if !ip.is_loopback() {
-            return Err(format!(
-                "--url {url:?}: refusing a non-loopback address ({ip}); this tool only talks to \
-                 127.0.0.0/8 or ::1"
-            ));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
-                "--url {url:?}: give the gateway's base URL without a path; {REQUEST_PATH} is \
-                 appended"
-            ));
-        }
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = SocketAddr::new(ip, port);
-        let authority = addr.to_string();
-        let absolute: Uri = format!("http://{authority}{REQUEST_PATH}")
-            .parse()
-            .map_err(|e| format!("cannot build the request URI: {e}"))?;
-        Ok(Target {
-            addr,
-            authority,
-            absolute,
-        })
-    }
-
-    fn request(&self, protocol: Protocol) -> Result<Request<Full<Bytes>>, String> {
-        let builder = match protocol {
-            Protocol::H2 => Request::post(self.absolute.clone()),
-            Protocol::Http1 => Request::post(REQUEST_PATH).header(HOST, self.authority.as_str()),
-        };
-        builder
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "text/event-stream")
-            .body(Full::new(Bytes::from_static(REQUEST_BODY.as_bytes())))
-            .map_err(|e| format!("cannot build the request: {e}"))
-    }
+/// The chat request every stream sends.
+fn request(target: &Target, protocol: Protocol) -> Result<Request<Full<Bytes>>, String> {
+    let builder = match protocol {
+        Protocol::H2 => Request::post(target.absolute.clone()),
+        Protocol::Http1 => Request::post(REQUEST_PATH).header(HOST, target.authority.as_str()),
+    };
+    builder
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "text/event-stream")
+        .body(Full::new(Bytes::from_static(REQUEST_BODY.as_bytes())))
+        .map_err(|e| format!("cannot build the request: {e}"))
 }
 
 /// Counters shared by every stream, for the progress line.
@@ -372,35 +314,6 @@ enum Route {
     Http1(IpAddr),
 }
 
-async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let socket = match target {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = socket.connect(target).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Opens one HTTP/2 connection; its driver runs as its own task until every handle is dropped.
-async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
-    let tcp = connect(target, None)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-    tokio::spawn(async move {
-        // Errors here also reach every stream on the connection, which records them.
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 async fn send(
     route: Route,
     target: &Target,
@@ -445,7 +358,7 @@ async fn run_stream(
     mut stop: watch::Receiver<bool>,
 ) -> Record {
     let started = Instant::now();
-    let request = match target.request(protocol) {
+    let request = match request(&target, protocol) {
         Ok(r) => r,
         Err(e) => return failed(&live, "request", e),
     };
@@ -518,22 +431,6 @@ async fn run_stream(
         events: counts.events,
         end,
     })
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Everything the report needs.

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl};
 use crate::gateway::{self, Listeners};
 use crate::mock::{MockSettings, MockUpstream};
+use crate::signals::Signals;
 use crate::{logging, sys};
 
 /// Exit code for an invalid configuration.
@@ -360,53 +361,6 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), as one stream of signals.
-struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Signals {
-                term: signal(SignalKind::terminate()).ok(),
-                int: signal(SignalKind::interrupt()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            Signals {}
-        }
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
-                match signal {
-                    Some(signal) => {
-                        signal.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
-            tokio::select! {
-                _ = next(&mut self.term) => {},
-                _ = next(&mut self.int) => {},
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
     let listener = match bind(listen, "mock upstream").await {
         Ok(l) => l,
@@ -417,7 +371,7 @@ async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        Signals::new().recv().await;
+        crate::signals::interrupted().await;
         signal_stop.cancel();
     });
     match MockUpstream::new(settings).serve(listener, stop).await {

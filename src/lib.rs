@@ -22,6 +22,7 @@ pub mod relay;
 pub mod request_id;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod sse;
 pub mod sys;
 

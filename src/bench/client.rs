@@ -219,7 +219,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+/// A TCP connection to `target`, from `source` if given (to spread ephemeral ports), no Nagle.
+pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let socket = match target {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -232,7 +233,7 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<
     Ok(stream)
 }
 
-async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+pub async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
     let tcp = connect(target, None)
         .await
         .map_err(|e| format!("connect: {e}"))?;

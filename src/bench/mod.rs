@@ -40,6 +40,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_duration;
+use crate::signals::interrupted;
 use client::{H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, Target};
 use procfs::Watched;
 use report::{ProcPoint, Report, Sample};
@@ -460,22 +461,6 @@ fn progress_line(sample: &Sample, streams: u32, previous: Option<&Sample>) -> St
         }
     }
     line
-}
-
-/// Waits for SIGINT or SIGTERM.
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The source address of HTTP/1.1 stream number `index`.
