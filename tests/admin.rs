@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tidegate::config::Secret;
-use tidegate::mock::{MockSettings, StatsSnapshot};
+use tidegate::mock::MockSettings;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -89,19 +89,6 @@ fn assert_error(status: StatusCode, json: &Value, want_status: StatusCode, code:
     assert_eq!(json["error"]["code"], code, "{json}");
     assert!(json["error"]["message"].is_string(), "{json}");
     json["error"].clone()
-}
-
-async fn wait_mock(
-    env: &TestEnv,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&StatsSnapshot) -> bool,
-) -> StatsSnapshot {
-    wait_for(what, within, || async {
-        let s = mock_stats(env.mock).await;
-        pred(&s).then_some(s)
-    })
-    .await
 }
 
 /// A live stream whose first event has arrived, with the ids from its response headers.
@@ -458,8 +445,8 @@ async fn delete_ends_a_stream_with_a_final_event_and_cancels_its_upstream() {
         assert!(d.contains("chat.completion.chunk"), "{d}");
     }
 
-    let s = wait_mock(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream stream to be cancelled",
         CANCEL_WITHIN,
         |s| s.streams_cancelled == 1,
@@ -491,7 +478,7 @@ async fn delete_ends_a_stream_still_waiting_for_the_upstream() {
     })
     .await;
     assert_eq!(view["model"], "model-wait");
-    wait_mock(&env, "the upstream request to start", PATIENCE, |s| {
+    wait_for_mock(env.mock, "the upstream request to start", PATIENCE, |s| {
         s.streams_active == 1
     })
     .await;
@@ -517,8 +504,8 @@ async fn delete_ends_a_stream_still_waiting_for_the_upstream() {
     assert_eq!(error["code"], "terminated_by_admin");
     assert_eq!(sse_data(&body).len(), 1, "nothing but the final event");
 
-    let s = wait_mock(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream request to be cancelled",
         CANCEL_WITHIN,
         |s| s.streams_cancelled == 1,
@@ -836,7 +823,7 @@ async fn delete_ends_a_stream_whose_client_stopped_reading() {
         },
     )
     .await;
-    wait_mock(&env, "both upstream streams cancelled", PATIENCE, |s| {
+    wait_for_mock(env.mock, "both upstream streams cancelled", PATIENCE, |s| {
         s.streams_active == 0 && s.streams_cancelled == 2
     })
     .await;

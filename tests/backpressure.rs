@@ -108,9 +108,8 @@ async fn a_client_that_stops_reading_is_cut_after_the_stall_timeout() {
         },
     )
     .await;
-    let stats = wait_for("the upstream to be cancelled", PATIENCE, || async {
-        let s = mock_stats(env.mock).await;
-        (s.streams_active == 0).then_some(s)
+    let stats = wait_for_mock(env.mock, "the upstream to be cancelled", PATIENCE, |s| {
+        s.streams_active == 0
     })
     .await;
     assert_eq!(stats.streams_cancelled, 1);

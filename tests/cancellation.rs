@@ -8,23 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use tidegate::mock::{MockSettings, StatsSnapshot};
+use tidegate::mock::MockSettings;
 
 /// The requirement: the upstream sees the cancellation within this long.
 const CANCEL_WITHIN: Duration = Duration::from_secs(1);
-
-async fn wait_until(
-    env: &TestEnv,
-    what: &str,
-    within: Duration,
-    pred: impl Fn(&StatsSnapshot) -> bool,
-) -> StatsSnapshot {
-    wait_for(what, within, || async {
-        let s = mock_stats(env.mock).await;
-        pred(&s).then_some(s)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn leaving_before_the_first_byte_cancels_the_upstream_stream() {
@@ -40,14 +27,14 @@ async fn leaving_before_the_first_byte_cancels_the_upstream_stream() {
     let pending = tokio::spawn(async move {
         let _ = conn.send(request).await;
     });
-    wait_until(&env, "the upstream stream to start", PATIENCE, |s| {
+    wait_for_mock(env.mock, "the upstream stream to start", PATIENCE, |s| {
         s.streams_active == 1
     })
     .await;
     pending.abort(); // drops the client connection
     let _ = pending.await;
-    let s = wait_until(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream stream to be cancelled",
         CANCEL_WITHIN,
         |s| s.streams_cancelled == 1,
@@ -70,8 +57,8 @@ async fn leaving_mid_stream_cancels_the_upstream_stream() {
     assert!(sse_data(&seen).len() >= 2);
     drop(body);
     drop(conn);
-    let s = wait_until(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream stream to be cancelled",
         CANCEL_WITHIN,
         |s| s.streams_cancelled == 1,
@@ -93,14 +80,14 @@ async fn leaving_while_a_non_streaming_request_waits_cancels_it() {
     let pending = tokio::spawn(async move {
         let _ = conn.send(request).await;
     });
-    wait_until(&env, "the upstream request to start", PATIENCE, |s| {
+    wait_for_mock(env.mock, "the upstream request to start", PATIENCE, |s| {
         s.requests_active == 1
     })
     .await;
     pending.abort();
     let _ = pending.await;
-    let s = wait_until(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream request to be cancelled",
         CANCEL_WITHIN,
         |s| s.requests_cancelled == 1,
@@ -125,8 +112,8 @@ async fn an_http2_stream_reset_cancels_the_upstream_stream() {
     read_until(&mut body, |b| !sse_data(b).is_empty()).await;
     // Dropping the body resets this one HTTP/2 stream; the connection itself stays open.
     drop(body);
-    let s = wait_until(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "the upstream stream to be cancelled",
         CANCEL_WITHIN,
         |s| s.streams_cancelled == 1,
@@ -154,14 +141,14 @@ async fn many_clients_leaving_at_once_leave_no_upstream_stream_behind() {
         bodies.push(body);
         conns.push(conn);
     }
-    wait_until(&env, "50 live upstream streams", PATIENCE, |s| {
+    wait_for_mock(env.mock, "50 live upstream streams", PATIENCE, |s| {
         s.streams_active == 50
     })
     .await;
     drop(bodies);
     drop(conns);
-    let s = wait_until(
-        &env,
+    let s = wait_for_mock(
+        env.mock,
         "every upstream stream to be cancelled",
         PATIENCE,
         |s| s.streams_active == 0,

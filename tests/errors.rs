@@ -178,13 +178,11 @@ async fn no_upstream_headers_within_first_byte_timeout_is_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_openai_error(&json, "upstream_timeout");
     // The abandoned upstream request is cancelled too.
-    wait_for(
+    wait_for_mock(
+        env.mock,
         "the hung upstream request to be cancelled",
         PATIENCE,
-        || async {
-            let s = mock_stats(env.mock).await;
-            (s.requests_cancelled == 1 && s.requests_active == 0).then_some(())
-        },
+        |s| s.requests_cancelled == 1 && s.requests_active == 0,
     )
     .await;
 }
@@ -243,10 +241,12 @@ async fn upstream_idle_timeout_mid_stream_becomes_a_final_error_event() {
     .await;
     let body = stream_body(&env, "mock-1", &[("x-mock-chunk-delay-ms", "30000")]).await;
     assert_eq!(final_error(&body)["code"], "upstream_idle_timeout");
-    wait_for("the idle upstream to be cancelled", PATIENCE, || async {
-        let s = mock_stats(env.mock).await;
-        (s.streams_active == 0 && s.streams_cancelled == 1).then_some(())
-    })
+    wait_for_mock(
+        env.mock,
+        "the idle upstream to be cancelled",
+        PATIENCE,
+        |s| s.streams_active == 0 && s.streams_cancelled == 1,
+    )
     .await;
 }
 

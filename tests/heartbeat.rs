@@ -209,10 +209,12 @@ async fn an_upstream_error_after_an_early_answer_is_the_final_event() {
     .await;
     let all = read_to_end(body).await;
     assert_eq!(final_error(&all)["code"], "upstream_timeout");
-    let stats = wait_for("the upstream request to be cancelled", PATIENCE, || async {
-        let s = mock_stats(env.mock).await;
-        (s.streams_active == 0).then_some(s)
-    })
+    let stats = wait_for_mock(
+        env.mock,
+        "the upstream request to be cancelled",
+        PATIENCE,
+        |s| s.streams_active == 0,
+    )
     .await;
     assert_eq!(stats.streams_cancelled, 1);
 }

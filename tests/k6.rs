@@ -102,9 +102,8 @@ async fn the_k6_scripts_pass_against_the_gateway() {
         ],
     )
     .await;
-    let stats = wait_for("the mock's streams to finish", PATIENCE, || async {
-        let stats = mock_stats(env.mock).await;
-        (stats.streams_active == 0).then_some(stats)
+    let stats = wait_for_mock(env.mock, "the mock's streams to finish", PATIENCE, |s| {
+        s.streams_active == 0
     })
     .await;
     assert!(stats.streams_completed > 100, "{stats:?}");

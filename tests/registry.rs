@@ -304,9 +304,8 @@ async fn a_thousand_streams_ending_every_way_leave_nothing_behind() {
     .await;
 
     // And no upstream request is left running; each ending shows in the mock's counters.
-    let m = wait_for("no active upstream stream", PATIENCE, || async {
-        let m = mock_stats(env.mock).await;
-        (m.streams_active == 0 && m.requests_active == 0).then_some(m)
+    let m = wait_for_mock(env.mock, "no active upstream stream", PATIENCE, |s| {
+        s.streams_active == 0 && s.requests_active == 0
     })
     .await;
     let n = |k: Kind| counts.get(&k).copied().unwrap_or(0);

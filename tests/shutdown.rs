@@ -51,10 +51,12 @@ async fn drain_fails_readiness_refuses_new_connections_and_cuts_stragglers() {
     let run = tokio::time::timeout(PATIENCE, &mut env.gateway_task).await;
     assert!(matches!(run, Ok(Ok(Ok(())))), "run returned cleanly");
     // ... and the upstream stream was cancelled, not left running.
-    let s = wait_for("the upstream stream to be cancelled", PATIENCE, || async {
-        let s = mock_stats(env.mock).await;
-        (s.streams_active == 0).then_some(s)
-    })
+    let s = wait_for_mock(
+        env.mock,
+        "the upstream stream to be cancelled",
+        PATIENCE,
+        |s| s.streams_active == 0,
+    )
     .await;
     assert_eq!(s.streams_cancelled, 1);
 }

@@ -100,13 +100,11 @@ async fn a_client_that_leaves_resets_its_http2_upstream_stream() {
     read_until(&mut body, |seen| seen.windows(5).any(|w| w == b"data:")).await;
     drop(body);
     drop(conn);
-    let stats = wait_for(
+    let stats = wait_for_mock(
+        env.mock,
         "the upstream stream to be reset",
         Duration::from_secs(1),
-        || async {
-            let s = mock_stats(env.mock).await;
-            (s.streams_cancelled == 1).then_some(s)
-        },
+        |s| s.streams_cancelled == 1,
     )
     .await;
     assert_eq!(stats.streams_completed, 0);

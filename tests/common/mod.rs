@@ -226,6 +226,20 @@ pub async fn mock_stats(mock: SocketAddr) -> StatsSnapshot {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// Waits (up to `within`) until the mock's counters satisfy `pred`; returns them.
+pub async fn wait_for_mock(
+    mock: SocketAddr,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&StatsSnapshot) -> bool,
+) -> StatsSnapshot {
+    wait_for(what, within, || async {
+        let s = mock_stats(mock).await;
+        pred(&s).then_some(s)
+    })
+    .await
+}
+
 pub async fn mock_last_request(mock: SocketAddr) -> Value {
     let (status, _, body) = fetch(get(mock, "/stats/last-request")).await;
     assert_eq!(status, StatusCode::OK);
