@@ -101,6 +101,9 @@ pub enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    // First, before the heap grows: the gateway, the mock and the load driver all hold thousands
+    // of small per-stream allocations.
+    let huge_pages = sys::disable_transparent_huge_pages();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file),
         Some(Command::Bench(args)) => crate::bench::main(args),
@@ -120,7 +123,7 @@ pub fn main(cli: Cli) -> ExitCode {
             logging::init(log_format, logging_filter("info"));
             block_on(run_mock(listen, settings))
         }
-        None => serve(cli),
+        None => serve(cli, huge_pages),
     }
 }
 
@@ -190,7 +193,7 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn serve(cli: Cli) -> ExitCode {
+fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
     let demo = cli.config.is_none() && cli.upstream.is_none();
     let mut config = match &cli.config {
         Some(path) => match read_config_file(path) {
@@ -219,6 +222,12 @@ fn serve(cli: Cli) -> ExitCode {
             "open-files limit raised to the hard limit"
         ),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+    match huge_pages {
+        sys::HugePages::Disabled => tracing::info!("transparent huge pages off for this process"),
+        sys::HugePages::Unchanged => tracing::warn!(
+            "could not turn transparent huge pages off; RSS per stream may be higher"
+        ),
     }
     block_on(serve_async(config, demo))
 }

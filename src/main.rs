@@ -4,6 +4,7 @@ use clap::Parser;
 
 /// mimalloc: lower fragmentation and RSS than the system allocator with many small, long-lived
 /// per-stream allocations spread over worker threads.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
