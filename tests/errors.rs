@@ -300,6 +300,51 @@ async fn stream_longer_than_max_duration_is_cut_with_an_error_event() {
     assert_eq!(final_error(&body)["code"], "stream_duration_exceeded");
 }
 
+/// Writes a request whose head carries `header_bytes` of one header and returns the status line.
+async fn status_line_for_head_of(gateway: std::net::SocketAddr, header_bytes: usize) -> String {
+    let body = r#"{"model":"m","messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nx-padding: {}\r\n\r\n",
+        body.len(),
+        "p".repeat(header_bytes)
+    );
+    let mut stream = TcpStream::connect(gateway).await.unwrap();
+    // Head and body in two writes, as many clients send them.
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(PATIENCE, async {
+        while !response.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn request_heads_over_max_header_bytes_get_431() {
+    let env = start().await;
+    // The default cap is 8 KiB: a 6 KiB header passes, a 9 KiB one does not.
+    let fits = status_line_for_head_of(env.gateway, 6 * 1024).await;
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let too_big = status_line_for_head_of(env.gateway, 9 * 1024).await;
+    assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
+
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.max_header_bytes = 32 * 1024;
+    })
+    .await;
+    let raised = status_line_for_head_of(env.gateway, 20 * 1024).await;
+    assert!(raised.starts_with("HTTP/1.1 200"), "{raised}");
+}
+
 #[tokio::test]
 async fn a_client_that_never_sends_its_request_is_disconnected() {
     let env = start_with(MockSettings::default(), |c| {

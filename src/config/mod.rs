@@ -35,7 +35,7 @@
 //!
 //! [limits]
 //! max_body_bytes = 1048576
-//! max_header_bytes = 16384
+//! max_header_bytes = 8192
 //! max_event_bytes = 262144
 //! header_read_timeout = "10s"
 //! body_read_timeout = "30s"
@@ -86,8 +86,11 @@ pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
 /// Allowed `limits.max_body_bytes`: 1 byte to 64 MiB.
 pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 1..=64 * MIB;
-/// Default request head cap: 16 KiB.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default request head cap: 8 KiB, as nginx's `large_client_header_buffers` line size. It is
+/// also the size of hyper's HTTP/1.1 read buffer, which lives as long as the connection: with a
+/// larger cap a request that arrives in two reads (head, then body) grows that buffer to twice
+/// the cap for the whole stream (about 4 KiB more RSS per HTTP/1.1 stream, `loadtest/RESULTS.md`).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Allowed `limits.max_header_bytes`: 8 KiB (hyper's HTTP/1 read buffer
 /// cannot be smaller) to 1 MiB.
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 8 * KIB..=MIB;
