@@ -315,6 +315,9 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
         },
         None => None,
     };
+    // Before the "listening" line: whoever reads it may signal at once, and a signal that
+    // arrives before the handlers exist kills the process instead of draining it.
+    let signals = Signals::new();
     let listen = api.local_addr().unwrap_or(config.listen);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -327,7 +330,7 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
         print_demo_banner(listen, admin_addr, config.upstream.base_url.as_str());
     }
 
-    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(watch_signals(signals, shutdown.clone()));
     let result = gateway::run(config, Listeners { api, admin }, shutdown).await;
     if let Some(stop) = mock_stop {
         stop.cancel();
@@ -358,10 +361,9 @@ fn print_demo_banner(listen: SocketAddr, admin: Option<SocketAddr>, mock: &str) 
 }
 
 /// First SIGTERM or SIGINT: graceful drain. A second one: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    // Listeners are created once, before the first signal, so a second signal that arrives
-    // while the first is being handled is not lost.
-    let mut signals = Signals::new();
+/// `signals` is created once, before the first signal, so a second signal that arrives while the
+/// first is being handled is not lost.
+async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
     signals.recv().await;
     tracing::info!("signal received: draining (send it again to exit at once)");
     shutdown.cancel();
@@ -376,11 +378,13 @@ async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
         Err(code) => return code,
     };
     let addr = listener.local_addr().unwrap_or(listen);
+    // Handlers first, then the line that tells a script the mock is up.
+    let mut signals = Signals::new();
     println!("tidegate mock upstream on http://{addr}/v1 (stats: http://{addr}/stats)");
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        crate::signals::interrupted().await;
+        signals.recv().await;
         signal_stop.cancel();
     });
     match MockUpstream::new(settings).serve(listener, stop).await {
