@@ -23,7 +23,9 @@ pub const SHUTDOWN_EVENT_GRACE: Duration = Duration::from_secs(2);
 
 /// State shared by every connection and request.
 pub struct App {
-    pub upstream: Upstream,
+    /// One upstream client per worker thread, each with its own connection pool: a worker's
+    /// streams only ever use connections driven by that worker.
+    upstreams: Vec<Arc<Upstream>>,
     pub limits: Limits,
     pub streams: StreamsConfig,
     /// Every live stream and the open connection counts.
@@ -36,19 +38,34 @@ pub struct App {
 
 impl App {
     pub fn new(config: &Config) -> Result<App, GatewayError> {
-        let upstream = Upstream::new(
-            &config.upstream,
-            &config.limits,
-            config.streams.max_buffered_bytes,
-        )?;
+        let upstreams = (0..config.worker_count())
+            .map(|_| {
+                Upstream::new(
+                    &config.upstream,
+                    &config.limits,
+                    config.streams.max_buffered_bytes,
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(App {
-            registry: Arc::new(Registry::new(upstream.base_url())),
-            upstream,
+            registry: Arc::new(Registry::new(config.upstream.base_url.as_str())),
+            upstreams,
             limits: config.limits.clone(),
             streams: config.streams.clone(),
             admin_token: config.admin.token.clone(),
             ready: AtomicBool::new(true),
         })
+    }
+
+    /// How many worker threads serve clients (at least 1).
+    pub fn workers(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    /// Worker `worker`'s upstream client; out-of-range indexes wrap around.
+    pub fn upstream(&self, worker: usize) -> &Arc<Upstream> {
+        &self.upstreams[worker % self.upstreams.len()]
     }
 
     pub fn is_ready(&self) -> bool {
@@ -68,6 +85,8 @@ pub struct Listeners {
 pub enum RunError {
     #[error("cannot build the upstream client: {0}")]
     Upstream(#[from] GatewayError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[from] std::io::Error),
 }
 
 /// Serves until `shutdown` is cancelled, then drains: `/readyz` fails, the API listener closes,
@@ -81,8 +100,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let app = Arc::new(App::new(&config)?);
-    run_app(app, &config, listeners, shutdown).await;
-    Ok(())
+    run_app(app, &config, listeners, shutdown).await
 }
 
 /// [`run`] with the shared state built by the caller (tests look into the registry).
@@ -91,7 +109,7 @@ pub async fn run_app(
     config: &Config,
     listeners: Listeners,
     shutdown: CancellationToken,
-) {
+) -> Result<(), RunError> {
     let limits = ConnectionLimits::new(&config.limits, &config.streams);
 
     let scheduler_stop = CancellationToken::new();
@@ -104,14 +122,25 @@ pub async fn run_app(
         force: CancellationToken::new(),
     };
     let api_tasks = TaskTracker::new();
-    api_tasks.spawn(server::accept_loop(
-        listeners.api,
-        ApiRoutes(app.clone()),
+    let workers = app.workers();
+    let handlers = (0..workers)
+        .map(|worker| ApiRoutes::for_worker(app.clone(), worker))
+        .collect();
+    let api_workers = match server::start_workers(
+        listeners.api.into_std()?,
+        handlers,
         limits.clone(),
         app.registry.connections().clone(),
         api.clone(),
         api_tasks.clone(),
-    ));
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            scheduler_stop.cancel();
+            return Err(e.into());
+        }
+    };
+    tracing::debug!(workers, "worker threads started");
 
     // The admin listener stays up through the drain so operators can watch it.
     let admin = Shutdown {
@@ -135,7 +164,7 @@ pub async fn run_app(
     app.registry.start_draining();
     let drain_timeout = config.shutdown.drain_timeout;
     tracing::info!(
-        connections = api_tasks.len().saturating_sub(1),
+        connections = api_tasks.len().saturating_sub(workers),
         streams = app.registry.len(),
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "shutting down: draining"
@@ -165,6 +194,7 @@ pub async fn run_app(
         }
     }
 
+    api_workers.join().await;
     scheduler_stop.cancel();
     let _ = scheduler.await;
     admin.drain.cancel();
@@ -172,4 +202,5 @@ pub async fn run_app(
     admin_tasks.close();
     admin_tasks.wait().await;
     tracing::info!("shutdown complete");
+    Ok(())
 }

@@ -17,13 +17,26 @@ use crate::admin;
 use crate::error::GatewayError;
 use crate::gateway::App;
 use crate::relay::body::ResponseBody;
+use crate::relay::upstream::Upstream;
 use crate::relay::{self, Endpoint};
 use crate::request_id;
 use crate::server::Handler;
 
-/// The client-facing listener: the OpenAI-compatible API plus health checks.
+/// The client-facing listener: the OpenAI-compatible API plus health checks. One per worker
+/// thread: it carries that worker's upstream client.
 #[derive(Clone)]
-pub struct ApiRoutes(pub Arc<App>);
+pub struct ApiRoutes {
+    app: Arc<App>,
+    upstream: Arc<Upstream>,
+}
+
+impl ApiRoutes {
+    /// The routes of worker `worker` (`0..app.workers()`).
+    pub fn for_worker(app: Arc<App>, worker: usize) -> ApiRoutes {
+        let upstream = app.upstream(worker).clone();
+        ApiRoutes { app, upstream }
+    }
+}
 
 /// The operator-facing listener: health checks and the admin API (later metrics).
 #[derive(Clone)]
@@ -35,7 +48,7 @@ impl Handler for ApiRoutes {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let app = self.0;
+        let ApiRoutes { app, upstream } = self;
         with_request_span(peer, request, move |request, id| async move {
             let path = request.uri().path();
             let endpoint = match path {
@@ -48,7 +61,7 @@ impl Handler for ApiRoutes {
             if request.method() != endpoint.method() {
                 return Err(method_not_allowed(&request, endpoint.method().as_str()));
             }
-            relay::handle(endpoint, request, &app, peer, &id).await
+            relay::handle(endpoint, request, &app, &upstream, peer, &id).await
         })
     }
 }

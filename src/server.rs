@@ -112,6 +112,111 @@ pub struct Shutdown {
     pub force: CancellationToken,
 }
 
+/// The threads serving one listener, from [`start_workers`].
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Waits for every worker thread to end (they end once the tracker given to
+    /// [`start_workers`] is closed and empty), so that their runtimes, and the upstream
+    /// connections those drive, are gone when this returns.
+    pub async fn join(self) {
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("a worker thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+/// Serves `listener` on one thread per handler. Each thread runs a single-threaded runtime
+/// (its own event loop and timers) and the accept loop of [`accept_loop`] on a duplicate of the
+/// listening socket, so a connection, its requests and everything they spawn (the upstream
+/// connections of that worker's handler too) stay on the thread that accepted it: no work
+/// stealing, no cross-thread wake-ups, no lock shared between threads on the hot path. This is
+/// nginx's worker model, in threads. Every connection task is spawned into `tracker`; each worker
+/// also holds a token in it while its accept loop runs, so `tracker.wait()` (after
+/// `tracker.close()`) returns only once no worker can accept any more.
+///
+/// On an error (a thread or runtime that cannot be created) the workers already started are
+/// stopped through `shutdown`.
+pub fn start_workers<H: Handler>(
+    listener: std::net::TcpListener,
+    handlers: Vec<H>,
+    limits: ConnectionLimits,
+    connections: Arc<ConnectionCounts>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) -> io::Result<Workers> {
+    let mut threads = Vec::with_capacity(handlers.len());
+    for (worker, handler) in handlers.into_iter().enumerate() {
+        let started = start_worker(
+            worker,
+            &listener,
+            handler,
+            limits.clone(),
+            connections.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        match started {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                shutdown.drain.cancel();
+                shutdown.force.cancel();
+                return Err(e);
+            }
+        }
+    }
+    Ok(Workers { threads })
+}
+
+fn start_worker<H: Handler>(
+    worker: usize,
+    listener: &std::net::TcpListener,
+    handler: H,
+    limits: ConnectionLimits,
+    connections: Arc<ConnectionCounts>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let accepting = tracker.token();
+    std::thread::Builder::new()
+        .name(format!("tidegate-worker-{worker}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        accept_loop(
+                            listener,
+                            handler,
+                            limits,
+                            connections,
+                            shutdown,
+                            tracker.clone(),
+                        )
+                        .await
+                    }
+                    Err(e) => tracing::error!(worker, error = %e, "worker cannot accept"),
+                }
+                drop(accepting);
+                // This worker's connections run on this runtime: drive them until every
+                // connection of the listener is gone.
+                tracker.wait().await;
+            });
+        })
+}
+
 /// Accepts until `shutdown.drain` fires, one tracked task per connection, each counted in
 /// `connections` by protocol. Returns once the listener is closed (new connections are refused
 /// from then on).

@@ -66,11 +66,17 @@ async fn a_client_that_stops_reading_is_cut_after_the_stall_timeout() {
     )
     .await;
 
-    // The gateway soon has a frame the client does not take: it is blocked.
+    // The gateway soon has a frame the client does not take: it is blocked. (A stream is briefly
+    // blocked whenever the socket buffer is full and the kernel has not yet moved bytes on to the
+    // client's side, so wait until it has been stuck for a while.)
     let blocked = wait_for(
         "the stream to be blocked on its client",
         PATIENCE,
-        || async { only_stream(&env).await.filter(|s| s["blocked_ms"].is_u64()) },
+        || async {
+            only_stream(&env)
+                .await
+                .filter(|s| s["blocked_ms"].as_u64().is_some_and(|ms| ms >= 200))
+        },
     )
     .await;
     let bytes_then = blocked["bytes"].as_u64().unwrap();

@@ -310,9 +310,10 @@ async fn status_line_for_head_of(gateway: std::net::SocketAddr, header_bytes: us
         "p".repeat(header_bytes)
     );
     let mut stream = TcpStream::connect(gateway).await.unwrap();
-    // Head and body in two writes, as many clients send them.
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
+    // Head and body in two writes, as many clients send them. An oversized head may be answered
+    // and the connection closed before the writes finish, so their errors are not the test's.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
     let _ = tokio::time::timeout(PATIENCE, async {

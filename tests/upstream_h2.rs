@@ -1,5 +1,5 @@
-//! `upstream.http2 = true`: the gateway speaks HTTP/2 (prior knowledge) to the upstream, and all
-//! streams share one connection. Streams relay as over HTTP/1.1, an error status keeps its
+//! `upstream.http2 = true`: the gateway speaks HTTP/2 (prior knowledge) to the upstream, and the
+//! streams of each worker thread share one connection. Streams relay as over HTTP/1.1, an error status keeps its
 //! status, heartbeats still flow, and a client that leaves resets its upstream stream.
 
 mod common;

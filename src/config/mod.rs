@@ -23,6 +23,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
+//! worker_threads = 0  # one per CPU
 //!
 //! [admin]
 //! listen = "127.0.0.1:9090"
@@ -80,6 +81,10 @@ const MIB: u64 = 1024 * KIB;
 /// Default client-facing listener: loopback only, so a fresh install is not
 /// reachable from the network until the operator says so.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default `worker_threads`: 0, one per CPU the process may use.
+pub const DEFAULT_WORKER_THREADS: usize = 0;
+/// Allowed `worker_threads`: 0 (one per CPU) to 256.
+pub const WORKER_THREADS_RANGE: RangeInclusive<u64> = 0..=256;
 /// Default upstream: the public OpenAI API.
 pub const DEFAULT_UPSTREAM_BASE_URL: &str = "https://api.openai.com/v1";
 /// Default request body cap: 1 MiB, far above any realistic chat request.
@@ -149,6 +154,13 @@ pub struct Config {
     /// [`DEFAULT_LISTEN`]; set `0.0.0.0:8080` or `[::]:8080` to serve the
     /// network.
     pub listen: SocketAddr,
+    /// Threads that serve client connections (`worker_threads`). Each runs its own event loop,
+    /// accepts its own share of connections and keeps its own upstream connections, so a stream
+    /// lives on one thread from accept to last byte and threads never wait on each other, as
+    /// with nginx's worker processes. 0 means one per CPU the process may use (see
+    /// [`Config::worker_count`]). Default [`DEFAULT_WORKER_THREADS`], allowed
+    /// [`WORKER_THREADS_RANGE`].
+    pub worker_threads: usize,
     /// The optional admin listener (`[admin]`).
     pub admin: AdminConfig,
     /// Where requests are relayed to (`[upstream]`).
@@ -455,6 +467,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN,
+            worker_threads: DEFAULT_WORKER_THREADS,
             admin: AdminConfig::default(),
             upstream: UpstreamConfig::default(),
             limits: Limits::default(),
@@ -514,6 +527,15 @@ const API_KEY_ENV_PATH: &str = "upstream.api_key_env";
 const ADMIN_TOKEN_ENV_PATH: &str = "admin.token_env";
 
 impl Config {
+    /// How many worker threads serve clients: `worker_threads`, or when that is 0 the CPUs this
+    /// process may use (its affinity mask and cgroup quota), at least 1.
+    pub fn worker_count(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
     /// Parses and validates one TOML document (does not read the
     /// environment). On failure, returns every problem found, each with its
     /// key path; a TOML syntax error is returned alone.
@@ -526,6 +548,12 @@ impl Config {
         let mut root = Section::root(table);
 
         r.read(&mut root, "listen", &mut config.listen, reader::socket_addr);
+        r.read(
+            &mut root,
+            "worker_threads",
+            &mut config.worker_threads,
+            |v| size_in(v, &WORKER_THREADS_RANGE).and_then(|n| to_usize(n, &WORKER_THREADS_RANGE)),
+        );
 
         let mut admin = r.section(&mut root, "admin");
         r.read(&mut admin, "listen", &mut config.admin.listen, |v| {
@@ -859,6 +887,11 @@ impl Config {
         line(&format!(
             "listen = {}",
             toml_string(&self.listen.to_string())
+        ));
+        line(&format!(
+            "worker_threads = {}  # {} in use",
+            self.worker_threads,
+            self.worker_count()
         ));
 
         line("");

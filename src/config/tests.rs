@@ -7,6 +7,7 @@ const ADMIN_TOKEN: &str = "admin-0123456789abcdefTOKEN";
 
 const FULL: &str = r#"
 listen = "0.0.0.0:8000"
+worker_threads = 3
 
 [admin]
 listen = "127.0.0.1:9100"
@@ -103,6 +104,8 @@ fn empty_file_is_the_default_config() {
     assert_eq!(c.streams.max_buffered_bytes, 65_536);
     assert_eq!(c.streams.client_stall_timeout, Duration::from_secs(30));
     assert!(!c.upstream.http2);
+    assert_eq!(c.worker_threads, 0);
+    assert!(c.worker_count() >= 1);
     assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.log.level, "info");
@@ -114,6 +117,7 @@ fn full_file_sets_every_key() {
     let c = Config::from_toml_str(FULL).unwrap();
     let expected = Config {
         listen: "0.0.0.0:8000".parse().unwrap(),
+        worker_threads: 3,
         admin: AdminConfig {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             token_env: Some("TIDEGATE_TEST_ADMIN_TOKEN".to_owned()),
@@ -1268,4 +1272,26 @@ fn upstream_http2_must_be_a_boolean() {
         "{}",
         errors.0[0].message
     );
+}
+
+#[test]
+fn worker_threads_is_a_count_where_zero_means_one_per_cpu() {
+    for (text, threads) in [("worker_threads = 0", 0), ("worker_threads = 256", 256)] {
+        let c = Config::from_toml_str(text).unwrap();
+        assert_eq!(c.worker_threads, threads, "{text}");
+    }
+    let c = Config::from_toml_str("worker_threads = 2").unwrap();
+    assert_eq!(c.worker_count(), 2);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(Config::default().worker_count(), cpus);
+    for (text, message) in [
+        ("worker_threads = 257", "must be between 0 and 256, got 257"),
+        ("worker_threads = -1", "must be between 0 and 256, got -1"),
+        ("worker_threads = \"2\"", "expected an integer, got \"2\""),
+    ] {
+        let errors = Config::from_toml_str(text).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{text}: {errors}");
+        assert_eq!(errors.0[0].path, "worker_threads", "{text}");
+        assert_eq!(errors.0[0].message, message, "{text}");
+    }
 }

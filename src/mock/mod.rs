@@ -311,6 +311,7 @@ impl MockUpstream {
             };
             match accepted {
                 Ok((stream, _peer)) => {
+                    self.shared.stats.connection_accepted();
                     // SSE chunks are small and latency matters more than
                     // packet count.
                     if let Err(err) = stream.set_nodelay(true) {

@@ -30,6 +30,7 @@ pub struct MockStats {
     requests_started: AtomicU64,
     requests_completed: AtomicU64,
     requests_cancelled: AtomicU64,
+    connections_accepted: AtomicU64,
     /// Woken on every change so that [`MockStats::wait_until`] needs no polling.
     changed: Notify,
 }
@@ -57,12 +58,21 @@ pub struct StatsSnapshot {
     pub requests_completed: u64,
     /// Non-streaming requests whose response future was dropped first.
     pub requests_cancelled: u64,
+    /// TCP connections accepted: shows how many connections a client spreads its requests
+    /// over (an HTTP/2 client, a connection pool).
+    pub connections_accepted: u64,
 }
 
 impl MockStats {
     /// All counters at zero.
     pub fn new() -> MockStats {
         MockStats::default()
+    }
+
+    /// Counts one accepted connection.
+    pub(crate) fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     /// The current values. Each counter is read atomically; the set is not a
@@ -80,6 +90,7 @@ impl MockStats {
             requests_started: get(&self.requests_started),
             requests_completed: get(&self.requests_completed),
             requests_cancelled: get(&self.requests_cancelled),
+            connections_accepted: get(&self.connections_accepted),
         }
     }
 
@@ -226,6 +237,7 @@ mod unit {
                 requests_started: 1,
                 requests_completed: 0,
                 requests_cancelled: 1,
+                connections_accepted: 0,
             }
         );
     }

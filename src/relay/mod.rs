@@ -23,6 +23,7 @@ use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
 use self::stream::{PendingResponse, SseRelay};
+use self::upstream::Upstream;
 use crate::config::Limits;
 use crate::error::GatewayError;
 use crate::gateway::App;
@@ -256,6 +257,7 @@ pub async fn handle(
     endpoint: Endpoint,
     request: Request<Incoming>,
     app: &App,
+    upstream: &Upstream,
     peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -271,7 +273,7 @@ pub async fn handle(
     } else {
         (Bytes::new(), Validated::default())
     };
-    let send = app.upstream.send(
+    let send = upstream.send(
         endpoint.method().clone(),
         endpoint.upstream_suffix(),
         parts.uri.query(),

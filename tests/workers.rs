@@ -1,0 +1,78 @@
+//! `worker_threads`: client connections are served by that many threads, each with its own
+//! event loop and its own upstream connections, and all of them end with the gateway.
+//!
+//! One test per file on purpose: it counts this process's threads by name.
+
+mod common;
+
+use common::*;
+use tidegate::mock::MockSettings;
+use tokio::task::JoinSet;
+
+/// Threads of this process whose name starts like the gateway's workers (`comm` keeps 15 bytes).
+#[cfg(target_os = "linux")]
+fn worker_threads_running() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tidegate-worke"))
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn worker_threads_serve_streams_with_their_own_upstream_connections_and_end_with_the_gateway()
+{
+    const WORKERS: usize = 3;
+    const STREAMS: usize = 60;
+    assert_eq!(worker_threads_running(), 0);
+    let env = start_with(MockSettings::default(), |config| {
+        config.worker_threads = WORKERS;
+        config.upstream.http2 = true;
+    })
+    .await;
+    wait_for("the worker threads to start", PATIENCE, || async {
+        (worker_threads_running() == WORKERS).then_some(())
+    })
+    .await;
+
+    // Streams opened together, each on its own connection, all complete...
+    let mut clients = JoinSet::new();
+    for _ in 0..STREAMS {
+        let gateway = env.gateway;
+        clients.spawn(async move {
+            let (_conn, body) = open_stream(
+                gateway,
+                "mock-1",
+                &[("x-mock-chunks", "5"), ("x-mock-chunk-delay-ms", "20")],
+            )
+            .await;
+            read_to_end(body).await
+        });
+    }
+    while let Some(all) = clients.join_next().await {
+        let all = all.unwrap();
+        assert_eq!(sse_data(&all).last().map(String::as_str), Some("[DONE]"));
+    }
+    // ...over at most one HTTP/2 upstream connection per worker.
+    let stats = mock_stats(env.mock).await;
+    assert_eq!(stats.streams_completed, STREAMS as u64);
+    // The stats request's own connection is counted too.
+    let upstream_connections = stats.connections_accepted - 1;
+    assert!(
+        (1..=WORKERS as u64).contains(&upstream_connections),
+        "{upstream_connections} upstream connections for {WORKERS} workers"
+    );
+
+    // Shutdown returns only once the worker threads have ended.
+    env.shutdown.cancel();
+    let mut env = env;
+    let stopped = tokio::time::timeout(PATIENCE, &mut env.gateway_task)
+        .await
+        .expect("the gateway stopped in time");
+    stopped.unwrap().unwrap();
+    assert_eq!(worker_threads_running(), 0);
+}
