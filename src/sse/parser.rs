@@ -96,15 +96,16 @@ pub struct Parser {
     pending_cr: PendingCr,
     /// Lets a BOM split across reads still be stripped.
     bom: BomState,
-    /// The standard's data buffer: every `data` value of the block, each followed by LF.
-    data: String,
-    /// The standard's event type buffer.
-    event_type: String,
+    /// The event being built, lent to `on_block` when its block ends, then cleared for the next
+    /// one with its buffers kept, so relaying an event allocates nothing.
+    /// - `data`: the standard's data buffer, every `data` value of the block, each followed by LF.
+    /// - `event_type`: the standard's event type buffer.
+    /// - `last_event_id`: the id as of the last completed block, what a reconnect should send as
+    ///   `Last-Event-ID`. Unlike `last_event_id_buffer`, it ignores an `id` field in a block
+    ///   that never finished.
+    event: Event,
     /// The standard's last event ID buffer, set by `id` fields as they are read.
     last_event_id_buffer: String,
-    /// The id as of the last completed block: what a reconnect should send as `Last-Event-ID`.
-    /// Unlike the buffer, it ignores an `id` field in a block that never finished.
-    last_event_id: String,
     /// Reconnection time from the last valid `retry` field.
     retry: Option<u64>,
     /// Set on the first error; the stream can't be resynchronised after a dropped block.
@@ -126,10 +127,12 @@ impl Parser {
             line: Vec::new(),
             pending_cr: PendingCr::No,
             bom: BomState::Matching(0),
-            data: String::new(),
-            event_type: String::new(),
+            event: Event {
+                event_type: String::new(),
+                data: String::new(),
+                last_event_id: String::new(),
+            },
             last_event_id_buffer: String::new(),
-            last_event_id: String::new(),
             retry: None,
             poisoned: None,
         }
@@ -151,7 +154,7 @@ impl Parser {
     pub fn feed(
         &mut self,
         chunk: &[u8],
-        mut on_block: impl FnMut(usize, Option<Event>),
+        mut on_block: impl FnMut(usize, Option<&Event>),
     ) -> Result<(), ParseError> {
         if let Some(err) = &self.poisoned {
             return Err(err.clone());
@@ -172,7 +175,7 @@ impl Parser {
 
         while pos < len {
             let rest = &chunk[pos..];
-            let Some(line_len) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(line_len) = memchr::memchr2(b'\n', b'\r', rest) else {
                 // Charge before buffering, so the buffer never outgrows the limit.
                 self.charge(rest.len())?;
                 self.line.extend_from_slice(rest);
@@ -187,12 +190,13 @@ impl Parser {
             if line_len == 0 && self.line.is_empty() {
                 // Blank line. Only its first terminator byte is charged: see `Parser::new`.
                 self.charge(1)?;
-                let event = self.dispatch();
                 self.block_bytes = 0;
                 if cr_at_end {
                     self.pending_cr = PendingCr::AfterBlock;
                 }
-                on_block(next, event);
+                let dispatched = self.dispatch();
+                on_block(next, dispatched.then_some(&self.event));
+                self.reset_event();
             } else {
                 self.charge(next - pos)?;
                 if self.line.is_empty() {
@@ -236,7 +240,7 @@ impl Parser {
     /// The last event ID as of the last completed block, for a `Last-Event-ID` header on
     /// reconnection. An `id` field in a block that never finished doesn't count.
     pub fn last_event_id(&self) -> &str {
-        &self.last_event_id
+        &self.event.last_event_id
     }
 
     /// Strips one BOM at the start of the stream, even when it is split across reads, and
@@ -280,8 +284,8 @@ impl Parser {
         };
         // Nothing more will be parsed, so give the memory back now.
         self.line = Vec::new();
-        self.data = String::new();
-        self.event_type = String::new();
+        self.event.data = String::new();
+        self.event.event_type = String::new();
         self.poisoned = Some(err.clone());
         Err(err)
     }
@@ -302,18 +306,17 @@ impl Parser {
         };
         match name {
             b"event" => {
-                self.event_type.clear();
-                self.event_type.push_str(&String::from_utf8_lossy(value));
+                self.event.event_type.clear();
+                push_utf8_lossy(&mut self.event.event_type, value);
             }
             b"data" => {
-                self.data.push_str(&String::from_utf8_lossy(value));
-                self.data.push('\n');
+                push_utf8_lossy(&mut self.event.data, value);
+                self.event.data.push('\n');
             }
             // Lossy decoding keeps 0x00 as U+0000, so checking the bytes is enough.
             b"id" if !value.contains(&0) => {
                 self.last_event_id_buffer.clear();
-                self.last_event_id_buffer
-                    .push_str(&String::from_utf8_lossy(value));
+                push_utf8_lossy(&mut self.last_event_id_buffer, value);
             }
             b"retry" => {
                 if let Some(ms) = parse_retry(value) {
@@ -324,27 +327,48 @@ impl Parser {
         }
     }
 
-    /// Runs the standard's dispatch steps for a blank line.
-    fn dispatch(&mut self) -> Option<Event> {
+    /// Runs the standard's dispatch steps for a blank line; true if `self.event` now holds an
+    /// event to report.
+    fn dispatch(&mut self) -> bool {
         // `clone_from` reuses the allocation, so an unchanged id costs no allocation.
-        self.last_event_id.clone_from(&self.last_event_id_buffer);
-        if self.data.is_empty() {
-            self.event_type.clear();
-            return None;
+        self.event
+            .last_event_id
+            .clone_from(&self.last_event_id_buffer);
+        if self.event.data.is_empty() {
+            self.event.event_type.clear();
+            return false;
         }
-        if self.data.ends_with('\n') {
-            self.data.pop();
+        if self.event.data.ends_with('\n') {
+            self.event.data.pop();
         }
-        let event_type = if self.event_type.is_empty() {
-            String::from("message")
-        } else {
-            mem::take(&mut self.event_type)
-        };
-        Some(Event {
-            event_type,
-            data: mem::take(&mut self.data),
-            last_event_id: self.last_event_id.clone(),
-        })
+        if self.event.event_type.is_empty() {
+            self.event.event_type.push_str("message");
+        }
+        true
+    }
+
+    /// Empties the data and event type buffers for the next block. Their capacity is kept for
+    /// ordinary events; one unusually large event does not pin its buffer for the stream's life.
+    fn reset_event(&mut self) {
+        for buffer in [&mut self.event.data, &mut self.event.event_type] {
+            if buffer.capacity() > RETAINED_BUFFER_BYTES {
+                *buffer = String::new();
+            } else {
+                buffer.clear();
+            }
+        }
+    }
+}
+
+/// Largest data or event type buffer kept between events (see [`Parser::reset_event`]).
+const RETAINED_BUFFER_BYTES: usize = 4096;
+
+/// Appends `bytes` decoded as UTF-8, with invalid sequences replaced by U+FFFD as the standard
+/// says. Valid input, the common case, is appended without an intermediate copy.
+fn push_utf8_lossy(dst: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => dst.push_str(text),
+        Err(_) => dst.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -368,7 +392,7 @@ fn parse_retry(value: &[u8]) -> Option<u64> {
 pub fn parse_all(input: &[u8], max_event_bytes: usize) -> Result<Vec<Event>, ParseError> {
     let mut parser = Parser::new(max_event_bytes);
     let mut events = Vec::new();
-    parser.feed(input, |_, event| events.extend(event))?;
+    parser.feed(input, |_, event| events.extend(event.cloned()))?;
     Ok(events)
 }
 
@@ -396,7 +420,9 @@ mod tests {
         let mut base = 0;
         for piece in pieces {
             parser
-                .feed(piece, |end, event| blocks.push((base + end, event)))
+                .feed(piece, |end, event| {
+                    blocks.push((base + end, event.cloned()))
+                })
                 .expect("feed");
             base += piece.len();
         }
@@ -695,7 +721,9 @@ mod tests {
         // `end` is relative to the read it was reported for.
         let mut ends = Vec::new();
         parser
-            .feed(b"\n\nid:1\n\n", |end, event| ends.push((end, event)))
+            .feed(b"\n\nid:1\n\n", |end, event| {
+                ends.push((end, event.cloned()))
+            })
             .expect("feed");
         assert_eq!(ends, vec![(2, Some(msg("partial"))), (8, None)]);
         assert_eq!(parser.pending_bytes(), 0);
@@ -714,7 +742,9 @@ mod tests {
         let mut parser = Parser::new(BIG);
         let mut first = Vec::new();
         parser
-            .feed(b"data:a\r\r", |end, event| first.push((end, event)))
+            .feed(b"data:a\r\r", |end, event| {
+                first.push((end, event.cloned()))
+            })
             .expect("feed");
         assert_eq!(first, vec![(8, Some(msg("a")))]);
         assert!(!parser.has_partial_block());
@@ -722,11 +752,13 @@ mod tests {
         // An empty read in between must not make the parser forget the CR.
         let mut second = Vec::new();
         parser
-            .feed(b"", |end, event| second.push((end, event)))
+            .feed(b"", |end, event| second.push((end, event.cloned())))
             .expect("feed");
         // The LF completes the CRLF; treated as a blank line it would add a block at 1.
         parser
-            .feed(b"\ndata:b\n\n", |end, event| second.push((end, event)))
+            .feed(b"\ndata:b\n\n", |end, event| {
+                second.push((end, event.cloned()))
+            })
             .expect("feed");
         assert_eq!(second, vec![(9, Some(msg("b")))]);
     }
@@ -830,7 +862,7 @@ mod tests {
         let mut parser = Parser::new(16);
         let mut blocks = Vec::new();
         let result = parser.feed(b"data:a\n\ndata:0123456789abcdef\n\n", |end, event| {
-            blocks.push((end, event))
+            blocks.push((end, event.cloned()))
         });
         assert_eq!(result, Err(ParseError::EventTooLarge { limit: 16 }));
         assert_eq!(blocks, vec![(8, Some(msg("a")))]);
@@ -877,7 +909,7 @@ mod tests {
             for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
                 let base = start;
                 result = parser.feed(&input[start..cut], |end, event| {
-                    blocks.push((base + end, event))
+                    blocks.push((base + end, event.cloned()))
                 });
                 start = cut;
                 if result.is_err() {
