@@ -40,6 +40,10 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Most bytes the acceptor's first read takes from a new connection (see `sniff_preface`):
+/// enough for a typical chat request's head and body.
+const FIRST_READ_BYTES: usize = 4096;
+
 /// The HTTP/2 client preface. Reading up to this many bytes tells HTTP/2 from HTTP/1.1.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -293,7 +297,7 @@ async fn serve_connection<H: Handler>(
             return;
         }
     };
-    let protocol = if prefix.as_ref() == H2_PREFACE {
+    let protocol = if prefix.starts_with(H2_PREFACE) {
         Protocol::Http2
     } else {
         Protocol::Http1
@@ -379,22 +383,24 @@ pub(crate) fn is_per_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// Reads until the bytes either are the full HTTP/2 preface or cannot be, or EOF.
+/// Reads until the bytes either start with the full HTTP/2 preface or cannot, or EOF. Each read
+/// takes whatever the client has sent, up to [`FIRST_READ_BYTES`]: usually the whole request,
+/// which hyper then parses from memory instead of reading the socket a second time.
 async fn sniff_preface(stream: &mut TcpStream) -> io::Result<Bytes> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut filled = 0;
-    // Bounded: every pass reads at least one byte into a 24-byte buffer, or returns.
-    while filled < buf.len() {
-        let n = stream.read(&mut buf[filled..]).await?;
-        if n == 0 {
+    // On the heap: a buffer held across the await would live in every connection's task.
+    let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
+    // Bounded: every pass reads at least one byte into spare capacity, or returns; the preface
+    // is decided within its 24 bytes, far below the capacity.
+    while buf.len() < buf.capacity() {
+        if stream.read_buf(&mut buf).await? == 0 {
             break;
         }
-        filled += n;
-        if buf[..filled] != H2_PREFACE[..filled] {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
             break;
         }
     }
-    Ok(Bytes::copy_from_slice(&buf[..filled]))
+    Ok(Bytes::copy_from_slice(&buf))
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -420,6 +426,10 @@ impl AsyncRead for Rewound {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Let the read's allocation go now, not with the connection.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
