@@ -268,16 +268,17 @@ async fn the_demo_streams_from_its_own_mock_and_exits_0_on_sigterm() {
     assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
     drop(conn);
 
-    // One JSON log line per stream, inside the request's span: client address and request id.
+    // One JSON log line per stream, carrying who it was for: stream id, request id, client.
     let line = demo
         .stderr_line(|l| l.contains("stream ended") && l.contains("demo-test-1"))
         .await;
     let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-    assert_eq!(json["span"]["request_id"], "demo-test-1");
-    assert!(json["span"]["client"]
+    assert_eq!(json["fields"]["request_id"], "demo-test-1");
+    assert_eq!(json["fields"]["client"], "127.0.0.1");
+    assert!(json["fields"]["stream_id"]
         .as_str()
         .unwrap()
-        .starts_with("127.0.0.1:"));
+        .starts_with("st_"));
     assert_eq!(json["fields"]["outcome"], "completed");
 
     demo.signal(libc::SIGTERM);

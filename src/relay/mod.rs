@@ -294,9 +294,8 @@ pub async fn handle(
         request_id: request_id.to_str().unwrap_or_default(),
         connection: parts.extensions.get::<ConnectionInfo>().cloned(),
     });
-    let span = tracing::Span::current();
-    span.record("stream_id", entry.handle().id());
-    let mut lifetime = StreamLifetime::begin(span, entry);
+    tracing::Span::current().record("stream_id", entry.handle().id());
+    let mut lifetime = StreamLifetime::begin(entry);
     let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
     // Wait for the upstream's headers, unless the stream is signalled first: a heartbeat due

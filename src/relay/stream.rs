@@ -234,8 +234,11 @@ where
         } = &self.source
         {
             let event = upstream_error_event(*status, collected);
+            let (stream_id, request_id, client) = self.lifetime.log_fields();
             tracing::warn!(
-                parent: self.lifetime.span(),
+                stream_id,
+                request_id,
+                %client,
                 status = status.as_u16(),
                 "upstream answered with an error status after the stream started"
             );
@@ -311,7 +314,14 @@ where
         self.source = Source::Closed;
         self.partial = BytesMut::new();
         self.lifetime.finish(Outcome::Failed(error.code()));
-        tracing::warn!(parent: self.lifetime.span(), code = error.code(), "stream failed: {error}");
+        let (stream_id, request_id, client) = self.lifetime.log_fields();
+        tracing::warn!(
+            stream_id,
+            request_id,
+            %client,
+            code = error.code(),
+            "stream failed: {error}"
+        );
         self.final_event = Some(error.to_sse_event());
     }
 
@@ -519,7 +529,7 @@ mod tests {
             request_id: "r",
             connection: None,
         });
-        StreamLifetime::begin(tracing::Span::none(), entry)
+        StreamLifetime::begin(entry)
     }
 
     fn deadlines() -> Deadlines {

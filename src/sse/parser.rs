@@ -97,7 +97,7 @@ pub struct Parser {
     /// Lets a BOM split across reads still be stripped.
     bom: BomState,
     /// The event being built, lent to `on_block` when its block ends, then cleared for the next
-    /// one with its buffers kept, so relaying an event allocates nothing.
+    /// one with its buffers kept, so events arriving in one read share one allocation.
     /// - `data`: the standard's data buffer, every `data` value of the block, each followed by LF.
     /// - `event_type`: the standard's event type buffer.
     /// - `last_event_id`: the id as of the last completed block, what a reconnect should send as
@@ -214,6 +214,11 @@ impl Parser {
                 }
             }
             pos = next;
+        }
+        if self.block_bytes == 0 && self.event.data.capacity() > 0 {
+            // Between blocks: give the data buffer back. Events that arrive together share it;
+            // a stream waiting for its next token holds none (0.5 KiB a stream, by heaptrack).
+            self.event.data = String::new();
         }
         Ok(())
     }
@@ -348,7 +353,7 @@ impl Parser {
     }
 
     /// Empties the data and event type buffers for the next block. Their capacity is kept for
-    /// ordinary events; one unusually large event does not pin its buffer for the stream's life.
+    /// the next event of the same read; one unusually large event does not pin its buffer.
     fn reset_event(&mut self) {
         for buffer in [&mut self.event.data, &mut self.event.event_type] {
             if buffer.capacity() > RETAINED_BUFFER_BYTES {
