@@ -3,16 +3,15 @@
 #
 # For each heartbeat setting in HEARTBEATS it starts a fresh gateway in front of one mock
 # upstream whose streams send their first chunk at once and then nothing for 600 s, opens
-# STREAMS idle streams with examples/hold_streams.rs (HTTP/2, prior knowledge), waits SETTLE s,
+# STREAMS idle streams with `tidegate bench --hold` (HTTP/2, prior knowledge), waits SETTLE s,
 # measures the gateway's CPU over MEASURE s and its RSS, and prints a markdown table.
-# See loadtest/README-idle.md. Loopback only.
+# See loadtest/README.md ("Idle streams"). Loopback only.
 #
 # Environment (defaults in brackets):
 #   STREAMS [10000]  HOLD [90]  MEASURE [60]  SETTLE [10]  HEARTBEATS ["1s 0s"]
 #     (HEARTBEATS=none writes no [streams] section, for gateways without the setting)
 #   PER_CONNECTION [200]  RAMP [2000]  MOCK_DELAY_MS [600000]
-#   TIDEGATE_BIN [target/release/tidegate]            built unless set
-#   HOLDER_BIN   [target/release/examples/hold_streams] built unless set
+#   TIDEGATE_BIN [target/release/tidegate]            gateway, mock and holder; built unless set
 #   OUT_DIR      [a new /tmp/tidegate-idle.XXXXXX]    configs, logs, holder reports, results.md
 set -euo pipefail
 
@@ -100,8 +99,24 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-# A flat field of the holder's one-line JSON report.
-json_field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,}\"]*\).*/\1/p" "$1"; }
+# A field of the holder's JSON report by its dotted path (hold.pings_per_min.mean); numbers
+# rounded to 2 decimals; nothing if the report or the field is missing, or the field is null.
+json_field() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        value = json.load(f)
+except (OSError, ValueError):
+    sys.exit(0)
+for key in sys.argv[2].split("."):
+    value = value.get(key) if isinstance(value, dict) else None
+if isinstance(value, float):
+    value = round(value, 2)
+if value is not None:
+    print(value)
+PY
+}
 
 # ---- build --------------------------------------------------------------------------------------
 if [[ -z ${TIDEGATE_BIN:-} ]]; then
@@ -109,13 +124,8 @@ if [[ -z ${TIDEGATE_BIN:-} ]]; then
     cargo build --release >&2
     TIDEGATE_BIN=target/release/tidegate
 fi
-if [[ -z ${HOLDER_BIN:-} ]]; then
-    log "building the holder (cargo build --release --example hold_streams)"
-    cargo build --release --example hold_streams >&2
-    HOLDER_BIN=target/release/examples/hold_streams
-fi
 [[ -x $TIDEGATE_BIN ]] || die "no gateway binary at $TIDEGATE_BIN"
-[[ -x $HOLDER_BIN ]] || die "no holder binary at $HOLDER_BIN"
+command -v python3 >/dev/null || die "python3 is needed to read the holder's JSON report"
 mkdir -p "$OUT_DIR"
 log "output in $OUT_DIR"
 
@@ -142,6 +152,7 @@ run_setting() {
     gwlog=$OUT_DIR/gateway-$tag.log
     hlog=$OUT_DIR/holder-$tag.log
     hjson=$OUT_DIR/holder-$tag.json
+    htable=$OUT_DIR/holder-$tag.txt
 
     {
         printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "%s"\n\n' "$MOCK_URL"
@@ -172,10 +183,17 @@ run_setting() {
     idle_rss=$(rss_kib "$GATEWAY_PID")
     log "[$hb] gateway at $gw (pid $GATEWAY_PID), idle RSS ${idle_rss} KiB"
 
-    "$HOLDER_BIN" --url "http://$gw" --streams "$STREAMS" --per-connection "$PER_CONNECTION" \
-        --ramp "$RAMP" --hold "$HOLD" --json >"$hjson" 2>"$hlog" &
+    # The holder: `tidegate bench --hold`. No x-mock-* headers (the gateway does not forward
+    # them here anyway): the mock's own pacing keeps the streams idle. Its run cap leaves room
+    # for the ramp, the headers (30 s at most each) and the hold; it samples the gateway and the
+    # mock too, for its JSON report.
+    "$TIDEGATE_BIN" bench --url "http://$gw" --protocol h2 --streams "$STREAMS" \
+        --per-connection "$PER_CONNECTION" --ramp "$RAMP" --no-mock-headers \
+        --hold "${HOLD}s" --duration "$((OPEN_SECS + HOLD + 60))s" \
+        --pid "gateway=$GATEWAY_PID" --pid "mock=$MOCK_PID" \
+        --json "$hjson" >"$htable" 2>"$hlog" &
     HOLDER_PID=$!
-    if ! wait_for_line "$hlog" 'all open|not all open' $((OPEN_SECS + 120)) "$HOLDER_PID"; then
+    if ! wait_for_line "$hlog" 'all open' $((OPEN_SECS + 120)) "$HOLDER_PID"; then
         tail -n 5 "$hlog" >&2
         die "[$hb] the holder did not open its streams"
     fi
@@ -228,10 +246,10 @@ run_setting() {
     holder_min=$(calc '%.2f' "($h1 - $h0) / $CLK_TCK * 60 / ($t1 - $t0)")
     per_stream=n/a
     ((alive > 0)) && per_stream=$(calc '%.1f' "($loaded_rss - $idle_rss) / $alive")
-    opened=$(json_field "$hjson" opened)
-    failed=$(json_field "$hjson" failed)
-    ended=$(json_field "$hjson" ended_early)
-    pings="$(json_field "$hjson" pings_per_min_mean) ($(json_field "$hjson" pings_per_min_min)..$(json_field "$hjson" pings_per_min_max))"
+    opened=$(json_field "$hjson" streams.opened)
+    failed=$(json_field "$hjson" streams.failed)
+    ended=$(json_field "$hjson" hold.ended_early)
+    pings="$(json_field "$hjson" hold.pings_per_min.mean) ($(json_field "$hjson" hold.pings_per_min.min)..$(json_field "$hjson" hold.pings_per_min.max))"
     if [[ -z $opened || ${failed:-1} != 0 || ${ended:-1} != 0 ]]; then
         log "[$hb] WARNING: opened=${opened:-?} failed=${failed:-?} ended_early=${ended:-?} (holder exit $hrc): see $hjson"
         FAILED_RUNS=$((FAILED_RUNS + 1))
@@ -257,7 +275,7 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit="$commit (dirty)"
     echo "## Idle streams: heartbeat CPU and RSS per stream"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); kernel: $(uname -r); commit: $commit"
-    echo "- gateway: $TIDEGATE_BIN ($("$TIDEGATE_BIN" --version 2>/dev/null || echo '?')); holder: $HOLDER_BIN"
+    echo "- gateway: $TIDEGATE_BIN ($("$TIDEGATE_BIN" --version 2>/dev/null || echo '?')); holder: $TIDEGATE_BIN bench --hold"
     echo "- $STREAMS streams over h2 (prior knowledge), $PER_CONNECTION per connection, ramp $RAMP/s;" \
         "settle ${SETTLE}s, CPU window ${MEASURE}s, hold ${HOLD}s; mock: 1 chunk at once, next after ${MOCK_IDLE_SECS}s"
     echo

@@ -1,6 +1,6 @@
 //! `tidegate bench` as a user runs it: the real binary against the gateway and mock started
 //! in-process on 127.0.0.1:0, over HTTP/1.1 and HTTP/2; its exit code, its JSON report, its
-//! chart; failures counted by kind; and arguments it must refuse.
+//! chart; failures counted by kind; hold mode (`--hold`); and arguments it must refuse.
 
 mod common;
 
@@ -424,6 +424,271 @@ async fn svg_chart_is_written() {
     }
 }
 
+/// The gateway's heartbeat interval in the hold tests: short, so a 1 s hold sees pings.
+const HOLD_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Streams held for a second, over both protocols: all open, all held to the end, every one
+/// pinged by the gateway, exit 0. The mock sends the role chunk at once and the next chunk only
+/// after 600 s (`--chunks 1 --chunk-delay-ms 600000`, forwarded as x-mock-* headers), so the
+/// streams are idle for the whole hold, as in loadtest/idle-streams.sh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_holds_idle_streams_and_counts_pings() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |config| {
+        config.streams.heartbeat_interval = HOLD_HEARTBEAT;
+    })
+    .await;
+    let url = format!("http://{}", env.gateway);
+    for (protocol, quiet) in [("h2", false), ("http1", true)] {
+        let json = out_path(&format!("hold-{protocol}"), "report.json");
+        let mut args = vec![
+            "--url",
+            &url,
+            "--protocol",
+            protocol,
+            "--per-connection",
+            "8",
+            "--source-addrs",
+            "4",
+            "--streams",
+            "20",
+            "--ramp",
+            "1000",
+            "--chunks",
+            "1",
+            "--chunk-delay-ms",
+            "600000",
+            "--hold",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if quiet {
+            args.push("--quiet");
+        }
+        let run = bench(&args).await;
+        assert_eq!(
+            run.code, 0,
+            "{protocol}: stdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        );
+        // The line loadtest/idle-streams.sh waits for, even with --quiet.
+        assert!(
+            run.stderr.contains("bench: all open: opened=20 failed=0"),
+            "{protocol}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.contains("bench: t="), !quiet, "{}", run.stderr);
+
+        let report = read_json(&json);
+        let s = &report["streams"];
+        assert_eq!(u(&s["opened"]), 20, "{protocol}: {s}");
+        assert_eq!(u(&s["failed"]), 0, "{protocol}: {s}");
+        assert_eq!(u(&s["completed"]), 0, "{protocol}: {s}");
+        assert_eq!(u(&s["cancelled"]), 0, "{protocol}: {s}");
+        assert_eq!(u(&s["max_alive"]), 20, "{protocol}: {s}");
+        let expected_connections = if protocol == "h2" { 3 } else { 20 };
+        assert_eq!(
+            u(&s["connections"]),
+            expected_connections,
+            "{protocol}: {s}"
+        );
+        assert!(report["stopped_early"].is_null());
+        assert_eq!(report["args"]["hold_s"].as_f64(), Some(1.0));
+
+        let h = &report["hold"];
+        assert_eq!(u(&h["held"]), 20, "{protocol}: {h}");
+        assert_eq!(u(&h["ended_early"]), 0, "{protocol}: {h}");
+        assert_eq!(h["ended_early_by_kind"], serde_json::json!({}));
+        assert_eq!(h["hold_s"].as_f64(), Some(1.0));
+        let held_s = h["held_s"].as_f64().unwrap();
+        assert!((1.0..30.0).contains(&held_s), "{protocol}: {h}");
+        assert!(h["all_open_after_s"].as_f64().unwrap() > 0.0, "{h}");
+        // Every stream was open for at least the hold, with a ping every 75-100 ms of it.
+        let pings = &h["pings_per_min"];
+        assert_eq!(u(&pings["streams"]), 20, "{protocol}: {h}");
+        assert!(pings["min"].as_f64().unwrap() > 0.0, "{protocol}: {h}");
+        assert!(pings["mean"].as_f64().unwrap() >= pings["min"].as_f64().unwrap());
+        assert!(
+            u(&report["throughput"]["pings"]) >= 20,
+            "{}",
+            report["throughput"]
+        );
+        // The role chunk, and nothing else, arrived on each stream.
+        let events = &h["events_per_stream"];
+        assert_eq!(
+            (events["min"].as_f64(), events["max"].as_f64()),
+            (Some(1.0), Some(1.0)),
+            "{protocol}: {h}"
+        );
+        assert_eq!(u(&report["time_to_headers_us"]["count"]), 20);
+        let timeline = report["timeline"].as_array().unwrap();
+        assert!(timeline.iter().all(|p| p["ended_early"] == 0), "{protocol}");
+        assert!(
+            run.stdout
+                .contains("20 opened, 20 held, 0 ended early, 0 failed to open"),
+            "{protocol}: {}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("pings/stream/min"), "{}", run.stdout);
+    }
+    // Every held stream was cancelled at the end, and the gateway passed that on to the mock.
+    wait_for_mock(
+        env.mock,
+        "the held streams cancelled upstream",
+        PATIENCE,
+        |s| s.streams_active == 0,
+    )
+    .await;
+}
+
+/// Streams that end before the hold is over are reported by how they ended, the hold ends
+/// once none is left, and the exit code is 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_reports_streams_that_end_early() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let url = format!("http://{}", env.gateway);
+    for (protocol, model, kind) in [
+        // The gateway turns the upstream's abort into a final error event.
+        ("http1", "fail-midstream", "error_event:upstream_reset"),
+        ("h2", "fail-midstream", "error_event:upstream_reset"),
+        // An ordinary stream, shorter than the hold, ends with [DONE].
+        ("h2", "mock-1", "done"),
+    ] {
+        let json = out_path(&format!("hold-early-{protocol}-{model}"), "report.json");
+        let run = bench(&[
+            "--url",
+            &url,
+            "--protocol",
+            protocol,
+            "--streams",
+            "20",
+            "--ramp",
+            "1000",
+            "--chunks",
+            "3",
+            "--chunk-delay-ms",
+            "10",
+            "--model",
+            model,
+            "--hold",
+            "60s",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .await;
+        let what = format!("{protocol} {model}");
+        assert_eq!(run.code, 1, "{what}: {}\n{}", run.stdout, run.stderr);
+        // These mock headers end the streams before the hold: the driver says so at the start.
+        assert!(
+            run.stderr.contains("warning: with --chunks 3"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr
+                .contains("no stream left open: the hold ends early"),
+            "{what}: {}",
+            run.stderr
+        );
+        let report = read_json(&json);
+        let s = &report["streams"];
+        assert_eq!(u(&s["opened"]), 20, "{what}: {s}");
+        assert_eq!(u(&s["failed"]), 0, "{what}: {s}");
+        let h = &report["hold"];
+        assert_eq!(u(&h["held"]), 0, "{what}: {h}");
+        assert_eq!(u(&h["ended_early"]), 20, "{what}: {h}");
+        assert_eq!(
+            h["ended_early_by_kind"],
+            serde_json::json!({ kind: 20 }),
+            "{what}"
+        );
+        assert!(h["end_examples"][kind].is_string(), "{what}: {h}");
+        assert!(h["held_s"].as_f64().unwrap() < 60.0, "{what}: {h}");
+        assert!(
+            run.stdout.contains(&format!("ended early {kind}")),
+            "{what}: {}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains("0 held, 20 ended early"),
+            "{what}: {}",
+            run.stdout
+        );
+    }
+
+    // Streams that cannot open are failures to open, not early ends.
+    let json = out_path("hold-429", "report.json");
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "5",
+        "--ramp",
+        "1000",
+        "--model",
+        "fail-429",
+        "--hold",
+        "60s",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("all open: opened=0 failed=5"),
+        "{}",
+        run.stderr
+    );
+    let report = read_json(&json);
+    assert_eq!(
+        report["streams"]["failed_by_kind"],
+        serde_json::json!({"status_429": 5})
+    );
+    assert_eq!(u(&report["hold"]["ended_early"]), 0);
+    assert_eq!(u(&report["hold"]["held"]), 0);
+}
+
+/// The run cap still applies in hold mode: streams still open when it passes are cancelled,
+/// not held, and the run exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_mode_stops_at_the_run_cap() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let url = format!("http://{}", env.gateway);
+    let json = out_path("hold-cap", "report.json");
+    // `hang` never answers: the streams wait for headers when the 1 s cap passes.
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "5",
+        "--ramp",
+        "1000",
+        "--model",
+        "hang",
+        "--hold",
+        "500ms",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("all open"), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["stopped_early"], "duration_cap");
+    assert_eq!(u(&report["streams"]["cancelled"]), 5);
+    let h = &report["hold"];
+    assert_eq!(u(&h["held"]), 0, "{h}");
+    assert_eq!(h["held_s"].as_f64(), Some(0.0), "{h}");
+    assert!(h["all_open_after_s"].is_null(), "{h}");
+}
+
 #[tokio::test]
 async fn bad_arguments_exit_with_2() {
     for (args, needle) in [
@@ -458,6 +723,45 @@ async fn bad_arguments_exit_with_2() {
         (
             &["--url", "http://127.0.0.1:8080", "--streams", "100000"][..],
             "open-files limit",
+        ),
+        // --hold: bounded, with a unit, and it must fit in the run cap (10m by default).
+        (
+            &["--url", "http://127.0.0.1:8080", "--hold", "25h"][..],
+            "longer than 24h",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--hold", "90"][..],
+            "unit",
+        ),
+        (
+            &["--url", "http://127.0.0.1:8080", "--hold", "10m"][..],
+            "cannot end within --duration 10m",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:8080",
+                "--hold",
+                "30s",
+                "--duration",
+                "30s",
+            ][..],
+            "cannot end within --duration 30s",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:8080",
+                "--streams",
+                "1000",
+                "--ramp",
+                "10",
+                "--hold",
+                "1m",
+                "--duration",
+                "2m",
+            ][..],
+            "takes 100.0s",
         ),
     ] {
         if args.contains(&"100000") {
@@ -500,6 +804,7 @@ async fn help_lists_the_options() {
         "--pid",
         "--json",
         "--svg",
+        "--hold",
     ] {
         assert!(run.stdout.contains(option), "--help mentions {option}");
     }

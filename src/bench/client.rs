@@ -182,9 +182,14 @@ pub enum Route {
 pub struct StreamContext {
     pub spec: Arc<RequestSpec>,
     pub live: Arc<Live>,
-    /// Whole-stream timeout, from the start of the request to the end of the body.
+    /// Whole-stream timeout, from the start of the request to the end of the body; in hold mode
+    /// only to the response headers.
     pub timeout: Duration,
-    /// Cancelled when the run stops early (duration cap, Ctrl-C).
+    /// Hold mode (`--hold`): the body is read, without a deadline, until the cancel ends the
+    /// hold; nothing it does is expected before that.
+    pub hold: bool,
+    /// Cancelled when the run stops early (duration cap, Ctrl-C) or, in hold mode, when the hold
+    /// ends.
     pub cancel: CancellationToken,
 }
 
@@ -196,8 +201,39 @@ pub enum Outcome {
     /// `kind` is one of `connect`, `request`, `status_NNN`, `timeout`, `reset`, `eof`,
     /// `error_event:CODE`.
     Failed { kind: String, message: String },
-    /// Stopped by the run (duration cap or interrupt), not by anything the target did.
+    /// Stopped by the run (duration cap, interrupt, the end of a hold), not by anything the
+    /// target did.
     Cancelled,
+}
+
+/// What one stream's body carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyCounts {
+    /// `: ping` heartbeat comments.
+    pub pings: u64,
+    /// Other comment lines (not `ping`, not `sent_us=`).
+    pub other_comments: u64,
+    /// Dispatched events with data.
+    pub events: u64,
+}
+
+/// One finished stream: how it ended, how long it was open, what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub outcome: Outcome,
+    /// From its `200` response headers to its end; `None` if it never got them.
+    pub open_for: Option<Duration>,
+    pub counts: BodyCounts,
+}
+
+impl StreamRecord {
+    fn unopened(outcome: Outcome) -> StreamRecord {
+        StreamRecord {
+            outcome,
+            open_for: None,
+            counts: BodyCounts::default(),
+        }
+    }
 }
 
 fn failed(kind: impl Into<String>, message: impl Into<String>) -> Outcome {
@@ -220,7 +256,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// A TCP connection to `target`, from `source` if given (to spread ephemeral ports), no Nagle.
-pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let socket = match target {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -233,7 +269,8 @@ pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Res
     Ok(stream)
 }
 
-pub async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
+/// A cleartext HTTP/2 connection (prior knowledge) to `target`, driven by a task of its own.
+async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
     let tcp = connect(target, None)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -329,42 +366,68 @@ async fn describe_status(
 }
 
 /// One stream, from connecting to the end of its body (or the timeout, or a cancel).
-pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> Outcome {
+pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> StreamRecord {
     let live = &ctx.live;
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + ctx.timeout);
     let response = tokio::select! {
         biased;
-        () = ctx.cancel.cancelled() => return Outcome::Cancelled,
+        () = ctx.cancel.cancelled() => return StreamRecord::unopened(Outcome::Cancelled),
         r = tokio::time::timeout_at(deadline, send(route, &ctx.spec)) => r,
     };
     let response = match response {
         Err(_) => {
-            return failed(
+            return StreamRecord::unopened(failed(
                 "timeout",
                 format!("no response headers within {:?}", ctx.timeout),
-            )
+            ))
         }
-        Ok(Err((kind, message))) => return failed(kind, message),
+        Ok(Err((kind, message))) => return StreamRecord::unopened(failed(kind, message)),
         Ok(Ok(r)) => r,
     };
     let status = response.status();
     if status != StatusCode::OK {
         let message = describe_status(status, response.into_body(), deadline).await;
-        return failed(format!("status_{}", status.as_u16()), message);
+        return StreamRecord::unopened(failed(format!("status_{}", status.as_u16()), message));
     }
+    let opened_at = Instant::now();
+    live.headers_us.record(micros(opened_at - start));
     live.stream_opened();
-    let outcome = read_body(&ctx, response.into_body(), start, deadline).await;
+    // A held stream is bounded by the cancel at the end of the hold (or the run cap) instead.
+    let body_deadline = (!ctx.hold).then_some(deadline);
+    let mut counts = BodyCounts::default();
+    let outcome = read_body(
+        &ctx,
+        response.into_body(),
+        start,
+        body_deadline,
+        &mut counts,
+    )
+    .await;
     live.stream_closed();
-    outcome
+    StreamRecord {
+        outcome,
+        open_for: Some(opened_at.elapsed()),
+        counts,
+    }
 }
 
-/// Reads the body to its end; bounded by `deadline` and the cancel token.
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the body to its end, adding what it carries to `counts`; bounded by `deadline` (if
+/// any) and the cancel token.
 async fn read_body(
     ctx: &StreamContext,
     mut body: Incoming,
     start: Instant,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    counts: &mut BodyCounts,
 ) -> Outcome {
     let live = &ctx.live;
     let mut reader = SseReader::default();
@@ -375,10 +438,8 @@ async fn read_body(
         let frame = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Outcome::Cancelled,
-            frame = tokio::time::timeout_at(deadline, body.frame()) => frame,
-        };
-        let data = match frame {
-            Err(_) => {
+            frame = body.frame() => frame,
+            () = until(deadline) => {
                 let what = if done {
                     "the body did not end after [DONE]"
                 } else {
@@ -386,21 +447,23 @@ async fn read_body(
                 };
                 return failed("timeout", format!("{what} within {:?}", ctx.timeout));
             }
-            Ok(None) => {
+        };
+        let data = match frame {
+            None => {
                 return match (&error, done) {
                     (Some(code), _) => failed(format!("error_event:{code}"), "final error event"),
                     (None, true) => Outcome::Completed,
                     (None, false) => failed("eof", "the body ended without data: [DONE]"),
                 };
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 return match &error {
                     Some(code) => failed(format!("error_event:{code}"), e.to_string()),
                     None if done => failed("reset", format!("after [DONE]: {e}")),
                     None => failed("reset", e.to_string()),
                 };
             }
-            Ok(Some(Ok(frame))) => match frame.into_data() {
+            Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue, // trailers
             },
@@ -428,6 +491,7 @@ async fn read_body(
         });
         if events > 0 {
             Live::add(&live.events, events);
+            counts.events += events;
             if !first_event_seen {
                 first_event_seen = true;
                 live.first_event_us.record(micros(since_start));
@@ -435,9 +499,11 @@ async fn read_body(
         }
         if pings > 0 {
             Live::add(&live.pings, pings);
+            counts.pings += pings;
         }
         if comments > 0 {
             Live::add(&live.other_comments, comments);
+            counts.other_comments += comments;
         }
     }
 }

@@ -18,6 +18,12 @@
 //! At the end: a table on stdout, `--json FILE`, `--svg FILE` ([`report`], [`chart`]). Exit
 //! code 0 when every stream completed, 1 otherwise, 2 for bad arguments.
 //!
+//! Hold mode (`--hold D`) measures what idle streams cost instead (`loadtest/idle-streams.sh`):
+//! the streams open the same way, and once every one has its response headers or has failed,
+//! `all open` goes to stderr and they are held for D, counting heartbeats, comments and events
+//! per stream and noting those that end early (`[DONE]`, an error event, end of body, reset);
+//! then all are cancelled. Exit code 0 when every stream was held to the end.
+//!
 //! [`client`] has one stream's life; [`sse`] the event parsing.
 
 pub mod chart;
@@ -39,12 +45,14 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::parse_duration;
+use crate::config::{format_duration, parse_duration};
 use crate::signals::interrupted;
-use client::{H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, Target};
+use client::{
+    H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, StreamRecord, Target,
+};
 use procfs::Watched;
-use report::{ProcPoint, Report, Sample};
-use stats::{Failures, Live};
+use report::{HoldRun, ProcPoint, Report, Sample};
+use stats::{Failures, Live, Spread};
 
 /// Exit code when a stream failed or the run stopped before every stream completed.
 pub const EXIT_FAILED: u8 = 1;
@@ -65,6 +73,14 @@ const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_STREAM_TIMEOUT_REAL: Duration = Duration::from_secs(300);
 /// Added to chunks × delay for the default per-stream timeout with mock headers.
 const STREAM_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+/// Upper bound on `--hold`, so a typo cannot park thousands of sockets for a year.
+pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
+/// Default cap, in hold mode, on a stream's wait for its response headers.
+const DEFAULT_HOLD_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often hold mode checks whether every stream has its headers or has failed.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+/// Streams open for less than this say nothing about a per-minute heartbeat rate.
+const MIN_RATED_OPEN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,13 +148,20 @@ pub struct BenchArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<String>,
-    /// Cap on the whole run ("90s", "10m"); streams still running then are cancelled
+    /// Cap on the whole run ("90s", "10m"); streams still running then are cancelled. With
+    /// --hold it must exceed the ramp (streams / ramp) plus the hold
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Cap on one stream, from its request to the end of its body
-    /// [default: (chunks + 1) × delay + 30s with mock headers, else 300s]
+    /// Cap on one stream, from its request to the end of its body; with --hold, on the wait for
+    /// its response headers only [default: (chunks + 1) × delay + 30s with mock headers, else
+    /// 300s; 30s with --hold]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stream_timeout: Option<Duration>,
+    /// Hold mode: once every stream has its response headers or has failed, print "all open"
+    /// on stderr, hold them all open this long ("90s", at most 24h) counting heartbeats, then
+    /// cancel them; a stream that ends before that ended early
+    #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
+    pub hold: Option<Duration>,
     /// Runtime worker threads of the driver
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -156,6 +179,17 @@ pub struct BenchArgs {
     /// No progress lines on stderr
     #[arg(long)]
     pub quiet: bool,
+}
+
+fn parse_hold(text: &str) -> Result<Duration, String> {
+    let hold = parse_duration(text)?;
+    if hold > MAX_HOLD {
+        return Err(format!(
+            "{text:?} is longer than {}, the most a hold may last",
+            format_duration(MAX_HOLD)
+        ));
+    }
+    Ok(hold)
 }
 
 fn parse_pid(text: &str) -> Result<(String, u32), String> {
@@ -183,10 +217,12 @@ fn parse_pid(text: &str) -> Result<(String, u32), String> {
 }
 
 impl BenchArgs {
-    /// The per-stream timeout in force.
+    /// The per-stream timeout in force (in hold mode, on the wait for response headers).
     pub fn effective_stream_timeout(&self) -> Duration {
         self.stream_timeout.unwrap_or_else(|| {
-            if self.no_mock_headers {
+            if self.hold.is_some() {
+                DEFAULT_HOLD_HEADERS_TIMEOUT
+            } else if self.no_mock_headers {
                 DEFAULT_STREAM_TIMEOUT_REAL
             } else {
                 let stream = Duration::from_millis(self.chunk_delay_ms)
@@ -194,6 +230,11 @@ impl BenchArgs {
                 stream.saturating_add(STREAM_TIMEOUT_MARGIN)
             }
         })
+    }
+
+    /// How long the ramp takes to start every stream.
+    pub fn ramp_time(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.streams) / f64::from(self.ramp))
     }
 
     /// Sockets the driver needs at most: one per stream on HTTP/1.1, one per connection on h2.
@@ -220,6 +261,26 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
     }
     if args.stream_timeout.is_some_and(|t| t.is_zero()) {
         return Err("--stream-timeout must be more than 0".into());
+    }
+    if let Some(hold) = args.hold {
+        // The last stream starts after the ramp and the hold begins after it: a cap that does
+        // not leave room for both would cut every hold short.
+        let ramp = args.ramp_time();
+        let needed = ramp.saturating_add(hold);
+        if args.duration <= needed {
+            return Err(format!(
+                "--hold {} cannot end within --duration {}: starting {} streams at {}/s takes \
+                 {:.1}s, so --duration must be more than {:.1}s, plus time for the last \
+                 headers (at most --stream-timeout, {})",
+                format_duration(hold),
+                format_duration(args.duration),
+                args.streams,
+                args.ramp,
+                ramp.as_secs_f64(),
+                needed.as_secs_f64(),
+                format_duration(args.effective_stream_timeout()),
+            ));
+        }
     }
     let options = RequestOptions {
         model: args.model.clone(),
@@ -296,7 +357,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     };
     if !args.quiet {
         eprintln!(
-            "tidegate bench: {} streams over {} to {} at {}/s; {} (stream timeout {:?}, run cap \
+            "tidegate bench: {} streams over {} to {} at {}/s; {}{} (stream timeout {:?}, run cap \
              {:?}, open-files limit {})",
             args.streams,
             args.protocol.name(),
@@ -307,17 +368,23 @@ pub fn main(args: BenchArgs) -> ExitCode {
             } else {
                 format!("{} chunks every {} ms", args.chunks, args.chunk_delay_ms)
             },
+            args.hold
+                .map(|hold| format!("; hold {}", format_duration(hold)))
+                .unwrap_or_default(),
             args.effective_stream_timeout(),
             args.duration,
             prepared.nofile_limit
         );
+        if let Some(warning) = hold_warning(&args) {
+            eprintln!("tidegate bench: warning: {warning}");
+        }
     }
     let report = runtime.block_on(run(&args, prepared));
     // Stream tasks are all joined or aborted; connection tasks may linger on a closing socket.
     runtime.shutdown_timeout(Duration::from_secs(1));
 
     print!("{}", report.table());
-    let mut code = if report.all_completed() {
+    let mut code = if report.succeeded() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
@@ -337,6 +404,27 @@ pub fn main(args: BenchArgs) -> ExitCode {
     code
 }
 
+/// A hold whose streams the mock, if it gets the mock headers, ends before the hold does. Only
+/// a warning: a gateway that does not forward `x-mock-*` leaves the mock's own pacing.
+fn hold_warning(args: &BenchArgs) -> Option<String> {
+    let hold = args.hold?;
+    if args.no_mock_headers {
+        return None;
+    }
+    let stream =
+        Duration::from_millis(args.chunk_delay_ms).saturating_mul(args.chunks.saturating_add(1));
+    (stream < args.ramp_time().saturating_add(hold)).then(|| {
+        format!(
+            "with --chunks {} --chunk-delay-ms {}, a mock upstream ends each stream after about \
+             {:.1}s, before the hold ends; for idle streams use e.g. --chunks 1 \
+             --chunk-delay-ms 600000, or --no-mock-headers",
+            args.chunks,
+            args.chunk_delay_ms,
+            stream.as_secs_f64()
+        )
+    })
+}
+
 /// Why the run stopped before every stream had ended on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -345,20 +433,61 @@ pub enum StopReason {
     Interrupted,
 }
 
-/// Tallies of finished streams.
+/// Tallies of finished streams. Every stream lands in exactly one of `completed`, `cancelled`,
+/// `failures`, `held` and `ended_early`.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub completed: u64,
     pub cancelled: u64,
+    /// Every failure; in hold mode only those before the response headers.
     pub failures: Failures,
+    /// Hold mode: streams still open when the hold ended.
+    pub held: u64,
+    /// Hold mode: streams that opened and ended before the hold did, by how (`done` for
+    /// `[DONE]`, else as in `failures`).
+    pub ended_early: Failures,
+    /// `: ping` comments per minute of each stream that was open at least [`MIN_RATED_OPEN`].
+    pub pings_per_min: Spread,
+    /// Events with data per opened stream.
+    pub events_per_stream: Spread,
+}
+
+/// How a finished stream counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    /// Streams run to their end.
+    Run,
+    /// Hold mode; `over` once the hold has run its full length (so the cancel was its end).
+    Hold { over: bool },
 }
 
 impl Tally {
-    fn add(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Completed => self.completed += 1,
-            Outcome::Cancelled => self.cancelled += 1,
-            Outcome::Failed { kind, message } => self.failures.add(kind, message),
+    fn add(&mut self, record: StreamRecord, counting: Counting) {
+        let StreamRecord {
+            outcome,
+            open_for,
+            counts,
+        } = record;
+        if let Some(open_for) = open_for {
+            self.events_per_stream.record(counts.events as f64);
+            if open_for >= MIN_RATED_OPEN {
+                self.pings_per_min
+                    .record(counts.pings as f64 * 60.0 / open_for.as_secs_f64());
+            }
+        }
+        let opened = open_for.is_some();
+        match (counting, outcome) {
+            (Counting::Hold { over: true }, Outcome::Cancelled) if opened => self.held += 1,
+            (_, Outcome::Cancelled) => self.cancelled += 1,
+            (Counting::Run, Outcome::Completed) => self.completed += 1,
+            (Counting::Hold { .. }, Outcome::Completed) => self.ended_early.add(
+                "done".into(),
+                "data: [DONE] and the end of the body before the hold ended".into(),
+            ),
+            (Counting::Hold { .. }, Outcome::Failed { kind, message }) if opened => {
+                self.ended_early.add(kind, message)
+            }
+            (_, Outcome::Failed { kind, message }) => self.failures.add(kind, message),
         }
     }
 }
@@ -367,6 +496,8 @@ impl Tally {
 struct Sampler {
     start: Instant,
     ticks_per_second: u64,
+    /// Hold mode: samples carry the streams that ended early.
+    hold: bool,
     last_t: f64,
     last: (u64, u64, u64, u64, u64),
 }
@@ -412,6 +543,8 @@ impl Sampler {
             failed: now.2,
             events: now.3,
             bytes: now.4,
+            pings: Live::get(&live.pings),
+            ended_early: self.hold.then(|| tally.ended_early.total()),
             opened_per_s: rate(now.0, self.last.0),
             completed_per_s: rate(now.1, self.last.1),
             failed_per_s: rate(now.2, self.last.2),
@@ -447,6 +580,12 @@ fn progress_line(sample: &Sample, streams: u32, previous: Option<&Sample>) -> St
         ms(sample.latency_p50_us),
         ms(sample.latency_p99_us),
     );
+    if let Some(ended_early) = sample.ended_early {
+        line.push_str(&format!(
+            " ended_early={ended_early} pings={}",
+            sample.pings
+        ));
+    }
     for (name, point) in &sample.processes {
         line.push_str(&format!(
             " | {name} {:.1}MiB",
@@ -475,6 +614,31 @@ fn source_address(target: IpAddr, index: u32, spread: u8) -> Option<IpAddr> {
     }
 }
 
+/// Where a hold-mode run is.
+#[derive(Debug, Clone, Copy)]
+enum HoldPhase {
+    /// Streams are still starting, or some have neither headers nor a failure yet.
+    Opening,
+    /// Every stream has its headers or has failed; they are held until `until`.
+    Holding {
+        since: Instant,
+        until: tokio::time::Instant,
+    },
+    /// The hold lasted `held` (shorter than asked if the run stopped or no stream was left).
+    Over { held: Duration },
+}
+
+impl HoldPhase {
+    /// Ends a hold in progress now.
+    fn end(&mut self) {
+        if let HoldPhase::Holding { since, .. } = *self {
+            *self = HoldPhase::Over {
+                held: since.elapsed(),
+            };
+        }
+    }
+}
+
 async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     let Prepared {
         spec,
@@ -488,6 +652,7 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         spec: Arc::new(spec),
         live: Arc::clone(&live),
         timeout: args.effective_stream_timeout(),
+        hold: args.hold.is_some(),
         cancel: cancel.clone(),
     });
     let ticks_per_second = procfs::clock_ticks();
@@ -499,12 +664,14 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     let mut sampler = Sampler {
         start,
         ticks_per_second,
+        hold: args.hold.is_some(),
         last_t: 0.0,
         last: (0, 0, 0, 0, 0),
     };
     let cap = tokio::time::Instant::from_std(start) + args.duration;
-    let mut collect_deadline = cap;
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    // Set when every stream is cancelled (stop or end of the hold); tasks left then are aborted.
+    let mut collect_deadline: Option<tokio::time::Instant> = None;
+    let mut tasks: JoinSet<StreamRecord> = JoinSet::new();
     let mut tally = Tally::default();
     // The first point: nothing started yet, and each process's idle RSS and CPU time.
     let mut timeline: Vec<Sample> = vec![sampler.sample(&live, &Tally::default(), &mut watched, 0)];
@@ -513,6 +680,10 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     let mut connections: u64 = 0;
     let mut stop: Option<StopReason> = None;
     let mut abandoned: u64 = 0;
+    let mut hold_phase = args.hold.map(|_| HoldPhase::Opening);
+    let mut all_open_after: Option<Duration> = None;
+    // The hold ran its full length: streams cancelled after that were held, not cut short.
+    let mut hold_over = false;
 
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::from_std(start) + Duration::from_secs(1),
@@ -521,12 +692,38 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut ramp = tokio::time::interval(RAMP_TICK);
     ramp.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut settle_poll = tokio::time::interval(SETTLE_POLL);
+    settle_poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let interrupt = interrupted();
     tokio::pin!(interrupt);
 
-    // Bounded: the ramp stops at --streams or at the stop, every task ends by its own timeout,
-    // the cancel, or the abort at `collect_deadline`.
+    // Bounded: the ramp stops at --streams or at the stop, the hold at its end, every task ends
+    // by its own timeout, the cancel, or the abort at `collect_deadline`; the cap bounds all.
     loop {
+        let opening = matches!(hold_phase, Some(HoldPhase::Opening)) && collect_deadline.is_none();
+        // In hold mode a failure is counted only if it came before the headers.
+        if opening
+            && started == args.streams
+            && Live::get(&live.opened) + tally.failures.total() >= u64::from(started)
+        {
+            let now = Instant::now();
+            let hold = args.hold.unwrap_or_default();
+            all_open_after = Some(now - start);
+            hold_phase = Some(HoldPhase::Holding {
+                since: now,
+                until: tokio::time::Instant::from_std(now + hold),
+            });
+            // Not a progress line: scripts wait for it (loadtest/idle-streams.sh), even --quiet.
+            eprintln!(
+                "bench: all open: opened={} failed={} alive={} in {:.1}s; holding {}",
+                Live::get(&live.opened),
+                tally.failures.total(),
+                Live::get(&live.alive),
+                (now - start).as_secs_f64(),
+                format_duration(hold)
+            );
+        }
+        let opening = matches!(hold_phase, Some(HoldPhase::Opening)) && collect_deadline.is_none();
         let ramping = stop.is_none() && started < args.streams;
         if !ramping {
             // The last connection closes once its streams are done.
@@ -535,27 +732,57 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
                 break;
             }
         }
+        let hold_until = match hold_phase {
+            Some(HoldPhase::Holding { until, .. }) if collect_deadline.is_none() => Some(until),
+            _ => None,
+        };
+        let counting = match hold_phase {
+            None => Counting::Run,
+            Some(_) => Counting::Hold { over: hold_over },
+        };
         tokio::select! {
-            () = &mut interrupt, if stop.is_none() => {
+            () = &mut interrupt, if collect_deadline.is_none() => {
                 stop = Some(StopReason::Interrupted);
                 cancel.cancel();
-                collect_deadline = tokio::time::Instant::now() + COLLECT_TIMEOUT;
+                collect_deadline = Some(tokio::time::Instant::now() + COLLECT_TIMEOUT);
+                if let Some(phase) = hold_phase.as_mut() {
+                    phase.end();
+                }
             }
-            () = tokio::time::sleep_until(cap), if stop.is_none() => {
+            () = tokio::time::sleep_until(cap), if collect_deadline.is_none() => {
                 stop = Some(StopReason::DurationCap);
                 cancel.cancel();
-                collect_deadline = tokio::time::Instant::now() + COLLECT_TIMEOUT;
+                collect_deadline = Some(tokio::time::Instant::now() + COLLECT_TIMEOUT);
+                if let Some(phase) = hold_phase.as_mut() {
+                    phase.end();
+                }
             }
-            () = tokio::time::sleep_until(collect_deadline), if stop.is_some() => {
+            () = tokio::time::sleep_until(hold_until.unwrap_or(cap)), if hold_until.is_some() => {
+                hold_over = true;
+                if let Some(phase) = hold_phase.as_mut() {
+                    phase.end();
+                }
+                if !args.quiet {
+                    eprintln!(
+                        "bench: hold over: cancelling {} streams",
+                        Live::get(&live.alive)
+                    );
+                }
+                cancel.cancel();
+                collect_deadline = Some(tokio::time::Instant::now() + COLLECT_TIMEOUT);
+            }
+            () = tokio::time::sleep_until(collect_deadline.unwrap_or(cap)),
+                if collect_deadline.is_some() => {
                 abandoned = tasks.len() as u64;
                 tasks.abort_all();
                 break;
             }
             joined = tasks.join_next(), if !tasks.is_empty() => match joined {
-                Some(Ok(outcome)) => tally.add(outcome),
+                Some(Ok(record)) => tally.add(record, counting),
                 Some(Err(e)) => tally.failures.add("task".into(), e.to_string()),
                 None => {}
             },
+            _ = settle_poll.tick(), if opening => {}
             _ = ticker.tick() => {
                 let sample = sampler.sample(&live, &tally, &mut watched, started);
                 if !args.quiet {
@@ -586,6 +813,12 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         }
     }
     drop(slot);
+    if let Some(phase) = hold_phase.as_mut() {
+        if matches!(phase, HoldPhase::Holding { .. }) && !args.quiet {
+            eprintln!("bench: no stream left open: the hold ends early");
+        }
+        phase.end();
+    }
     // A last, partial interval, so the timeline and the processes' end figures cover the end.
     let last_sample = sampler.sample(&live, &tally, &mut watched, started);
     if !args.quiet {
@@ -599,6 +832,14 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     if args.protocol == Protocol::Http1 {
         connections = u64::from(started);
     }
+    let hold = args.hold.map(|hold| HoldRun {
+        hold,
+        held: match hold_phase {
+            Some(HoldPhase::Over { held }) => held,
+            _ => Duration::ZERO,
+        },
+        all_open_after,
+    });
 
     Report::build(report::RunData {
         args,
@@ -610,6 +851,7 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         tally,
         abandoned,
         stop,
+        hold,
         live: &live,
         watched,
         timeline,
@@ -695,6 +937,107 @@ mod tests {
         }
         let args = parse(&["--json", "/nonexistent-dir/x.json"]).unwrap();
         assert!(prepare(&args).unwrap_err().contains("cannot write"));
+    }
+
+    #[test]
+    fn hold_is_bounded_and_must_fit_in_the_run_cap() {
+        let args = parse(&["--hold", "90s"]).unwrap();
+        assert_eq!(args.hold, Some(Duration::from_secs(90)));
+        // In hold mode the stream timeout caps only the wait for headers.
+        assert_eq!(
+            args.effective_stream_timeout(),
+            DEFAULT_HOLD_HEADERS_TIMEOUT
+        );
+        let args = parse(&["--hold", "90s", "--stream-timeout", "5s"]).unwrap();
+        assert_eq!(args.effective_stream_timeout(), Duration::from_secs(5));
+        assert_eq!(parse(&["--hold", "0s"]).unwrap().hold, Some(Duration::ZERO));
+        assert_eq!(parse(&["--hold", "24h"]).unwrap().hold, Some(MAX_HOLD));
+        assert!(parse(&["--hold", "1441m"]).is_err());
+        assert!(parse(&["--hold", "90"]).is_err());
+
+        // 1000 streams at 500/s take 2 s to start: the default 10 m cap has no room for a
+        // 10 m hold, a 9 m one fits.
+        let args = parse(&["--hold", "10m"]).unwrap();
+        let err = prepare(&args).unwrap_err();
+        assert!(err.contains("cannot end within --duration 10m"), "{err}");
+        assert!(err.contains("more than 602.0s"), "{err}");
+        let args = parse(&["--hold", "59s", "--duration", "1m"]).unwrap();
+        assert!(prepare(&args).is_err());
+        let args = parse(&["--hold", "57s", "--duration", "1m", "--streams", "10"]).unwrap();
+        assert!(prepare(&args).is_ok());
+    }
+
+    #[test]
+    fn a_hold_longer_than_the_mock_stream_is_warned_about() {
+        assert!(hold_warning(&parse(&[]).unwrap()).is_none());
+        // 30 chunks a second apart end after 31 s, before a 90 s hold.
+        let warning = hold_warning(&parse(&["--hold", "90s"]).unwrap()).unwrap();
+        assert!(warning.contains("31.0s"), "{warning}");
+        let idle = [
+            "--hold",
+            "90s",
+            "--chunks",
+            "1",
+            "--chunk-delay-ms",
+            "600000",
+        ];
+        assert!(hold_warning(&parse(&idle).unwrap()).is_none());
+        let real = ["--hold", "90s", "--no-mock-headers"];
+        assert!(hold_warning(&parse(&real).unwrap()).is_none());
+    }
+
+    #[test]
+    fn hold_mode_counts_each_stream_once() {
+        use client::BodyCounts;
+        let record = |outcome: Outcome, open_for_s: Option<u64>, pings: u64| StreamRecord {
+            outcome,
+            open_for: open_for_s.map(Duration::from_secs),
+            counts: BodyCounts {
+                pings,
+                other_comments: 0,
+                events: 1,
+            },
+        };
+        let failure = |kind: &str| Outcome::Failed {
+            kind: kind.into(),
+            message: "m".into(),
+        };
+        let mut t = Tally::default();
+        let holding = Counting::Hold { over: false };
+        t.add(
+            record(Outcome::Cancelled, Some(60), 4),
+            Counting::Hold { over: true },
+        );
+        t.add(record(Outcome::Cancelled, Some(30), 2), holding);
+        t.add(record(Outcome::Completed, Some(2), 0), holding);
+        t.add(record(failure("reset"), Some(1), 0), holding);
+        t.add(record(failure("connect"), None, 0), holding);
+        assert_eq!((t.held, t.cancelled, t.completed), (1, 1, 0));
+        assert_eq!(
+            t.ended_early.by_kind,
+            BTreeMap::from([("done".to_owned(), 1), ("reset".to_owned(), 1)])
+        );
+        assert_eq!(
+            t.failures.by_kind,
+            BTreeMap::from([("connect".to_owned(), 1)])
+        );
+        // 4 and 4 pings a minute, then two with none; the stream that never opened has no rate.
+        let pings = t.pings_per_min.summary();
+        assert_eq!(pings.streams, 4);
+        assert_eq!(
+            (pings.mean, pings.min, pings.max),
+            (Some(2.0), Some(0.0), Some(4.0))
+        );
+        assert_eq!(t.events_per_stream.summary().streams, 4);
+
+        // Outside hold mode, the same ends are completions and failures.
+        let mut t = Tally::default();
+        t.add(record(Outcome::Completed, Some(2), 0), Counting::Run);
+        t.add(record(failure("reset"), Some(1), 0), Counting::Run);
+        t.add(record(Outcome::Cancelled, Some(1), 0), Counting::Run);
+        assert_eq!((t.completed, t.cancelled, t.held), (1, 1, 0));
+        assert_eq!(t.failures.total(), 1);
+        assert_eq!(t.ended_early.total(), 0);
     }
 
     #[test]

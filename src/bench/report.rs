@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::procfs::Watched;
-use super::stats::{LatencySummary, Live};
+use super::stats::{LatencySummary, Live, SpreadSummary};
 use super::{BenchArgs, StopReason, Tally};
 
 /// One point of the timeline: counters at `t_s` seconds after the start (cumulative), rates
@@ -26,6 +26,11 @@ pub struct Sample {
     pub failed: u64,
     pub events: u64,
     pub bytes: u64,
+    /// `: ping` heartbeats.
+    pub pings: u64,
+    /// Hold mode only: streams that opened and ended before the hold did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_early: Option<u64>,
     pub opened_per_s: f64,
     pub completed_per_s: f64,
     pub failed_per_s: f64,
@@ -60,7 +65,10 @@ pub struct ArgsRecord {
     pub model: String,
     pub api_key: bool,
     pub duration_s: f64,
+    /// In hold mode, the cap on the wait for response headers.
     pub stream_timeout_s: f64,
+    /// `--hold`, if given.
+    pub hold_s: Option<f64>,
     pub threads: u16,
     pub pids: BTreeMap<String, u32>,
 }
@@ -71,13 +79,15 @@ pub struct StreamCounts {
     pub started: u64,
     /// Got `200` response headers.
     pub opened: u64,
-    /// `data: [DONE]` and a clean end of body.
+    /// `data: [DONE]` and a clean end of body (0 in hold mode: see `hold`).
     pub completed: u64,
+    /// In hold mode only the streams that failed before their response headers (a stream that
+    /// opened and then ended is in `hold.ended_early`).
     pub failed: u64,
     pub failed_by_kind: BTreeMap<String, u64>,
     /// The first message seen for each failure kind.
     pub failure_examples: BTreeMap<String, String>,
-    /// Stopped by the duration cap or an interrupt.
+    /// Stopped by the duration cap or an interrupt (in hold mode, not those held to its end).
     pub cancelled: u64,
     /// Never started (the run stopped first).
     pub not_started: u64,
@@ -86,6 +96,42 @@ pub struct StreamCounts {
     pub max_alive: u64,
     /// HTTP/1.1: one per stream; h2: connections opened.
     pub connections: u64,
+}
+
+/// Hold mode's own figures. With `streams`, every requested stream is exactly one of: `held`,
+/// `ended_early`, `streams.failed`, `streams.cancelled`, `streams.not_started`,
+/// `streams.abandoned`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldReport {
+    /// The hold asked for (`--hold`).
+    pub hold_s: f64,
+    /// How long the streams were held: `hold_s`, or less if the run stopped or no stream was
+    /// left open; 0 if the hold never began.
+    pub held_s: f64,
+    /// From the start until every stream had its headers or had failed (`all open`); `null`
+    /// if the run stopped first.
+    pub all_open_after_s: Option<f64>,
+    /// Still open when the hold ended (then cancelled): all of them, in a good run.
+    pub held: u64,
+    /// Opened, then ended before the hold did.
+    pub ended_early: u64,
+    /// `done` (`data: [DONE]` and the end of the body), `error_event:CODE`, `eof`, `reset`.
+    pub ended_early_by_kind: BTreeMap<String, u64>,
+    /// The first message seen for each kind.
+    pub end_examples: BTreeMap<String, String>,
+    /// `: ping` comments per minute of each stream that was open at least a second (from its
+    /// headers to its end): over how many streams, mean, min, max.
+    pub pings_per_min: SpreadSummary,
+    /// Events with data per opened stream.
+    pub events_per_stream: SpreadSummary,
+}
+
+/// What the run loop knows about a hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRun {
+    pub hold: Duration,
+    pub held: Duration,
+    pub all_open_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +176,12 @@ pub struct Report {
     pub stopped_early: Option<StopReason>,
     pub nofile_limit: u64,
     pub streams: StreamCounts,
+    /// Hold mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldReport>,
     pub throughput: Throughput,
+    /// From the start of the request (connect included on HTTP/1.1) to `200` headers.
+    pub time_to_headers_us: LatencySummary,
     /// From the start of the request (connect included on HTTP/1.1) to the first event.
     pub time_to_first_event_us: LatencySummary,
     /// Receive time − the event's `sent_us` (same machine): what the path added per event.
@@ -150,6 +201,7 @@ pub struct RunData<'a> {
     pub tally: Tally,
     pub abandoned: u64,
     pub stop: Option<StopReason>,
+    pub hold: Option<HoldRun>,
     pub live: &'a Live,
     pub watched: Vec<Watched>,
     pub timeline: Vec<Sample>,
@@ -173,6 +225,7 @@ impl Report {
             api_key: a.api_key.is_some(),
             duration_s: a.duration.as_secs_f64(),
             stream_timeout_s: a.effective_stream_timeout().as_secs_f64(),
+            hold_s: a.hold.map(|h| h.as_secs_f64()),
             threads: a.threads,
             pids: a.pids.iter().cloned().collect(),
         };
@@ -195,6 +248,17 @@ impl Report {
             max_alive,
             connections: run.connections,
         };
+        let hold = run.hold.map(|h| HoldReport {
+            hold_s: h.hold.as_secs_f64(),
+            held_s: h.held.as_secs_f64(),
+            all_open_after_s: h.all_open_after.map(|d| d.as_secs_f64()),
+            held: run.tally.held,
+            ended_early: run.tally.ended_early.total(),
+            ended_early_by_kind: run.tally.ended_early.by_kind.clone(),
+            end_examples: run.tally.ended_early.examples.clone(),
+            pings_per_min: run.tally.pings_per_min.summary(),
+            events_per_stream: run.tally.events_per_stream.summary(),
+        });
         let throughput = Throughput {
             events,
             timed_events: Live::get(&live.timed_events),
@@ -250,7 +314,9 @@ impl Report {
             stopped_early: run.stop,
             nofile_limit: run.nofile_limit,
             streams,
+            hold,
             throughput,
+            time_to_headers_us: live.headers_us.snapshot().summary(),
             time_to_first_event_us: live.first_event_us.snapshot().summary(),
             event_latency_us: live.latency_us.snapshot().summary(),
             processes,
@@ -258,9 +324,13 @@ impl Report {
         }
     }
 
-    /// Every requested stream completed.
-    pub fn all_completed(&self) -> bool {
-        self.streams.completed == self.streams.requested
+    /// The run did what was asked: every requested stream completed or, in hold mode, was
+    /// held to the end of the hold.
+    pub fn succeeded(&self) -> bool {
+        match &self.hold {
+            None => self.streams.completed == self.streams.requested,
+            Some(hold) => hold.held == self.streams.requested && self.stopped_early.is_none(),
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
@@ -284,9 +354,13 @@ impl Report {
             Some(m) => format!("h2, {m} streams/connection"),
             None => "http1".to_owned(),
         };
+        let hold = a
+            .hold_s
+            .map(|h| format!(", hold {h} s"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}",
+            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}{hold}",
             a.streams, a.url, a.ramp_per_s, a.model
         );
         let stopped = match self.stopped_early {
@@ -295,21 +369,65 @@ impl Report {
             None => "",
         };
         let _ = writeln!(out, "run time            {:.1} s{stopped}", self.elapsed_s);
-        let _ = writeln!(
-            out,
-            "streams             {} completed, {} failed, {} cancelled, {} not started of {}; \
-             max alive {}; {} connections",
-            s.completed,
-            s.failed,
-            s.cancelled,
-            s.not_started,
-            s.requested,
-            s.max_alive,
-            s.connections
-        );
+        match &self.hold {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "streams             {} completed, {} failed, {} cancelled, {} not started of \
+                     {}; max alive {}; {} connections",
+                    s.completed,
+                    s.failed,
+                    s.cancelled,
+                    s.not_started,
+                    s.requested,
+                    s.max_alive,
+                    s.connections
+                );
+            }
+            Some(h) => {
+                let _ = writeln!(
+                    out,
+                    "streams             {} opened, {} held, {} ended early, {} failed to open, \
+                     {} cancelled, {} not started of {}; max alive {}; {} connections",
+                    s.opened,
+                    h.held,
+                    h.ended_early,
+                    s.failed,
+                    s.cancelled,
+                    s.not_started,
+                    s.requested,
+                    s.max_alive,
+                    s.connections
+                );
+            }
+        }
         for (kind, n) in &s.failed_by_kind {
             let example = s.failure_examples.get(kind).map_or("", String::as_str);
             let _ = writeln!(out, "  failed {kind:<24} {n:>7}   e.g. {example}");
+        }
+        if let Some(h) = &self.hold {
+            let all_open = h.all_open_after_s.map_or("never all open".to_owned(), |t| {
+                format!("all open after {t:.1} s")
+            });
+            let _ = writeln!(
+                out,
+                "hold                {:.1} s of {:.1} s ({all_open})",
+                h.held_s, h.hold_s
+            );
+            for (kind, n) in &h.ended_early_by_kind {
+                let example = h.end_examples.get(kind).map_or("", String::as_str);
+                let _ = writeln!(out, "  ended early {kind:<19} {n:>7}   e.g. {example}");
+            }
+            let p = &h.pings_per_min;
+            let num = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                out,
+                "pings/stream/min    mean {}, min {}, max {} (over {} streams open at least 1 s)",
+                num(p.mean),
+                num(p.min),
+                num(p.max),
+                p.streams
+            );
         }
         let _ = writeln!(
             out,
@@ -330,6 +448,7 @@ impl Report {
             "latency (ms)", "count", "p50", "p90", "p99", "max", "mean"
         );
         for (name, l) in [
+            ("time to headers", &self.time_to_headers_us),
             ("time to first event", &self.time_to_first_event_us),
             ("per-event added", &self.event_latency_us),
         ] {

@@ -217,6 +217,8 @@ pub struct Live {
     pub pings: AtomicU64,
     /// Other comment lines (not `ping`, not `sent_us=`).
     pub other_comments: AtomicU64,
+    /// Time to `200` response headers, microseconds from the start of the request.
+    pub headers_us: AtomicHistogram,
     /// Time to first event, microseconds from the start of the request.
     pub first_event_us: AtomicHistogram,
     /// Receive time − `sent_us`, microseconds, the whole run.
@@ -249,6 +251,48 @@ impl Live {
         self.latency_us.record(micros);
         self.latency_us_interval.record(micros);
     }
+}
+
+/// Count, mean, min and max of a per-stream figure, kept as running totals (no per-stream
+/// storage, whatever the stream count).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    pub fn record(&mut self, value: f64) {
+        if self.count == 0 {
+            (self.min, self.max) = (value, value);
+        } else {
+            self.min = self.min.min(value);
+            self.max = self.max.max(value);
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    pub fn summary(&self) -> SpreadSummary {
+        let some = |v: f64| (self.count > 0).then_some(v);
+        SpreadSummary {
+            streams: self.count,
+            mean: some(self.sum / self.count.max(1) as f64),
+            min: some(self.min),
+            max: some(self.max),
+        }
+    }
+}
+
+/// A [`Spread`] for reports: over how many streams, and `None` for each figure without any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SpreadSummary {
+    pub streams: u64,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// Failures by kind, with the first message seen for each.
@@ -392,6 +436,20 @@ mod tests {
             (next.count(), next.max(), next.percentile(1.0)),
             (1, Some(7), Some(7))
         );
+    }
+
+    #[test]
+    fn spread_keeps_mean_min_and_max() {
+        let mut s = Spread::default();
+        assert_eq!(s.summary(), SpreadSummary::default());
+        for v in [4.0, 1.0, 7.0] {
+            s.record(v);
+        }
+        let summary = s.summary();
+        assert_eq!(summary.streams, 3);
+        assert_eq!(summary.mean, Some(4.0));
+        assert_eq!(summary.min, Some(1.0));
+        assert_eq!(summary.max, Some(7.0));
     }
 
     #[test]
