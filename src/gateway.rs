@@ -111,6 +111,8 @@ pub async fn run_app(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let limits = ConnectionLimits::new(&config.limits, &config.streams);
+    // The workers accept on copies of this socket, each in its own runtime.
+    let api_listener = listeners.api.into_std()?;
 
     let scheduler_stop = CancellationToken::new();
     let scheduler = tokio::spawn(
@@ -127,7 +129,7 @@ pub async fn run_app(
         .map(|worker| ApiRoutes::for_worker(app.clone(), worker))
         .collect();
     let api_workers = match server::start_workers(
-        listeners.api.into_std()?,
+        api_listener,
         handlers,
         limits.clone(),
         app.registry.connections().clone(),

@@ -2,8 +2,9 @@
 
 use clap::Parser;
 
-/// mimalloc: lower fragmentation and RSS than the system allocator with many small, long-lived
-/// per-stream allocations spread over worker threads.
+/// mimalloc: fast with many small, long-lived per-stream allocations spread over threads. With
+/// transparent huge pages off (`sys.rs`) its RSS per stream is no higher than the system
+/// allocator's (`loadtest/RESULTS.md`).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

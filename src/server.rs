@@ -71,7 +71,7 @@ impl ConnectionLimits {
 
 /// The protocol settings shared by every connection of one listener. The acceptor reads the
 /// preface itself, so each connection is served by the one protocol it speaks (hyper-util's
-/// `auto` connection would carry room for both in every connection's task).
+/// `auto` connection would read the preface a second time).
 pub struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,

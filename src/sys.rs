@@ -4,7 +4,7 @@
 //!   files than the usual soft limit of 1024: raise the soft limit to the hard limit.
 //! - Transparent huge pages: off for this process. The gateway's heap is many small per-stream
 //!   allocations spread thinly over its address space; backed by 2 MiB pages, a few live bytes pin
-//!   a whole huge page. Measured with 2,000 streams: 40.9 KiB of RSS per stream with THP, 25.0
+//!   a whole huge page. Measured with 2,000 streams: 40.9 KiB of RSS per stream with THP, 25.2
 //!   without (`loadtest/RESULTS.md`). mimalloc asks for huge pages on its arenas by default.
 
 /// The open-files limit before and after raising it.
