@@ -9,6 +9,7 @@
 #                    the proxy, and the open-files hard cap is 20,000 per process)
 #   PROTOCOL [http1] http1 or h2 between the driver and the target
 #   CHUNKS [30]  DELAY_MS [1000]  RAMP [1000]  THREADS [1]
+#   NGINX_ACCESS_LOG [0]  1: nginx writes its default access log (one line per request) to a file
 #   TARGETS ["direct nginx tidegate"]; also "tidegate-h2": tidegate with upstream.http2 = true
 #                    (one HTTP/2 connection to the mock for all streams)
 #   TIDEGATE_BIN [target/release/tidegate]  built unless set
@@ -78,7 +79,12 @@ start_nginx() {
     local port dir=$OUT_DIR/nginx
     mkdir -p "$dir"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local access_log=off
+    if [[ ${NGINX_ACCESS_LOG:-0} == 1 ]]; then
+        access_log=$dir/access.log
+    fi
     sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:$port|" \
+        -e "s|@ACCESS_LOG@|$access_log|" \
         loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
     nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
     PIDS+=("$!")
