@@ -180,7 +180,7 @@ where
         let latency_ms = started.elapsed().as_millis() as u64;
         // One info line per request, as an access log has: a stream gets its own line when it
         // ends ("stream ended": outcome, events, first event and duration), so its response
-        // head is only a debug line. Each line costs a formatted write (about 9 µs).
+        // head is only a debug line.
         if response.headers().contains_key(relay::STREAM_ID_HEADER) {
             tracing::debug!(status, latency_ms, "response");
         } else {
