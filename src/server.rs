@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -31,6 +31,42 @@ use crate::relay::body::ResponseBody;
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
 /// the condition lasts.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At most one "accept failed" warning per accept loop per this long: at the open-files limit
+/// every retry fails, and the ramp in `loadtest/RESULTS.md` logged 20 warnings a second.
+pub const ACCEPT_WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// Lets one warning through per period and counts the ones held back.
+#[derive(Debug)]
+struct Throttle {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(held back since the last one)` if a warning may be logged at `now`.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 /// Most concurrent HTTP/2 streams per client connection (what browsers expect, about 100,
 /// with headroom); admission control caps streams per client separately.
@@ -234,6 +270,7 @@ pub async fn accept_loop<H: Handler>(
 ) {
     let protocols = Arc::new(Protocols::new(&limits));
     // Bounded by the drain token: the loop ends when shutdown starts.
+    let mut accept_warnings = Throttle::new(ACCEPT_WARNING_PERIOD);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => break,
@@ -246,8 +283,15 @@ pub async fn accept_loop<H: Handler>(
                 continue;
             }
             Err(e) => {
-                // E.g. out of file descriptors: back off while it lasts.
-                tracing::warn!(error = %e, "accept failed; backing off");
+                // E.g. out of file descriptors: back off while it lasts. Retried every 50 ms,
+                // so the warning is throttled: the first failure, then one line a period.
+                if let Some(suppressed) = accept_warnings.admit(Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        failures_not_logged = suppressed,
+                        "accept failed; backing off"
+                    );
+                }
                 tokio::select! {
                     _ = shutdown.drain.cancelled() => break,
                     _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
@@ -463,5 +507,29 @@ impl AsyncWrite for Rewound {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Throttle;
+
+    #[test]
+    fn throttle_admits_one_warning_a_period_and_counts_the_rest() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(throttle.admit(t0), Some(0));
+        for ms in (50..10_000).step_by(50) {
+            assert_eq!(
+                throttle.admit(t0 + Duration::from_millis(ms)),
+                None,
+                "{ms} ms"
+            );
+        }
+        assert_eq!(throttle.admit(t0 + Duration::from_secs(10)), Some(199));
+        assert_eq!(throttle.admit(t0 + Duration::from_secs(11)), None);
+        assert_eq!(throttle.admit(t0 + Duration::from_secs(25)), Some(1));
     }
 }

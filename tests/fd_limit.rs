@@ -1,0 +1,152 @@
+//! The real binary at its open-files limit: it keeps running, warns once (not on every retry),
+//! and serves again as soon as descriptors free up.
+//!
+//! One test per file: it runs the binary with a tiny `RLIMIT_NOFILE`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tidegate::mock::{MockSettings, MockUpstream};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+
+/// Soft and hard open-files limit of the gateway under test: room for its own descriptors
+/// (stdio, epoll, listeners, upstream connections) and a few clients, not for `HELD`.
+const NOFILE: u64 = 48;
+/// Client connections opened and held to exhaust the gateway's descriptors.
+const HELD: usize = 60;
+/// How long the gateway is kept at its limit: many accept retries (one every 50 ms).
+const AT_LIMIT_FOR: Duration = Duration::from_millis(600);
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
+    let mock_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = mock_listener.local_addr().unwrap();
+    let mock_stop = CancellationToken::new();
+    tokio::spawn(
+        MockUpstream::new(MockSettings::default()).serve(mock_listener, mock_stop.clone()),
+    );
+
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fd-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nworker_threads = 1\n\n[upstream]\n\
+             base_url = \"http://{mock}/v1\"\nhttp2 = true\n\n[shutdown]\ndrain_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+
+    let mut command = Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: NOFILE,
+                rlim_max: NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let mut next_line = async |log: &mut Vec<String>, pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, stderr.next_line())
+                .await
+                .expect("the line in time")
+                .unwrap()
+                .expect("stderr still open");
+            log.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    };
+
+    let listening = next_line(&mut log, &|l| l.contains("tidegate listening")).await;
+    let at = listening.find("listen=").expect("listen field") + "listen=".len();
+    let gateway: SocketAddr = listening[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A stream works before the limit is reached (this also opens the upstream connection).
+    let (conn, body) = open_stream(gateway, "mock-1", &[]).await;
+    assert_eq!(
+        sse_data(&read_to_end(body).await)
+            .last()
+            .map(String::as_str),
+        Some("[DONE]")
+    );
+    drop(conn);
+
+    // Exhaust the descriptors: the kernel completes the handshakes, the gateway cannot accept.
+    let mut held = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        held.push(TcpStream::connect(gateway).await.unwrap());
+    }
+    let warning = next_line(&mut log, &|l| l.contains("accept failed")).await;
+    assert!(warning.contains("Too many open files"), "{warning}");
+    // Stay at the limit for a dozen retries.
+    tokio::time::sleep(AT_LIMIT_FOR).await;
+
+    // Free them: the gateway serves again.
+    drop(held);
+    let (conn, body) = tokio::time::timeout(PATIENCE, open_stream(gateway, "mock-1", &[]))
+        .await
+        .expect("served again once descriptors are free");
+    assert_eq!(
+        sse_data(&read_to_end(body).await)
+            .last()
+            .map(String::as_str),
+        Some("[DONE]")
+    );
+    drop(conn);
+
+    // A clean drain and exit; then every log line is in.
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(
+        unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) },
+        0
+    );
+    next_line(&mut log, &|l| l.contains("shutdown complete")).await;
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let warnings = log.iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning for the whole episode:\n{}",
+        log.join("\n")
+    );
+    mock_stop.cancel();
+}
