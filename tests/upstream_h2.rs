@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use tidegate::mock::MockSettings;
-use tokio::task::JoinSet;
 
 async fn start_h2() -> TestEnv {
     start_with(MockSettings::default(), |config| {
@@ -35,23 +34,7 @@ async fn streams_relay_over_an_http2_upstream() {
     assert_eq!(mock_last_request(env.mock).await["version"], "HTTP/2.0");
 
     // Many at once share the connection and all complete.
-    let mut clients = JoinSet::new();
-    for _ in 0..100 {
-        let gateway = env.gateway;
-        clients.spawn(async move {
-            let (_conn, body) = open_stream(
-                gateway,
-                "mock-1",
-                &[("x-mock-chunks", "5"), ("x-mock-chunk-delay-ms", "20")],
-            )
-            .await;
-            read_to_end(body).await
-        });
-    }
-    while let Some(all) = clients.join_next().await {
-        let all = all.unwrap();
-        assert_eq!(sse_data(&all).last().map(String::as_str), Some("[DONE]"));
-    }
+    streams_all_complete(env.gateway, 100).await;
     let stats = mock_stats(env.mock).await;
     assert_eq!(stats.streams_completed, 101);
 }

@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use tidegate::mock::MockSettings;
-use tokio::task::JoinSet;
 
 /// Threads of this process whose name starts like the gateway's workers (`comm` keeps 15 bytes).
 #[cfg(target_os = "linux")]
@@ -40,23 +39,7 @@ async fn worker_threads_serve_streams_with_their_own_upstream_connections_and_en
     .await;
 
     // Streams opened together, each on its own connection, all complete...
-    let mut clients = JoinSet::new();
-    for _ in 0..STREAMS {
-        let gateway = env.gateway;
-        clients.spawn(async move {
-            let (_conn, body) = open_stream(
-                gateway,
-                "mock-1",
-                &[("x-mock-chunks", "5"), ("x-mock-chunk-delay-ms", "20")],
-            )
-            .await;
-            read_to_end(body).await
-        });
-    }
-    while let Some(all) = clients.join_next().await {
-        let all = all.unwrap();
-        assert_eq!(sse_data(&all).last().map(String::as_str), Some("[DONE]"));
-    }
+    streams_all_complete(env.gateway, STREAMS).await;
     // ...over at most one HTTP/2 upstream connection per worker.
     let stats = mock_stats(env.mock).await;
     assert_eq!(stats.streams_completed, STREAMS as u64);

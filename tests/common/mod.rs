@@ -266,6 +266,27 @@ pub async fn open_stream(
     (conn, response.into_body())
 }
 
+/// Opens `count` streams at once, each on its own connection (5 chunks 20 ms apart), and checks
+/// that every one ends with `[DONE]`.
+pub async fn streams_all_complete(gateway: SocketAddr, count: usize) {
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        clients.spawn(async move {
+            let (_conn, body) = open_stream(
+                gateway,
+                "mock-1",
+                &[("x-mock-chunks", "5"), ("x-mock-chunk-delay-ms", "20")],
+            )
+            .await;
+            read_to_end(body).await
+        });
+    }
+    while let Some(all) = clients.join_next().await {
+        let all = all.unwrap();
+        assert_eq!(sse_data(&all).last().map(String::as_str), Some("[DONE]"));
+    }
+}
+
 /// Reads a streaming body to its end, returning the raw bytes.
 pub async fn read_to_end(body: Incoming) -> Bytes {
     tokio::time::timeout(PATIENCE, body.collect())
