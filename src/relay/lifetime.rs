@@ -6,9 +6,8 @@
 //! the stream's registry entry, so the entry goes when the stream goes, and its `Drop` decides
 //! the outcome, so no path can end a stream without it being recorded.
 
-use std::sync::Arc;
-
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::registry::{StreamEntry, StreamHandle};
 
