@@ -198,7 +198,10 @@ impl Parser {
                 on_block(next, dispatched.then_some(&self.event));
                 self.reset_event();
             } else {
-                self.charge(next - pos)?;
+                // A CR alone ends a line, so the line is charged and read up to its first
+                // terminator byte, and an LF completing a CRLF is charged after it: that LF may
+                // come in the next read, and the outcome must not depend on where reads split.
+                self.charge(eol + 1 - pos)?;
                 if self.line.is_empty() {
                     self.process_line(&chunk[pos..eol]);
                 } else {
@@ -208,6 +211,9 @@ impl Parser {
                     self.process_line(&line);
                     line.clear();
                     self.line = line;
+                }
+                if crlf {
+                    self.charge(1)?;
                 }
                 if cr_at_end {
                     self.pending_cr = PendingCr::InBlock;
@@ -860,6 +866,34 @@ mod tests {
         let crlf = b"data:abc\r\n\r\n";
         assert!(parse_all(crlf, crlf.len() - 1).is_ok());
         assert!(parse_all(crlf, crlf.len() - 2).is_err());
+    }
+
+    #[test]
+    fn crlf_line_that_overflows_on_its_lf_is_read_however_reads_split() {
+        // Found by `limit_outcome_does_not_depend_on_reads`: the line fits up to its CR, and
+        // only the LF goes over. Whether the LF arrives in the same read or the next, the line
+        // is complete at its CR and its retry applies before the error.
+        let input = b"retry: 10\r\ndata: x\r\r";
+        for cut in [None, Some(10)] {
+            let mut parser = Parser::new(10);
+            let mut result = Ok(());
+            let reads: Vec<&[u8]> = match cut {
+                None => vec![&input[..]],
+                Some(at) => vec![&input[..at], &input[at..]],
+            };
+            for read in reads {
+                result = parser.feed(read, |_, _| panic!("no block expected"));
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(
+                result,
+                Err(ParseError::EventTooLarge { limit: 10 }),
+                "{cut:?}"
+            );
+            assert_eq!(parser.retry(), Some(10), "cut at {cut:?}");
+        }
     }
 
     #[test]
