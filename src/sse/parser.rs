@@ -321,6 +321,9 @@ impl Parser {
                 push_utf8_lossy(&mut self.event.event_type, value);
             }
             b"data" => {
+                // One allocation for the value and its LF: the buffer starts empty for most
+                // events, because it is given back between blocks.
+                self.event.data.reserve(value.len() + 1);
                 push_utf8_lossy(&mut self.event.data, value);
                 self.event.data.push('\n');
             }
