@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Instructions per relayed event and per stream, counted by valgrind's callgrind, for tidegate
+# and for nginx as the reference.
+#
+# CPU seconds on this machine vary by up to 20 % from run to run, more than most single changes
+# save. Instruction counts in user space do not depend on what else the machine is doing, so a
+# change of a few percent shows. (They still vary by a few percent between runs of a full
+# gateway, because how many events one wake-up handles depends on timing; kernel work is not
+# counted at all.)
+#
+# For each target it runs the load three times with the target under callgrind (the mock and
+# the load driver run outside it): STREAMS streams without content chunks, twice as many without,
+# and STREAMS streams with CHUNKS chunks each. Per relayed event: the third run minus the first,
+# over the extra events. Per stream: the second minus the first, over the extra streams, so the
+# process's start-up cancels out.
+#
+#   TARGETS="tidegate-h2 nginx" loadtest/callgrind-events.sh
+#
+# Environment:
+#   TARGETS       tidegate-h2 (HTTP/2 to the upstream), tidegate (HTTP/1.1), nginx
+#                 (default: "tidegate-h2 nginx"; nginx needs the nginx package)
+#   STREAMS       concurrent streams (default 300)
+#   CHUNKS        content chunks per stream in the second run (default 40)
+#   DELAY_MS      delay between chunks (default 50)
+#   TIDEGATE_BIN  the binary to measure and to run the mock and driver with (default: builds
+#                 target/release/tidegate)
+#   OUT_DIR       where profiles and reports go (default: a new directory under /tmp)
+#   BY_CRATE=1    also split both figures by crate (loadtest/callgrind-summary.py)
+# Open a profile with `callgrind_annotate --inclusive=yes OUT_DIR/<target>-loaded/cg.<pid>`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TARGETS=${TARGETS:-"tidegate-h2 nginx"}
+STREAMS=${STREAMS:-300}
+CHUNKS=${CHUNKS:-40}
+DELAY_MS=${DELAY_MS:-50}
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-callgrind.XXXXXX)}
+
+log() { printf 'callgrind-events: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
+if [[ -z ${TIDEGATE_BIN:-} ]]; then
+    log "building (cargo build --release)"
+    cargo build --release >&2
+    TIDEGATE_BIN=target/release/tidegate
+fi
+[[ -x $TIDEGATE_BIN ]] || die "no tidegate binary at $TIDEGATE_BIN"
+TIDEGATE_BIN=$(cd "$(dirname "$TIDEGATE_BIN")" && pwd)/$(basename "$TIDEGATE_BIN")
+mkdir -p "$OUT_DIR"
+
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for FILE REGEX SECONDS
+wait_for() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+"$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
+PIDS+=("$!")
+wait_for "$OUT_DIR/mock.log" 'mock upstream on http://' 15 || die "the mock did not start"
+MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
+
+# measure TARGET STREAMS CHUNKS NAME: one run with the target under callgrind; its profiles
+# land in $OUT_DIR/TARGET-NAME/cg.<pid>, the driver's report in bench.json there.
+measure() {
+    local target=$1 streams=$2 chunks=$3 dir=$OUT_DIR/$1-$4 port pid
+    mkdir -p "$dir"
+    # nginx's workers run as an unprivileged user and write their own profiles.
+    chmod 1777 "$dir"
+    port=$(free_port)
+    local callgrind=(valgrind --tool=callgrind --trace-children=yes
+        "--callgrind-out-file=$dir/cg.%p")
+    case $target in
+        nginx)
+            command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
+            mkdir -p "$dir/nginx"
+            sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir/nginx|g; s|@UPSTREAM@|$MOCK|" \
+                -e "s|@LISTEN@|127.0.0.1:$port|; s|@ACCESS_LOG@|off|" \
+                loadtest/nginx/nginx.conf.template >"$dir/nginx/nginx.conf"
+            "${callgrind[@]}" nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" \
+                >"$dir/target.log" 2>&1 &
+            pid=$!
+            ;;
+        tidegate | tidegate-h2)
+            local http2=false
+            [[ $target == tidegate-h2 ]] && http2=true
+            {
+                printf 'listen = "127.0.0.1:%s"\n\n[upstream]\n' "$port"
+                printf 'base_url = "http://%s/v1"\nforward_headers = ["x-mock-*"]\n' "$MOCK"
+                printf 'http2 = %s\n\n[shutdown]\ndrain_timeout = "1s"\n' "$http2"
+            } >"$dir/gateway.toml"
+            "${callgrind[@]}" "$TIDEGATE_BIN" --config "$dir/gateway.toml" >"$dir/target.log" 2>&1 &
+            pid=$!
+            ;;
+        *) die "unknown target $target" ;;
+    esac
+    PIDS+=("$pid")
+    # Under callgrind, start-up takes seconds: wait until the port answers.
+    local i
+    for ((i = 0; i < 300; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || die "$target exited at start: $(tail -n 5 "$dir/target.log")"
+        sleep 0.2
+    done
+    ((i < 300)) || die "$target did not listen within 60 s"
+    "$TIDEGATE_BIN" bench --url "http://127.0.0.1:$port" --streams "$streams" --ramp 200 \
+        --chunks "$chunks" --chunk-delay-ms "$DELAY_MS" --quiet --json "$dir/bench.json" \
+        >"$dir/bench.txt" 2>&1 || die "[$target] streams failed: $(cat "$dir/bench.txt")"
+    # A graceful stop, so that every process writes its profile.
+    if [[ $target == nginx ]]; then
+        kill -QUIT "$(cat "$dir/nginx/nginx.pid")"
+    else
+        kill -TERM "$pid"
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+split=()
+[[ ${BY_CRATE:-0} == 1 ]] && split=(--by-crate)
+printf '%-12s %8s %10s %12s %12s\n' target streams "extra ev" "instr/event" "instr/stream"
+for target in $TARGETS; do
+    log "[$target] $STREAMS streams without chunks, $((2 * STREAMS)) without, $STREAMS with $CHUNKS"
+    measure "$target" "$STREAMS" 0 base
+    measure "$target" "$((2 * STREAMS))" 0 double
+    measure "$target" "$STREAMS" "$CHUNKS" loaded
+    python3 loadtest/callgrind-summary.py "$target" "$OUT_DIR/$target-base" \
+        "$OUT_DIR/$target-double" "$OUT_DIR/$target-loaded" "${split[@]}"
+done
+log "profiles and reports in $OUT_DIR"
