@@ -20,7 +20,7 @@
 #   TARGETS       tidegate-h2 (HTTP/2 to the upstream), tidegate (HTTP/1.1), nginx
 #                 (default: "tidegate-h2 nginx"; nginx needs the nginx package)
 #   STREAMS       concurrent streams (default 300)
-#   CHUNKS        content chunks per stream in the second run (default 40)
+#   CHUNKS        content chunks per stream in the third run (default 40)
 #   DELAY_MS      delay between chunks (default 50)
 #   TIDEGATE_BIN  the binary to measure and to run the mock and driver with (default: builds
 #                 target/release/tidegate)
@@ -139,6 +139,13 @@ measure() {
     else
         kill -TERM "$pid"
     fi
+    # Bounded: writing a profile takes a second or two; a target still running after 60 s is
+    # killed, and its run has no profile (the summary then says so).
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
 
