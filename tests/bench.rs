@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -45,6 +45,18 @@ async fn bench(args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs `tidegate bench --url URL`, then `options` (split on whitespace, so no paths), then
+/// each of `files` as an option and its path, kept whole.
+async fn bench_at(url: &str, options: &str, files: &[(&str, &Path)]) -> Run {
+    let mut args = vec!["--url", url];
+    args.extend(options.split_whitespace());
+    for (option, path) in files {
+        args.push(option);
+        args.push(path.to_str().expect("a UTF-8 path"));
+    }
+    bench(&args).await
 }
 
 fn read_json(path: &PathBuf) -> Value {
@@ -111,24 +123,14 @@ async fn http1_streams_all_complete_and_the_report_adds_up() {
     let json = out_path("http1", "report.json");
     let url = format!("http://{}", env.gateway);
     let pid = std::process::id().to_string();
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "200",
-        "--ramp",
-        "1000",
-        "--chunks",
-        "3",
-        "--chunk-delay-ms",
-        "20",
-        "--source-addrs",
-        "4",
-        "--pid",
-        &format!("gateway={pid}"),
-        "--json",
-        json.to_str().unwrap(),
-    ])
+        &format!(
+            "--streams 200 --ramp 1000 --chunks 3 --chunk-delay-ms 20 \
+             --source-addrs 4 --pid gateway={pid}"
+        ),
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(
         run.code, 0,
@@ -174,27 +176,12 @@ async fn h2_streams_all_complete_over_shared_connections() {
     let env = start_with(MockSettings::default(), |_| {}).await;
     let json = out_path("h2", "report.json");
     let url = format!("http://{}", env.gateway);
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--protocol",
-        "h2",
-        "--per-connection",
-        "50",
-        "--streams",
-        "200",
-        "--ramp",
-        "1000",
-        "--chunks",
-        "3",
-        "--chunk-delay-ms",
-        "20",
-        "--threads",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--protocol h2 --per-connection 50 --streams 200 --ramp 1000 --chunks 3 \
+         --chunk-delay-ms 20 --threads 2 --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(
         run.code, 0,
@@ -215,21 +202,11 @@ async fn the_mock_alone_works_as_the_reference() {
     let env = start_with(MockSettings::default(), |_| {}).await;
     let json = out_path("mock", "report.json");
     let url = format!("http://{}", env.mock);
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "50",
-        "--ramp",
-        "1000",
-        "--chunks",
-        "2",
-        "--chunk-delay-ms",
-        "10",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 50 --ramp 1000 --chunks 2 --chunk-delay-ms 10 --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(
         run.code, 0,
@@ -260,25 +237,14 @@ async fn a_failing_model_is_counted_by_kind_and_exits_non_zero() {
         (format!("http://{}", env.mock), "http1", "reset"),
         (format!("http://{}", env.mock), "h2", "reset"),
     ] {
-        let run = bench(&[
-            "--url",
+        let run = bench_at(
             &url,
-            "--protocol",
-            protocol,
-            "--streams",
-            "20",
-            "--ramp",
-            "1000",
-            "--chunks",
-            "5",
-            "--chunk-delay-ms",
-            "10",
-            "--model",
-            "fail-midstream",
-            "--json",
-            json.to_str().unwrap(),
-            "--quiet",
-        ])
+            &format!(
+                "--protocol {protocol} --streams 20 --ramp 1000 --chunks 5 \
+             --chunk-delay-ms 10 --model fail-midstream --quiet"
+            ),
+            &[("--json", &json)],
+        )
         .await;
         assert_eq!(
             run.code, 1,
@@ -311,19 +277,11 @@ async fn error_statuses_and_timeouts_are_failures_by_kind() {
     let env = start_with(MockSettings::default(), |_| {}).await;
     let json = out_path("status", "report.json");
     let url = format!("http://{}", env.gateway);
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "10",
-        "--ramp",
-        "1000",
-        "--model",
-        "fail-429",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 10 --ramp 1000 --model fail-429 --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let report = read_json(&json);
@@ -337,21 +295,11 @@ async fn error_statuses_and_timeouts_are_failures_by_kind() {
     assert!(example.contains("429"), "{example}");
 
     // `hang` never answers: each stream runs into --stream-timeout.
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "5",
-        "--ramp",
-        "1000",
-        "--model",
-        "hang",
-        "--stream-timeout",
-        "300ms",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 5 --ramp 1000 --model hang --stream-timeout 300ms --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let report = read_json(&json);
@@ -363,23 +311,11 @@ async fn error_statuses_and_timeouts_are_failures_by_kind() {
 
     // Streams still running at the --duration cap are cancelled, not failed, and the run
     // still exits non-zero: it did not do what was asked.
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "5",
-        "--ramp",
-        "1000",
-        "--chunks",
-        "1000",
-        "--chunk-delay-ms",
-        "100",
-        "--duration",
-        "500ms",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 5 --ramp 1000 --chunks 1000 --chunk-delay-ms 100 --duration 500ms --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let report = read_json(&json);
@@ -399,21 +335,11 @@ async fn svg_chart_is_written() {
     let env = start_with(MockSettings::default(), |_| {}).await;
     let svg = out_path("svg", "chart.svg");
     let url = format!("http://{}", env.gateway);
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "20",
-        "--ramp",
-        "1000",
-        "--chunks",
-        "2",
-        "--chunk-delay-ms",
-        "10",
-        "--svg",
-        svg.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 20 --ramp 1000 --chunks 2 --chunk-delay-ms 10 --quiet",
+        &[("--svg", &svg)],
+    )
     .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let text = std::fs::read_to_string(&svg).expect("SVG written");
@@ -557,26 +483,14 @@ async fn hold_mode_reports_streams_that_end_early() {
         ("h2", "mock-1", "done"),
     ] {
         let json = out_path(&format!("hold-early-{protocol}-{model}"), "report.json");
-        let run = bench(&[
-            "--url",
+        let run = bench_at(
             &url,
-            "--protocol",
-            protocol,
-            "--streams",
-            "20",
-            "--ramp",
-            "1000",
-            "--chunks",
-            "3",
-            "--chunk-delay-ms",
-            "10",
-            "--model",
-            model,
-            "--hold",
-            "60s",
-            "--json",
-            json.to_str().unwrap(),
-        ])
+            &format!(
+                "--protocol {protocol} --streams 20 --ramp 1000 --chunks 3 \
+             --chunk-delay-ms 10 --model {model} --hold 60s"
+            ),
+            &[("--json", &json)],
+        )
         .await;
         let what = format!("{protocol} {model}");
         assert_eq!(run.code, 1, "{what}: {}\n{}", run.stdout, run.stderr);
@@ -620,21 +534,11 @@ async fn hold_mode_reports_streams_that_end_early() {
 
     // Streams that cannot open are failures to open, not early ends.
     let json = out_path("hold-429", "report.json");
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "5",
-        "--ramp",
-        "1000",
-        "--model",
-        "fail-429",
-        "--hold",
-        "60s",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 5 --ramp 1000 --model fail-429 --hold 60s --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(
@@ -660,23 +564,11 @@ async fn hold_mode_stops_at_the_run_cap() {
     let url = format!("http://{}", env.gateway);
     let json = out_path("hold-cap", "report.json");
     // `hang` never answers: the streams wait for headers when the 1 s cap passes.
-    let run = bench(&[
-        "--url",
+    let run = bench_at(
         &url,
-        "--streams",
-        "5",
-        "--ramp",
-        "1000",
-        "--model",
-        "hang",
-        "--hold",
-        "500ms",
-        "--duration",
-        "1s",
-        "--json",
-        json.to_str().unwrap(),
-        "--quiet",
-    ])
+        "--streams 5 --ramp 1000 --model hang --hold 500ms --duration 1s --quiet",
+        &[("--json", &json)],
+    )
     .await;
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(!run.stderr.contains("all open"), "{}", run.stderr);
@@ -691,87 +583,42 @@ async fn hold_mode_stops_at_the_run_cap() {
 
 #[tokio::test]
 async fn bad_arguments_exit_with_2() {
-    for (args, needle) in [
-        (&["--url", "http://10.0.0.1:8080"][..], "non-loopback"),
-        (&["--url", "http://example.com"][..], "loopback"),
-        (&["--url", "https://127.0.0.1:8080"][..], "http://"),
-        (
-            &["--url", "http://127.0.0.1:8080", "--streams", "0"][..],
-            "--streams",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--protocol", "h3"][..],
-            "h3",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--duration", "10"][..],
-            "unit",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--pid", "nope"][..],
-            "process id",
-        ),
-        (
-            &[
-                "--url",
-                "http://127.0.0.1:8080",
-                "--json",
-                "/nonexistent-dir/r.json",
-            ][..],
-            "cannot write",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--streams", "100000"][..],
-            "open-files limit",
-        ),
+    // Each case's arguments, after `--url http://127.0.0.1:8080` unless they give a URL.
+    for (case, needle) in [
+        ("--url http://10.0.0.1:8080", "non-loopback"),
+        ("--url http://example.com", "loopback"),
+        ("--url https://127.0.0.1:8080", "http://"),
+        ("--streams 0", "--streams"),
+        ("--protocol h3", "h3"),
+        ("--duration 10", "unit"),
+        ("--pid nope", "process id"),
+        ("--json /nonexistent-dir/r.json", "cannot write"),
+        ("--streams 100000", "open-files limit"),
         // --hold: bounded, with a unit, and it must fit in the run cap (10m by default).
+        ("--hold 25h", "longer than 24h"),
+        ("--hold 90", "unit"),
+        ("--hold 10m", "cannot end within --duration 10m"),
         (
-            &["--url", "http://127.0.0.1:8080", "--hold", "25h"][..],
-            "longer than 24h",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--hold", "90"][..],
-            "unit",
-        ),
-        (
-            &["--url", "http://127.0.0.1:8080", "--hold", "10m"][..],
-            "cannot end within --duration 10m",
-        ),
-        (
-            &[
-                "--url",
-                "http://127.0.0.1:8080",
-                "--hold",
-                "30s",
-                "--duration",
-                "30s",
-            ][..],
+            "--hold 30s --duration 30s",
             "cannot end within --duration 30s",
         ),
         (
-            &[
-                "--url",
-                "http://127.0.0.1:8080",
-                "--streams",
-                "1000",
-                "--ramp",
-                "10",
-                "--hold",
-                "1m",
-                "--duration",
-                "2m",
-            ][..],
+            "--streams 1000 --ramp 10 --hold 1m --duration 2m",
             "takes 100.0s",
         ),
     ] {
-        if args.contains(&"100000") {
+        let mut args: Vec<&str> = case.split_whitespace().collect();
+        if !case.starts_with("--url") {
+            args.splice(0..0, ["--url", "http://127.0.0.1:8080"]);
+        }
+        if case.contains("100000") {
             // Only meaningful where the hard limit is below 100,000 sockets (20,000 here).
             let limit = tidegate::sys::raise_nofile_limit().unwrap();
             if limit.hard >= 100_064 {
                 continue;
             }
         }
-        let run = bench(args).await;
+        let run = bench(&args).await;
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
         assert!(
