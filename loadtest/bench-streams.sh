@@ -28,34 +28,10 @@ THREADS=${THREADS:-1}
 TARGETS=${TARGETS:-"direct nginx tidegate"}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-bench.XXXXXX)}
 
-log() { printf 'bench-streams: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-PIDS=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    log "logs, reports and charts in $OUT_DIR"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until file $1 has a line matching regex $2, for at most $3 seconds.
-wait_for_line() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+LOG_NAME=bench-streams
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
+EXIT_NOTE="logs, reports and charts in $OUT_DIR"
 
 if [[ -z ${TIDEGATE_BIN:-} ]]; then
     log "building (cargo build --release)"
@@ -68,8 +44,8 @@ mkdir -p "$OUT_DIR"
 # ---- the mock upstream (its own process, shared by all targets) --------------------------------
 "$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
 MOCK_PID=$!
-PIDS+=("$MOCK_PID")
-wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 || die "the mock did not start"
+track "$MOCK_PID"
+wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$MOCK_PID" || die "the mock did not start"
 MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
 log "mock upstream at $MOCK (pid $MOCK_PID)"
 
@@ -78,7 +54,7 @@ start_nginx() {
     command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
     local port dir=$OUT_DIR/nginx
     mkdir -p "$dir"
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
     local access_log=off
     if [[ ${NGINX_ACCESS_LOG:-0} == 1 ]]; then
         access_log=$dir/access.log
@@ -87,8 +63,10 @@ start_nginx() {
         -e "s|@ACCESS_LOG@|$access_log|" \
         loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
     nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
-    PIDS+=("$!")
-    wait_for_line "$dir/nginx.pid" '[0-9]' 15 || die "nginx did not start: $(cat "$dir/stderr.log")"
+    TARGET_PID=$!
+    track "$TARGET_PID"
+    wait_for_line "$dir/nginx.pid" '[0-9]' 15 "$TARGET_PID" ||
+        die "nginx did not start: $(cat "$dir/stderr.log")"
     sleep 1
     TARGET_URL=http://127.0.0.1:$port
     TARGET_PIDS=()
@@ -109,14 +87,17 @@ start_tidegate() {
     } >"$cfg"
     "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
     local pid=$!
-    PIDS+=("$pid")
-    wait_for_line "$glog" 'tidegate listening' 15 || die "tidegate did not start: $(cat "$glog")"
+    TARGET_PID=$pid
+    track "$pid"
+    wait_for_line "$glog" 'tidegate listening' 15 "$pid" || die "tidegate did not start: $(cat "$glog")"
     TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
     TARGET_PIDS=("--pid" "$name=$pid")
     sleep 1
 }
 
 for target in $TARGETS; do
+    # The target's process, stopped after its run so that it does not idle through the next.
+    TARGET_PID=""
     case $target in
         direct)
             TARGET_URL=http://$MOCK
@@ -134,4 +115,5 @@ for target in $TARGETS; do
         --json "$OUT_DIR/$target.json" --svg "$OUT_DIR/$target.svg" \
         >"$OUT_DIR/$target.txt" 2>"$OUT_DIR/$target.progress" || log "[$target] some streams failed"
     cat "$OUT_DIR/$target.txt"
+    stop_pid "$TARGET_PID" 10
 done

@@ -38,8 +38,10 @@ CHUNKS=${CHUNKS:-40}
 DELAY_MS=${DELAY_MS:-50}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-callgrind.XXXXXX)}
 
-log() { printf 'callgrind-events: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=callgrind-events
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
+EXIT_NOTE="profiles and reports in $OUT_DIR"
 
 command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
 if [[ -z ${TIDEGATE_BIN:-} ]]; then
@@ -51,38 +53,9 @@ fi
 TIDEGATE_BIN=$(cd "$(dirname "$TIDEGATE_BIN")" && pwd)/$(basename "$TIDEGATE_BIN")
 mkdir -p "$OUT_DIR"
 
-PIDS=()
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_for FILE REGEX SECONDS
-wait_for() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 "$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
-PIDS+=("$!")
-wait_for "$OUT_DIR/mock.log" 'mock upstream on http://' 15 || die "the mock did not start"
+track "$!"
+wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$!" || die "the mock did not start"
 MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
 
 # measure TARGET STREAMS CHUNKS NAME: one run with the target under callgrind; its profiles
@@ -119,7 +92,7 @@ measure() {
             ;;
         *) die "unknown target $target" ;;
     esac
-    PIDS+=("$pid")
+    track "$pid"
     # Under callgrind, start-up takes seconds: wait until the port answers.
     local i
     for ((i = 0; i < 300; i++)); do
@@ -141,12 +114,11 @@ measure() {
     fi
     # Bounded: writing a profile takes a second or two; a target still running after 60 s is
     # killed, and its run has no profile (the summary then says so).
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.2
+    for ((i = 0; i < 600; i++)); do
+        alive "$pid" || break
+        sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_pid "$pid" 1
 }
 
 split=()
@@ -160,4 +132,3 @@ for target in $TARGETS; do
     python3 loadtest/callgrind-summary.py "$target" "$OUT_DIR/$target-base" \
         "$OUT_DIR/$target-double" "$OUT_DIR/$target-loaded" "${split[@]}"
 done
-log "profiles and reports in $OUT_DIR"

@@ -28,8 +28,10 @@ RAMP=${RAMP:-2000}
 MOCK_DELAY_MS=${MOCK_DELAY_MS:-600000}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-idle.XXXXXX)}
 
-log() { printf 'idle-streams: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_NAME=idle-streams
+# shellcheck source=loadtest/lib.sh
+source loadtest/lib.sh
+EXIT_NOTE="logs and reports in $OUT_DIR"
 
 for var in STREAMS HOLD MEASURE SETTLE PER_CONNECTION RAMP MOCK_DELAY_MS; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
@@ -45,51 +47,10 @@ MOCK_IDLE_SECS=$((MOCK_DELAY_MS > 600000 ? 600 : MOCK_DELAY_MS / 1000))
 ((OPEN_SECS + HOLD + 30 <= MOCK_IDLE_SECS)) ||
     die "the streams would not stay idle: ramp ${OPEN_SECS}s + HOLD ${HOLD}s + 30s > mock delay ${MOCK_IDLE_SECS}s"
 
-# ---- children and cleanup -------------------------------------------------------------------
+# ---- children (loadtest/lib.sh stops the tracked ones at exit) --------------------------------
 MOCK_PID=""
 GATEWAY_PID=""
 HOLDER_PID=""
-
-alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
-
-# Sends TERM to one of our children, waits up to $2 seconds, then KILLs it.
-stop_pid() {
-    local pid=$1 grace=${2:-5} i
-    alive "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "pid $pid still running after ${grace}s: killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    stop_pid "$HOLDER_PID" 5
-    stop_pid "$GATEWAY_PID" 10
-    stop_pid "$MOCK_PID" 5
-    log "logs and reports in $OUT_DIR"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until file $1 has a line matching regex $2, for at most $3 seconds, while pid $4 lives.
-wait_for_line() {
-    local file=$1 pattern=$2 secs=$3 pid=$4 i
-    for ((i = 0; i < secs * 10; i++)); do
-        if grep -qE "$pattern" "$file" 2>/dev/null; then return 0; fi
-        alive "$pid" || return 1
-        sleep 0.1
-    done
-    return 1
-}
 
 # ---- /proc sampling ---------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -134,6 +95,7 @@ log "output in $OUT_DIR"
 "$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 --chunks 1 --chunk-delay-ms "$MOCK_DELAY_MS" \
     >"$OUT_DIR/mock.log" 2>&1 &
 MOCK_PID=$!
+track "$MOCK_PID"
 wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$MOCK_PID" || {
     cat "$OUT_DIR/mock.log" >&2
     die "the mock upstream did not report its address"
@@ -172,6 +134,7 @@ run_setting() {
     log "[$hb] starting the gateway"
     "$TIDEGATE_BIN" --config "$cfg" --listen 127.0.0.1:0 >"$gwlog" 2>&1 &
     GATEWAY_PID=$!
+    track "$GATEWAY_PID"
     wait_for_line "$gwlog" 'tidegate listening' 15 "$GATEWAY_PID" || {
         cat "$gwlog" >&2
         die "[$hb] the gateway did not start"
@@ -193,6 +156,7 @@ run_setting() {
         --pid "gateway=$GATEWAY_PID" --pid "mock=$MOCK_PID" \
         --json "$hjson" >"$htable" 2>"$hlog" &
     HOLDER_PID=$!
+    track "$HOLDER_PID"
     if ! wait_for_line "$hlog" 'all open' $((OPEN_SECS + 120)) "$HOLDER_PID"; then
         tail -n 5 "$hlog" >&2
         die "[$hb] the holder did not open its streams"
@@ -233,6 +197,7 @@ run_setting() {
         hrc=124
     else
         wait "$HOLDER_PID" || hrc=$?
+        forget "$HOLDER_PID"
     fi
     HOLDER_PID=""
     stop_pid "$GATEWAY_PID" 10
