@@ -11,16 +11,18 @@
 //! probes should not need secrets.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use crate::config::Secret;
+use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
-use crate::gateway::App;
-use crate::registry::{EndReason, Protocol, Registry, StreamHandle, StreamState};
-use crate::relay::body::ResponseBody;
-use crate::router::method_not_allowed;
+use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
+use crate::response::{self, method_not_allowed, require_method};
 
 /// Streams listed when the request gives no `limit`.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -34,18 +36,40 @@ pub fn is_admin_path(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
-/// Serves one admin request.
-pub fn handle<B>(app: &App, request: &Request<B>) -> Result<Response<ResponseBody>, GatewayError> {
-    authorize(app, request)?;
+/// What the admin API reads and acts on.
+pub struct AdminApi {
+    /// The live streams it lists and ends.
+    pub registry: Arc<Registry>,
+    /// The client listener's open connections, for the summary.
+    pub connections: Arc<ConnectionCounts>,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+impl AdminApi {
+    /// Serves one admin request.
+    pub fn handle<A, B: From<Bytes>>(
+        &self,
+        request: &Request<A>,
+    ) -> Result<Response<B>, GatewayError> {
+        authorize(self.token.as_ref(), request)?;
+        route(&self.registry, &self.connections, request)
+    }
+}
+
+fn route<A, B: From<Bytes>>(
+    registry: &Registry,
+    connections: &ConnectionCounts,
+    request: &Request<A>,
+) -> Result<Response<B>, GatewayError> {
     let path = request.uri().path();
     let method = request.method();
-    let registry = &app.registry;
     if path == "/admin/summary" {
-        expect_method(request, &Method::GET, "GET")?;
-        return Ok(json(StatusCode::OK, &summary(registry)));
+        require_method(request, &Method::GET, "GET")?;
+        return Ok(json(StatusCode::OK, &summary(registry, connections)));
     }
     if path == STREAMS_PATH {
-        expect_method(request, &Method::GET, "GET")?;
+        require_method(request, &Method::GET, "GET")?;
         let filter = Filter::parse(request.uri().query().unwrap_or(""))?;
         return Ok(json(StatusCode::OK, &list(registry, &filter)));
     }
@@ -78,27 +102,12 @@ pub fn handle<B>(app: &App, request: &Request<B>) -> Result<Response<ResponseBod
             _ => Err(method_not_allowed(request, "GET, DELETE")),
         };
     }
-    Err(GatewayError::NotFound {
-        method: method.to_string(),
-        path: path.to_owned(),
-    })
-}
-
-fn expect_method<B>(
-    request: &Request<B>,
-    method: &Method,
-    allowed: &'static str,
-) -> Result<(), GatewayError> {
-    if request.method() == method {
-        Ok(())
-    } else {
-        Err(method_not_allowed(request, allowed))
-    }
+    Err(response::not_found(request))
 }
 
 /// Checks the bearer token, if one is configured, in time independent of where it differs.
-fn authorize<B>(app: &App, request: &Request<B>) -> Result<(), GatewayError> {
-    let Some(token) = &app.admin_token else {
+fn authorize<B>(token: Option<&Secret>, request: &Request<B>) -> Result<(), GatewayError> {
+    let Some(token) = token else {
         return Ok(());
     };
     let presented = request
@@ -148,23 +157,23 @@ impl Filter {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = percent_decode(value).ok_or(GatewayError::InvalidParameter {
                 param: "query",
-                expected: "valid percent-encoding",
+                expected: "valid percent-encoding".into(),
             })?;
             match key {
                 "ip" => {
                     filter.ip = Some(value.parse().map_err(|_| GatewayError::InvalidParameter {
                         param: "ip",
-                        expected: "an IPv4 or IPv6 address",
+                        expected: "an IPv4 or IPv6 address".into(),
                     })?)
                 }
                 "model" => filter.model = Some(value),
                 "state" => {
-                    filter.state = Some(StreamState::parse(&value).ok_or(
+                    filter.state = Some(StreamState::parse(&value).ok_or_else(|| {
                         GatewayError::InvalidParameter {
                             param: "state",
-                            expected: "one of waiting_for_upstream, waiting_for_first_token, streaming, draining",
-                        },
-                    )?)
+                            expected: format!("one of {}", StreamState::names()).into(),
+                        }
+                    })?)
                 }
                 "limit" => {
                     filter.limit = Some(
@@ -172,16 +181,16 @@ impl Filter {
                             .parse::<usize>()
                             .ok()
                             .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-                            .ok_or(GatewayError::InvalidParameter {
+                            .ok_or_else(|| GatewayError::InvalidParameter {
                                 param: "limit",
-                                expected: "an integer from 1 to 10000",
+                                expected: format!("an integer from 1 to {MAX_LIST_LIMIT}").into(),
                             })?,
                     )
                 }
                 _ => {
                     return Err(GatewayError::InvalidParameter {
                         param: "query",
-                        expected: "only the parameters ip, model, state and limit",
+                        expected: "only the parameters ip, model, state and limit".into(),
                     })
                 }
             }
@@ -321,7 +330,7 @@ struct Connections {
     http2: u64,
 }
 
-fn summary(registry: &Registry) -> Summary {
+fn summary(registry: &Registry, connections: &ConnectionCounts) -> Summary {
     let mut counts = [0usize; StreamState::ALL.len()];
     let mut oldest = None::<u64>;
     let mut total = 0;
@@ -338,23 +347,19 @@ fn summary(registry: &Registry) -> Summary {
             .map(|s| (s.as_str().to_owned(), counts[*s as usize].into()))
             .collect(),
         connections: Connections {
-            http1: registry.connections().get(Protocol::Http1),
-            http2: registry.connections().get(Protocol::Http2),
+            http1: connections.get(Protocol::Http1),
+            http2: connections.get(Protocol::Http2),
         },
         oldest_stream_age_ms: oldest.map(|t| now.saturating_sub(t)),
         draining: registry.is_draining(),
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
+/// A JSON answer that no cache may keep: it describes live streams.
+fn json<B: From<Bytes>>(status: StatusCode, value: &impl Serialize) -> Response<B> {
     // Serializing plain data cannot fail; an empty object keeps the type total.
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut response = response::json(status, body);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -5,11 +5,11 @@
 //! stream has started, the same error becomes one final `data: {"error":{...}}` event: that is the
 //! form the OpenAI SDKs raise on mid-stream, so a client sees the failure instead of a silent end.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Serialize;
-
-use crate::registry::EndReason;
 
 /// An error that ends a request or a stream. `code` strings are part of our API: never rename one.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum GatewayError {
     #[error("Invalid type for '{param}': expected {expected}.")]
     InvalidParameter {
         param: &'static str,
-        expected: &'static str,
+        expected: Cow<'static, str>,
     },
     #[error("Content-Type must be application/json.")]
     UnsupportedMediaType,
@@ -55,6 +55,8 @@ pub enum GatewayError {
     UpstreamEventTooLarge { limit: usize },
     #[error("The upstream sent an event that is not valid JSON.")]
     UpstreamMalformedEvent,
+    #[error("The upstream answered a streaming request without an event stream.")]
+    UpstreamNotEventStream,
     #[error("The upstream stream ended without [DONE].")]
     UpstreamIncomplete,
     #[error("The stream exceeded the maximum duration of {0:?}.")]
@@ -69,18 +71,6 @@ pub enum GatewayError {
     StreamNotFound(String),
     #[error("The admin API needs 'Authorization: Bearer <admin token>'.")]
     AdminUnauthorized,
-}
-
-impl From<EndReason> for GatewayError {
-    /// The final error of a stream the gateway ends itself. (A slow client's event is rarely
-    /// read: its connection is closed; the code still names the outcome.)
-    fn from(reason: EndReason) -> GatewayError {
-        match reason {
-            EndReason::Admin => GatewayError::TerminatedByAdmin,
-            EndReason::Shutdown => GatewayError::NotReady,
-            EndReason::SlowClient => GatewayError::SlowClient,
-        }
-    }
 }
 
 /// What the table says about one error: status, OpenAI `type`, stable `code`, `param`.
@@ -195,6 +185,12 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY,
                 SERVER_ERROR,
                 "upstream_malformed_event",
+                None,
+            ),
+            UpstreamNotEventStream => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_not_event_stream",
                 None,
             ),
             UpstreamIncomplete => (
@@ -333,7 +329,7 @@ mod tests {
             GatewayError::MissingParameter("model"),
             GatewayError::InvalidParameter {
                 param: "stream",
-                expected: "a boolean",
+                expected: "a boolean".into(),
             },
             GatewayError::UnsupportedMediaType,
             GatewayError::BodyTooLarge { limit: 1 },
@@ -356,6 +352,7 @@ mod tests {
             GatewayError::UpstreamReset(String::new()),
             GatewayError::UpstreamEventTooLarge { limit: 1 },
             GatewayError::UpstreamMalformedEvent,
+            GatewayError::UpstreamNotEventStream,
             GatewayError::UpstreamIncomplete,
             GatewayError::StreamDurationExceeded(Duration::ZERO),
             GatewayError::UpstreamStatus(500),

@@ -1,7 +1,9 @@
-//! The gateway as a whole: shared state, and [`run`], the seam that `main`, the demo and the
-//! tests all call with listeners they bound themselves (tests bind `127.0.0.1:0`).
+//! The wiring, at the top: builds the small handles each concern needs (the stream registry,
+//! connection counts, one relay per worker thread, the admin API), starts the listeners and the
+//! heartbeat scheduler, and drains on shutdown. Nothing but the command line imports it.
+//! [`run`] is the seam that `main`, the demo and the tests all call with listeners they bound
+//! themselves (tests bind `127.0.0.1:0`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,75 +11,30 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Limits, Secret, StreamsConfig};
+use crate::admin::AdminApi;
+use crate::config::Config;
+use crate::connection::ConnectionCounts;
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
-use crate::registry::{ConnectionCounts, EndReason, Registry};
+use crate::registry::{EndReason, Registry};
 use crate::relay::upstream::Upstream;
+use crate::relay::Relay;
 use crate::router::{AdminRoutes, ApiRoutes};
-use crate::server::{self, ConnectionLimits, Shutdown};
+use crate::server::{self, ConnectionSettings, H2ResetLimits, Shutdown};
 
 /// After the drain deadline, how long streams get to deliver their final `server_shutdown`
 /// event before their connections are closed regardless.
 pub const SHUTDOWN_EVENT_GRACE: Duration = Duration::from_secs(2);
 
-/// State shared by every connection and request.
-pub struct App {
-    /// One upstream client per worker thread, each with its own connection pool: a worker's
-    /// streams only ever use connections driven by that worker.
-    upstreams: Vec<Arc<Upstream>>,
-    pub limits: Limits,
-    pub streams: StreamsConfig,
-    /// Every live stream and the open connection counts.
-    pub registry: Arc<Registry>,
-    /// When set, every admin request must carry `Authorization: Bearer <token>`.
-    pub admin_token: Option<Secret>,
-    /// False from the moment shutdown starts, so `/readyz` turns load balancers away at once.
-    ready: AtomicBool,
-}
-
-impl App {
-    pub fn new(config: &Config) -> Result<App, GatewayError> {
-        let upstreams = (0..config.worker_count())
-            .map(|_| {
-                Upstream::new(
-                    &config.upstream,
-                    &config.limits,
-                    config.streams.max_buffered_bytes,
-                )
-                .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(App {
-            registry: Arc::new(Registry::new(config.upstream.base_url.as_str())),
-            upstreams,
-            limits: config.limits.clone(),
-            streams: config.streams.clone(),
-            admin_token: config.admin.token.clone(),
-            ready: AtomicBool::new(true),
-        })
-    }
-
-    /// How many worker threads serve clients (at least 1).
-    pub fn workers(&self) -> usize {
-        self.upstreams.len()
-    }
-
-    /// Worker `worker`'s upstream client; out-of-range indexes wrap around.
-    pub fn upstream(&self, worker: usize) -> &Arc<Upstream> {
-        &self.upstreams[worker % self.upstreams.len()]
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-}
+/// Most concurrent HTTP/2 streams per client connection (what browsers expect, about 100,
+/// with headroom); admission control caps streams per client separately.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// The sockets the gateway serves on, bound by the caller.
 pub struct Listeners {
     /// Client-facing API.
     pub api: TcpListener,
-    /// Operator-facing health (and later admin and metrics) endpoints.
+    /// Operator-facing health checks and admin API.
     pub admin: Option<TcpListener>,
 }
 
@@ -87,6 +44,18 @@ pub enum RunError {
     Upstream(#[from] GatewayError),
     #[error("cannot start the worker threads: {0}")]
     Workers(#[from] std::io::Error),
+}
+
+/// How both listeners serve connections, from the configuration.
+fn connection_settings(config: &Config) -> ConnectionSettings {
+    ConnectionSettings {
+        header_read_timeout: config.limits.header_read_timeout,
+        max_header_bytes: config.limits.max_header_bytes,
+        max_buffered_bytes: config.streams.max_buffered_bytes,
+        h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+        h2_reset_limits: H2ResetLimits::PUBLIC,
+        h2_keepalive: true,
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains: `/readyz` fails, the API listener closes,
@@ -99,40 +68,43 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let app = Arc::new(App::new(&config)?);
-    run_app(app, &config, listeners, shutdown).await
-}
-
-/// [`run`] with the shared state built by the caller (tests look into the registry).
-pub async fn run_app(
-    app: Arc<App>,
-    config: &Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), RunError> {
-    let limits = ConnectionLimits::new(&config.limits, &config.streams);
+    let registry = Arc::new(Registry::new(config.upstream.base_url.as_str()));
+    let api_connections = Arc::new(ConnectionCounts::default());
+    // One upstream client per worker thread, each with its own connection pool: a worker's
+    // streams only ever use connections driven by that worker.
+    let workers = config.worker_count();
+    let handlers = (0..workers)
+        .map(|_| {
+            let upstream = Upstream::new(
+                &config.upstream,
+                &config.limits,
+                config.streams.max_buffered_bytes,
+            )?;
+            Ok(ApiRoutes(Arc::new(Relay {
+                registry: registry.clone(),
+                upstream: Arc::new(upstream),
+                limits: config.limits.clone(),
+            })))
+        })
+        .collect::<Result<Vec<_>, GatewayError>>()?;
+    let settings = connection_settings(&config);
     // The workers accept on copies of this socket, each in its own runtime.
     let api_listener = listeners.api.into_std()?;
 
     let scheduler_stop = CancellationToken::new();
-    let scheduler = tokio::spawn(
-        Scheduler::new(&config.streams).run(app.registry.clone(), scheduler_stop.clone()),
-    );
+    let scheduler =
+        tokio::spawn(Scheduler::new(&config.streams).run(registry.clone(), scheduler_stop.clone()));
 
     let api = Shutdown {
         drain: CancellationToken::new(),
         force: CancellationToken::new(),
     };
     let api_tasks = TaskTracker::new();
-    let workers = app.workers();
-    let handlers = (0..workers)
-        .map(|worker| ApiRoutes::for_worker(app.clone(), worker))
-        .collect();
     let api_workers = match server::start_workers(
         api_listener,
         handlers,
-        limits.clone(),
-        app.registry.connections().clone(),
+        settings.clone(),
+        api_connections.clone(),
         api.clone(),
         api_tasks.clone(),
     ) {
@@ -151,10 +123,15 @@ pub async fn run_app(
     };
     let admin_tasks = TaskTracker::new();
     if let Some(listener) = listeners.admin {
+        let routes = AdminRoutes(Arc::new(AdminApi {
+            registry: registry.clone(),
+            connections: api_connections,
+            token: config.admin.token.clone(),
+        }));
         admin_tasks.spawn(server::accept_loop(
             listener,
-            AdminRoutes(app.clone()),
-            limits,
+            routes,
+            settings,
             Arc::new(ConnectionCounts::default()),
             admin.clone(),
             admin_tasks.clone(),
@@ -162,12 +139,12 @@ pub async fn run_app(
     }
 
     shutdown.cancelled().await;
-    app.ready.store(false, Ordering::Relaxed);
-    app.registry.start_draining();
+    // From here `/readyz` answers 503: load balancers stop sending new work.
+    registry.start_draining();
     let drain_timeout = config.shutdown.drain_timeout;
     tracing::info!(
         connections = api_tasks.len().saturating_sub(workers),
-        streams = app.registry.len(),
+        streams = registry.len(),
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "shutting down: draining"
     );
@@ -177,7 +154,7 @@ pub async fn run_app(
         .await
         .is_err()
     {
-        let ended = app.registry.end_all(EndReason::Shutdown);
+        let ended = registry.end_all(EndReason::Shutdown);
         tracing::warn!(
             streams = ended,
             connections = api_tasks.len(),

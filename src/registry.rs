@@ -1,4 +1,4 @@
-//! Every live stream and every open client connection: visible, countable and endable.
+//! Every live stream: visible, countable and endable.
 //!
 //! A stream is inserted when its request is accepted (before the upstream is asked) and removed
 //! by its [`StreamEntry`] guard when the stream's response body is dropped, whatever the reason,
@@ -24,7 +24,9 @@ use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use crate::connection::{ConnectionInfo, Protocol};
+use crate::error::GatewayError;
 
 /// Longest model name kept in the registry; a longer one is cut at a character boundary so an
 /// entry's size stays bounded whatever the client sends.
@@ -38,8 +40,7 @@ const NEVER: u64 = u64::MAX;
 
 /// Where a stream is in its life. Only moves forward (`Draining` is last), so concurrent
 /// updates from the body and the drain cannot move it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum StreamState {
     /// The upstream has not sent its response headers yet.
@@ -73,6 +74,11 @@ impl StreamState {
         StreamState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
+    /// Every state's name, comma-separated, for messages that list them.
+    pub fn names() -> String {
+        StreamState::ALL.map(StreamState::as_str).join(", ")
+    }
+
     fn from_u8(v: u8) -> StreamState {
         match v {
             0 => StreamState::WaitingForUpstream,
@@ -80,6 +86,14 @@ impl StreamState {
             2 => StreamState::Streaming,
             _ => StreamState::Draining,
         }
+    }
+}
+
+/// Serialized by [`StreamState::as_str`], so the admin API's JSON and its `state` filter use
+/// the same names.
+impl Serialize for StreamState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -96,13 +110,9 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The outcome recorded for the stream (and the error event's code).
+    /// The outcome recorded for the stream: its final error event's code.
     pub fn code(self) -> &'static str {
-        match self {
-            EndReason::Admin => "terminated_by_admin",
-            EndReason::Shutdown => "server_shutdown",
-            EndReason::SlowClient => "slow_client",
-        }
+        GatewayError::from(self).code()
     }
 
     fn from_u8(v: u8) -> Option<EndReason> {
@@ -115,65 +125,15 @@ impl EndReason {
     }
 }
 
-/// The protocol of a client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Protocol {
-    #[serde(rename = "http1")]
-    Http1,
-    #[serde(rename = "http2")]
-    Http2,
-}
-
-/// What a request knows about its connection; the acceptor puts it in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub protocol: Protocol,
-    /// Cancelling this closes the connection at once. The last resort for a client that reads
-    /// nothing: its stream's body is not even polled, so it cannot end itself.
-    pub close: CancellationToken,
-}
-
-/// Open client connections by protocol.
-#[derive(Debug, Default)]
-pub struct ConnectionCounts {
-    http1: AtomicU64,
-    http2: AtomicU64,
-}
-
-impl ConnectionCounts {
-    /// Counts a connection until the returned guard is dropped.
-    pub fn open(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
-        self.counter(protocol).fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard {
-            counts: self.clone(),
-            protocol,
+impl From<EndReason> for GatewayError {
+    /// The final error of a stream the gateway ends itself. (A slow client's event is rarely
+    /// read: its connection is closed; the code still names the outcome.)
+    fn from(reason: EndReason) -> GatewayError {
+        match reason {
+            EndReason::Admin => GatewayError::TerminatedByAdmin,
+            EndReason::Shutdown => GatewayError::NotReady,
+            EndReason::SlowClient => GatewayError::SlowClient,
         }
-    }
-
-    pub fn get(&self, protocol: Protocol) -> u64 {
-        self.counter(protocol).load(Ordering::Relaxed)
-    }
-
-    fn counter(&self, protocol: Protocol) -> &AtomicU64 {
-        match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::Http2 => &self.http2,
-        }
-    }
-}
-
-/// One open connection, counted until dropped.
-#[derive(Debug)]
-pub struct ConnectionGuard {
-    counts: Arc<ConnectionCounts>,
-    protocol: Protocol,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.counts
-            .counter(self.protocol)
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -186,7 +146,7 @@ pub struct NewStream<'a> {
     pub connection: Option<ConnectionInfo>,
 }
 
-/// The live streams of one gateway and its connection counts.
+/// The live streams of one gateway.
 pub struct Registry {
     streams: DashMap<u64, Arc<StreamHandle>>,
     /// Random per process: stream ids are unique across a fleet and say which instance owns them.
@@ -196,7 +156,6 @@ pub struct Registry {
     epoch: Instant,
     epoch_unix_ms: u64,
     upstream: Arc<str>,
-    connections: Arc<ConnectionCounts>,
     draining: AtomicBool,
 }
 
@@ -214,7 +173,6 @@ impl Registry {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             upstream: Arc::from(upstream),
-            connections: Arc::new(ConnectionCounts::default()),
             draining: AtomicBool::new(false),
         }
     }
@@ -317,10 +275,6 @@ impl Registry {
             n += 1;
         });
         n
-    }
-
-    pub fn connections(&self) -> &Arc<ConnectionCounts> {
-        &self.connections
     }
 }
 
@@ -571,6 +525,7 @@ impl Drop for StreamEntry {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+    use tokio_util::sync::CancellationToken;
 
     fn new_stream(model: &str) -> NewStream<'_> {
         NewStream {
@@ -693,22 +648,5 @@ mod tests {
             MAX_MODEL_CHARS
         );
         assert_eq!(truncate_chars("gpt", MAX_MODEL_CHARS), "gpt");
-    }
-
-    #[tokio::test]
-    async fn connections_are_counted_by_protocol_until_dropped() {
-        let counts = Arc::new(ConnectionCounts::default());
-        let a = counts.open(Protocol::Http1);
-        let b = counts.open(Protocol::Http2);
-        let c = counts.open(Protocol::Http2);
-        assert_eq!(
-            (counts.get(Protocol::Http1), counts.get(Protocol::Http2)),
-            (1, 2)
-        );
-        drop((a, b, c));
-        assert_eq!(
-            (counts.get(Protocol::Http1), counts.get(Protocol::Http2)),
-            (0, 0)
-        );
     }
 }

@@ -7,138 +7,91 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::admin;
+use crate::admin::{self, AdminApi};
 use crate::error::GatewayError;
-use crate::gateway::App;
+use crate::registry::Registry;
 use crate::relay::body::ResponseBody;
-use crate::relay::upstream::Upstream;
-use crate::relay::{self, Endpoint};
+use crate::relay::{self, Endpoint, Relay};
 use crate::request_id;
+use crate::response::{self, method_not_allowed};
 use crate::server::Handler;
 
 /// The client-facing listener: the OpenAI-compatible API plus health checks. One per worker
 /// thread: it carries that worker's upstream client.
 #[derive(Clone)]
-pub struct ApiRoutes {
-    app: Arc<App>,
-    upstream: Arc<Upstream>,
-}
+pub struct ApiRoutes(pub Arc<Relay>);
 
-impl ApiRoutes {
-    /// The routes of worker `worker` (`0..app.workers()`).
-    pub fn for_worker(app: Arc<App>, worker: usize) -> ApiRoutes {
-        let upstream = app.upstream(worker).clone();
-        ApiRoutes { app, upstream }
-    }
-}
-
-/// The operator-facing listener: health checks and the admin API (later metrics).
+/// The operator-facing listener: health checks and the admin API.
 #[derive(Clone)]
-pub struct AdminRoutes(pub Arc<App>);
+pub struct AdminRoutes(pub Arc<AdminApi>);
 
 impl Handler for ApiRoutes {
+    type Body = ResponseBody;
+
     fn call(
         self,
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let ApiRoutes { app, upstream } = self;
+        let relay = self.0;
         with_request_span(peer, request, move |request, id| async move {
-            let path = request.uri().path();
-            let endpoint = match path {
+            let endpoint = match request.uri().path() {
                 "/v1/chat/completions" => Endpoint::ChatCompletions,
                 "/v1/completions" => Endpoint::Completions,
                 "/v1/embeddings" => Endpoint::Embeddings,
                 "/v1/models" => Endpoint::Models,
-                _ => return health(&app, &request),
+                _ => return health(&relay.registry, &request),
             };
             if request.method() != endpoint.method() {
                 return Err(method_not_allowed(&request, endpoint.method().as_str()));
             }
-            relay::handle(endpoint, request, &app, &upstream, peer, &id).await
+            relay::handle(endpoint, request, &relay, peer, &id).await
         })
     }
 }
 
 impl Handler for AdminRoutes {
+    type Body = ResponseBody;
+
     fn call(
         self,
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let app = self.0;
+        let admin = self.0;
         with_request_span(peer, request, move |request, _id| async move {
             if admin::is_admin_path(request.uri().path()) {
-                admin::handle(&app, &request)
+                admin.handle(&request)
             } else {
-                health(&app, &request)
+                health(&admin.registry, &request)
             }
         })
     }
 }
 
-/// `/healthz` (the process is up) and `/readyz` (it takes new work); anything else is a 404.
-fn health(app: &App, request: &Request<Incoming>) -> Result<Response<ResponseBody>, GatewayError> {
+/// `/healthz` (the process is up) and `/readyz` (it takes new work: not once the drain has
+/// begun); anything else is a 404.
+fn health(
+    registry: &Registry,
+    request: &Request<Incoming>,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let path = request.uri().path();
     if path != "/healthz" && path != "/readyz" {
-        return Err(GatewayError::NotFound {
-            method: request.method().to_string(),
-            path: path.to_owned(),
-        });
+        return Err(response::not_found(request));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Err(method_not_allowed(request, "GET"));
     }
-    if path == "/readyz" && !app.is_ready() {
+    if path == "/readyz" && registry.is_draining() {
         return Err(GatewayError::NotReady);
     }
-    Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#))
-}
-
-/// The 405 error for `request`, naming the methods its path allows.
-pub(crate) fn method_not_allowed<B>(request: &Request<B>, allowed: &'static str) -> GatewayError {
-    GatewayError::MethodNotAllowed {
-        method: request.method().to_string(),
-        path: request.uri().path().to_owned(),
-        allowed,
-    }
-}
-
-fn json_response(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The JSON response for an error raised before any response started.
-pub fn error_response(error: &GatewayError) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(error.to_json()));
-    *response.status_mut() = error.status();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    match error {
-        GatewayError::MethodNotAllowed { allowed, .. } => {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
-        }
-        GatewayError::AdminUnauthorized => {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        _ => {}
-    }
-    response
+    Ok(response::json(StatusCode::OK, r#"{"status":"ok"}"#))
 }
 
 /// Runs `handle` inside the request's span, turns its error into a response, stamps the
@@ -172,7 +125,7 @@ where
                 } else {
                     tracing::debug!(code = error.code(), "{error}");
                 }
-                error_response(&error)
+                response::error(&error)
             }
         };
         response.headers_mut().insert(request_id::HEADER, id);

@@ -1,6 +1,8 @@
 //! The acceptor: owns sockets and protocols (HTTP/1.1 and cleartext HTTP/2), nothing about LLMs.
 //!
-//! Each accepted connection gets one task. Shutdown is two-phase: `drain` stops the accept loop
+//! One accept loop serves every listener: the gateway's API (on each worker thread), its admin
+//! listener, and the built-in mock upstream. It is generic over the handler and its response
+//! body, so it knows nothing of routes or relays. Each accepted connection gets one task. Shutdown is two-phase: `drain` stops the accept loop
 //! and asks every connection to finish gracefully (HTTP/1.1: no new requests, `Connection:
 //! close`; HTTP/2: GOAWAY); `force` drops the connections still open at the deadline.
 
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -24,9 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Limits, StreamsConfig};
-use crate::registry::{ConnectionCounts, ConnectionInfo, Protocol};
-use crate::relay::body::ResponseBody;
+use crate::connection::{ConnectionCounts, ConnectionInfo, Protocol};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
 /// the condition lasts.
@@ -68,10 +69,6 @@ impl Throttle {
     }
 }
 
-/// Most concurrent HTTP/2 streams per client connection (what browsers expect, about 100,
-/// with headroom); admission control caps streams per client separately.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-
 /// Interval and timeout of HTTP/2 PINGs that find dead peers on otherwise idle connections.
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -83,9 +80,9 @@ const FIRST_READ_BYTES: usize = 4096;
 /// The HTTP/2 client preface. Reading up to this many bytes tells HTTP/2 from HTTP/1.1.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What the acceptor needs from the configuration.
+/// How one listener serves its connections.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
+pub struct ConnectionSettings {
     /// The request head (and, for a new connection, the protocol preface) must arrive within this.
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1.1 buffer; HTTP/2 header list). On HTTP/1.1 hyper uses the
@@ -93,16 +90,31 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Most response bytes hyper holds per HTTP/2 stream before it stops polling the body.
     pub max_buffered_bytes: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// When an HTTP/2 connection is called abusive for the streams reset on it.
+    pub h2_reset_limits: H2ResetLimits,
+    /// Send HTTP/2 PINGs ([`H2_KEEPALIVE_INTERVAL`], [`H2_KEEPALIVE_TIMEOUT`]) to find dead
+    /// peers on connections that are otherwise silent.
+    pub h2_keepalive: bool,
 }
 
-impl ConnectionLimits {
-    pub fn new(limits: &Limits, streams: &StreamsConfig) -> ConnectionLimits {
-        ConnectionLimits {
-            header_read_timeout: limits.header_read_timeout,
-            max_header_bytes: limits.max_header_bytes,
-            max_buffered_bytes: streams.max_buffered_bytes,
-        }
-    }
+/// How many reset streams an HTTP/2 connection may pile up before it is closed with GOAWAY: the
+/// guard against reset floods (CVE-2023-44487 and RUSTSEC-2024-0003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2ResetLimits {
+    /// Streams the peer reset before the server accepted them.
+    pub pending_accept: usize,
+    /// Streams the server reset because of a protocol error by the peer; `None`: no limit.
+    pub local_error: Option<usize>,
+}
+
+impl H2ResetLimits {
+    /// h2's and hyper's own defaults (20 and 1024), for listeners open to any client.
+    pub const PUBLIC: H2ResetLimits = H2ResetLimits {
+        pending_accept: 20,
+        local_error: Some(1024),
+    };
 }
 
 /// The protocol settings shared by every connection of one listener. The acceptor reads the
@@ -114,33 +126,43 @@ pub struct Protocols {
 }
 
 impl Protocols {
-    pub fn new(limits: &ConnectionLimits) -> Protocols {
+    pub fn new(settings: &ConnectionSettings) -> Protocols {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
+            .header_read_timeout(settings.header_read_timeout)
+            .max_buf_size(settings.max_header_bytes)
             .keep_alive(true)
             .half_close(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            .max_send_buf_size(limits.max_buffered_bytes)
-            .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
+            .max_send_buf_size(settings.max_buffered_bytes)
+            .max_pending_accept_reset_streams(settings.h2_reset_limits.pending_accept)
+            .max_local_error_reset_streams(settings.h2_reset_limits.local_error);
+        if settings.h2_keepalive {
+            http2
+                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+        }
         Protocols { http1, http2 }
     }
 }
 
 /// A request handler: client address and request in, response out. Errors are responses.
 pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response body (hyper polls it on the connection's task).
+    type Body: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
     fn call(
         self,
         peer: SocketAddr,
         request: Request<Incoming>,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static;
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
 }
 
 /// Shutdown signals for one listener and its connections.
@@ -188,7 +210,7 @@ impl Workers {
 pub fn start_workers<H: Handler>(
     listener: std::net::TcpListener,
     handlers: Vec<H>,
-    limits: ConnectionLimits,
+    settings: ConnectionSettings,
     connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
     tracker: TaskTracker,
@@ -199,7 +221,7 @@ pub fn start_workers<H: Handler>(
             worker,
             &listener,
             handler,
-            limits.clone(),
+            settings.clone(),
             connections.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -220,7 +242,7 @@ fn start_worker<H: Handler>(
     worker: usize,
     listener: &std::net::TcpListener,
     handler: H,
-    limits: ConnectionLimits,
+    settings: ConnectionSettings,
     connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
     tracker: TaskTracker,
@@ -240,7 +262,7 @@ fn start_worker<H: Handler>(
                         accept_loop(
                             listener,
                             handler,
-                            limits,
+                            settings,
                             connections,
                             shutdown,
                             tracker.clone(),
@@ -263,12 +285,12 @@ fn start_worker<H: Handler>(
 pub async fn accept_loop<H: Handler>(
     listener: TcpListener,
     handler: H,
-    limits: ConnectionLimits,
+    settings: ConnectionSettings,
     connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) {
-    let protocols = Arc::new(Protocols::new(&limits));
+    let protocols = Arc::new(Protocols::new(&settings));
     // Bounded by the drain token: the loop ends when shutdown starts.
     let mut accept_warnings = Throttle::new(ACCEPT_WARNING_PERIOD);
     loop {
@@ -306,7 +328,7 @@ pub async fn accept_loop<H: Handler>(
             peer,
             handler.clone(),
             protocols.clone(),
-            limits.header_read_timeout,
+            settings.header_read_timeout,
             connections.clone(),
             shutdown.clone(),
         ));

@@ -62,7 +62,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// Upper bound on `--streams`, so a typo cannot ask for millions of sockets or tasks.
 pub const MAX_STREAMS: u32 = 200_000;
 /// The gateway's limit of concurrent streams per HTTP/2 connection.
-pub const MAX_PER_CONNECTION: u32 = crate::server::H2_MAX_CONCURRENT_STREAMS;
+pub const MAX_PER_CONNECTION: u32 = crate::gateway::H2_MAX_CONCURRENT_STREAMS;
 /// Descriptors kept free for everything that is not a stream socket.
 const SPARE_FDS: u64 = 64;
 /// How often the ramp starts the streams that are due.

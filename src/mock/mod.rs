@@ -77,19 +77,21 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use tokio::net::{TcpListener, TcpStream};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::server::{self, ConnectionSettings, H2ResetLimits, Handler, Shutdown};
+use sse::MockBody;
 
 pub use handler::CapturedRequest;
 pub use sse::SENT_US_COMMENT;
@@ -117,9 +119,14 @@ pub const SYSTEM_FINGERPRINT: &str = "fp_tidegate_mock";
 /// behind the mock rather than behind itself.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 16_384;
 
-/// How long to pause accepting after a resource error such as `EMFILE`, so
-/// the loop does not spin while the process is out of descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A client must send its request head within this (hyper's own default).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request head: room for every header a gateway may forward.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Most unsent bytes held per HTTP/2 stream (hyper's own default, 400 KiB).
+const MAX_BUFFERED_BYTES: usize = 400 * 1024;
 
 /// How long [`MockUpstream::serve`] lets in-flight connections finish after
 /// shutdown is requested before dropping them.
@@ -286,59 +293,28 @@ impl MockUpstream {
     /// connection to finish gracefully, waits up to 1 s for them and drops
     /// whatever is still open (which counts its in-flight work as cancelled).
     ///
-    /// Accept errors never end the loop: they are logged, and resource
-    /// exhaustion (e.g. `EMFILE`) pauses accepting briefly.
+    /// The gateway's own accept loop ([`server::accept_loop`]) does the
+    /// accepting: accept errors never end it, and resource exhaustion (e.g.
+    /// `EMFILE`) pauses it briefly with a throttled warning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-            // The gateway legitimately resets many streams when its clients
-            // leave; the anti-abuse limits are for the open internet.
-            .max_pending_accept_reset_streams(Some(4096))
-            .max_local_error_reset_streams(None);
-        let builder = Arc::new(builder);
         let tracker = TaskTracker::new();
-        // Cancelled only if the grace period runs out: connections still
-        // open then are dropped.
-        let hard_stop = CancellationToken::new();
+        let stop = Shutdown {
+            drain: shutdown,
+            // Cancelled only if the grace period runs out: connections still
+            // open then are dropped.
+            force: CancellationToken::new(),
+        };
+        let connections = self.shared.stats.connections.clone();
+        server::accept_loop(
+            listener,
+            MockRoutes(self.shared),
+            mock_connection_settings(),
+            connections,
+            stop.clone(),
+            tracker.clone(),
+        )
+        .await;
 
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    self.shared.stats.connection_accepted();
-                    // SSE chunks are small and latency matters more than
-                    // packet count.
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %err, "mock upstream: set_nodelay failed");
-                    }
-                    tracker.spawn(serve_connection(
-                        Arc::clone(&builder),
-                        Arc::clone(&self.shared),
-                        stream,
-                        shutdown.clone(),
-                        hard_stop.clone(),
-                    ));
-                }
-                Err(err) if crate::server::is_per_connection_error(&err) => {
-                    tracing::debug!(error = %err, "mock upstream: accept failed for one connection");
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "mock upstream: accept failed; backing off");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                    }
-                }
-            }
-        }
-
-        drop(listener);
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
@@ -348,7 +324,7 @@ impl MockUpstream {
                 open = tracker.len(),
                 "mock upstream: grace period over; dropping connections"
             );
-            hard_stop.cancel();
+            stop.force.cancel();
             // Dropping a connection is synchronous once its task runs; the
             // bound only guards against a wedged runtime.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
@@ -357,35 +333,37 @@ impl MockUpstream {
     }
 }
 
-async fn serve_connection(
-    builder: Arc<Builder<TokioExecutor>>,
-    shared: Arc<handler::Shared>,
-    stream: TcpStream,
-    graceful: CancellationToken,
-    hard_stop: CancellationToken,
-) {
-    let service = service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handler::handle(shared, req).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = graceful.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => result,
-                // Dropping `conn` drops every in-flight response future and
-                // body, so their counters record a cancellation.
-                () = hard_stop.cancelled() => return,
-            }
-        }
-    };
-    if let Err(err) = result {
-        // Clients vanishing mid-response and fail-midstream aborts land here;
-        // both are expected.
-        tracing::debug!(error = %err, "mock upstream: connection ended with an error");
+/// How the mock serves its connections: generous, since its client is a
+/// gateway under load test, not the open internet.
+fn mock_connection_settings() -> ConnectionSettings {
+    ConnectionSettings {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_buffered_bytes: MAX_BUFFERED_BYTES,
+        h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+        // The gateway legitimately resets many streams when its clients
+        // leave; the anti-abuse limits are for the open internet.
+        h2_reset_limits: H2ResetLimits {
+            pending_accept: 4096,
+            local_error: None,
+        },
+        h2_keepalive: false,
+    }
+}
+
+/// The mock's request handler for the shared accept loop.
+#[derive(Clone)]
+struct MockRoutes(Arc<handler::Shared>);
+
+impl Handler for MockRoutes {
+    type Body = MockBody;
+
+    fn call(
+        self,
+        _peer: SocketAddr,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<MockBody>> + Send + 'static {
+        handler::handle(self.0, request)
     }
 }
 

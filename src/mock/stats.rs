@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::connection::ConnectionCounts;
+
 /// Counters, shared by every connection; all atomics.
 ///
 /// *Streams* are responses that are (or were going to be) Server-Sent Event
@@ -30,7 +32,8 @@ pub struct MockStats {
     requests_started: AtomicU64,
     requests_completed: AtomicU64,
     requests_cancelled: AtomicU64,
-    connections_accepted: AtomicU64,
+    /// The mock's connections, counted by the acceptor (`crate::server`) when each opens.
+    pub(crate) connections: Arc<ConnectionCounts>,
     /// Woken on every change so that [`MockStats::wait_until`] needs no polling.
     changed: Notify,
 }
@@ -58,8 +61,9 @@ pub struct StatsSnapshot {
     pub requests_completed: u64,
     /// Non-streaming requests whose response future was dropped first.
     pub requests_cancelled: u64,
-    /// TCP connections accepted: shows how many connections a client spreads its requests
-    /// over (an HTTP/2 client, a connection pool).
+    /// Connections opened (those that sent at least one byte): shows how many connections a
+    /// client spreads its requests over (an HTTP/2 client, a connection pool). Read when the
+    /// snapshot is taken; a new connection alone does not wake [`MockStats::wait_until`].
     pub connections_accepted: u64,
 }
 
@@ -67,12 +71,6 @@ impl MockStats {
     /// All counters at zero.
     pub fn new() -> MockStats {
         MockStats::default()
-    }
-
-    /// Counts one accepted connection.
-    pub(crate) fn connection_accepted(&self) {
-        self.connections_accepted.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
     }
 
     /// The current values. Each counter is read atomically; the set is not a
@@ -90,7 +88,7 @@ impl MockStats {
             requests_started: get(&self.requests_started),
             requests_completed: get(&self.requests_completed),
             requests_cancelled: get(&self.requests_cancelled),
-            connections_accepted: get(&self.connections_accepted),
+            connections_accepted: self.connections.opened(),
         }
     }
 

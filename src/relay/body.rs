@@ -22,14 +22,10 @@ pub enum ResponseBody {
     Passthrough(Passthrough),
 }
 
-impl ResponseBody {
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        let bytes = bytes.into();
+/// A body known in full: how the shared JSON responses (`crate::response`) build this type.
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> ResponseBody {
         ResponseBody::Full((!bytes.is_empty()).then_some(bytes))
-    }
-
-    pub fn empty() -> ResponseBody {
-        ResponseBody::Full(None)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod upstream;
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -22,13 +23,23 @@ use serde::Deserialize;
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
-use self::stream::{PendingResponse, SseRelay};
+use self::stream::{PendingResponse, SseRelay, StreamAnswer};
 use self::upstream::Upstream;
 use crate::config::Limits;
+use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
-use crate::gateway::App;
-use crate::registry::{ConnectionInfo, EndReason, NewStream};
+use crate::registry::{EndReason, NewStream, Registry};
 use crate::request_id;
+
+/// What one worker thread's API requests need: small handles, each owned by its own concern.
+pub struct Relay {
+    /// Where every stream is registered (and found by the heartbeat scheduler and admin API).
+    pub registry: Arc<Registry>,
+    /// This worker's upstream client: its connections are driven by this worker's runtime.
+    pub upstream: Arc<Upstream>,
+    /// Body, event, time and size limits.
+    pub limits: Limits,
+}
 
 /// The upstream API endpoints the gateway relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +103,14 @@ impl Endpoint {
                 ("model", Some(_)) => {
                     return Err(GatewayError::InvalidParameter {
                         param: "model",
-                        expected: "a string",
+                        expected: "a string".into(),
                     })
                 }
                 ("messages", Some(Shape::Array)) => {}
                 ("messages", Some(_)) => {
                     return Err(GatewayError::InvalidParameter {
                         param: "messages",
-                        expected: "an array",
+                        expected: "an array".into(),
                     })
                 }
                 _ => {}
@@ -111,7 +122,7 @@ impl Endpoint {
             Some(_) => {
                 return Err(GatewayError::InvalidParameter {
                     param: "stream",
-                    expected: "a boolean",
+                    expected: "a boolean".into(),
                 })
             }
         };
@@ -225,7 +236,7 @@ pub(crate) fn has_content_type(headers: &HeaderMap, mime: &str) -> bool {
 }
 
 const APPLICATION_JSON: &str = "application/json";
-pub(crate) const TEXT_EVENT_STREAM: &str = "text/event-stream";
+const TEXT_EVENT_STREAM: &str = "text/event-stream";
 
 /// Upstream response headers that clients and SDKs read (request ids, rate limits, retry
 /// advice), copied to the client. Nothing else crosses, so hop-by-hop and upstream-internal
@@ -256,12 +267,15 @@ pub const STREAM_ID_HEADER: &str = "x-tidegate-stream-id";
 pub async fn handle(
     endpoint: Endpoint,
     request: Request<Incoming>,
-    app: &App,
-    upstream: &Upstream,
+    relay: &Relay,
     peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    let limits = &app.limits;
+    let Relay {
+        registry,
+        upstream,
+        limits,
+    } = relay;
     let (parts, body) = request.into_parts();
     let (payload, validated) = if endpoint.method() == Method::POST {
         if !has_content_type(&parts.headers, APPLICATION_JSON) {
@@ -288,7 +302,7 @@ pub async fn handle(
 
     // Registered before the upstream is asked, so a client that leaves while we wait is
     // recorded, and the stream is visible (and endable) from the start.
-    let entry = app.registry.register(NewStream {
+    let entry = registry.register(NewStream {
         client_ip: peer.ip(),
         model: &validated.model,
         request_id: request_id.to_str().unwrap_or_default(),
@@ -338,14 +352,16 @@ pub async fn handle(
     };
 
     let (up_parts, up_body) = response.into_parts();
-    if !(up_parts.status.is_success() && has_content_type(&up_parts.headers, TEXT_EVENT_STREAM)) {
-        // Asked to stream but got an error status or a JSON answer: relay it as it is (an SDK
-        // raises on the status), and the stream's life ends here.
-        lifetime.finish(Outcome::Failed(if up_parts.status.is_success() {
-            "upstream_not_event_stream"
-        } else {
-            stream::OUTCOME_UPSTREAM_ERROR_STATUS
-        }));
+    let failed = match StreamAnswer::of(up_parts.status, &up_parts.headers) {
+        StreamAnswer::EventStream => None,
+        StreamAnswer::ErrorStatus => Some(GatewayError::UpstreamStatus(up_parts.status.as_u16())),
+        StreamAnswer::NotEventStream => Some(GatewayError::UpstreamNotEventStream),
+    };
+    if let Some(error) = failed {
+        // Nothing has been sent yet, so the answer is relayed as it is: an SDK raises on an
+        // error status, and reads a JSON completion from an upstream that does not stream.
+        // The stream's life ends here.
+        lifetime.finish(Outcome::Failed(error.code()));
         return Ok(relay_plain(
             Response::from_parts(up_parts, up_body),
             limits,

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use serde::de::IgnoredAny;
@@ -45,8 +45,32 @@ pub const HEARTBEAT: &[u8] = b": ping\n\n";
 /// Most bytes of an upstream error body read after an early commit (the rest is ignored).
 pub const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
 
-/// The outcome of a stream whose upstream answered with an error status.
-pub const OUTCOME_UPSTREAM_ERROR_STATUS: &str = "upstream_error_status";
+/// What an upstream's answer to a streaming request is. Decided here, once, for an answer that
+/// arrives before the client's response has started (`super::handle`) and for one that arrives
+/// after an early answer ([`SseRelay::awaiting`]); each path then does what it can: the first
+/// relays a failed answer as it is, the second turns it into the final event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamAnswer {
+    /// A 2xx `text/event-stream`: relayed event by event.
+    EventStream,
+    /// An error status: the stream failed with the upstream's own error.
+    ErrorStatus,
+    /// A 2xx that is not an event stream (e.g. a JSON completion from an upstream that ignores
+    /// `"stream": true`).
+    NotEventStream,
+}
+
+impl StreamAnswer {
+    pub fn of(status: StatusCode, headers: &HeaderMap) -> StreamAnswer {
+        if !status.is_success() {
+            StreamAnswer::ErrorStatus
+        } else if has_content_type(headers, TEXT_EVENT_STREAM) {
+            StreamAnswer::EventStream
+        } else {
+            StreamAnswer::NotEventStream
+        }
+    }
+}
 
 /// The upstream's response, still on its way.
 pub type PendingResponse<B> =
@@ -209,21 +233,22 @@ where
         let (parts, body) = response.into_parts();
         // The idle clock starts now: the wait for headers had its own limit.
         self.deadlines.touch();
-        if parts.status.is_success() && has_content_type(&parts.headers, TEXT_EVENT_STREAM) {
-            self.lifetime
-                .handle()
-                .advance_state(StreamState::WaitingForFirstToken);
-            self.source = Source::Events(body);
-        } else if !parts.status.is_success() {
-            self.source = Source::ErrorBody {
-                body,
-                status: parts.status,
-                collected: BytesMut::new(),
-            };
-        } else {
-            self.fail(GatewayError::UpstreamFailed(
-                "the upstream answered a streaming request without an event stream".into(),
-            ));
+        match StreamAnswer::of(parts.status, &parts.headers) {
+            StreamAnswer::EventStream => {
+                self.lifetime
+                    .handle()
+                    .advance_state(StreamState::WaitingForFirstToken);
+                self.source = Source::Events(body);
+            }
+            StreamAnswer::ErrorStatus => {
+                self.source = Source::ErrorBody {
+                    body,
+                    status: parts.status,
+                    collected: BytesMut::new(),
+                }
+            }
+            // The event-stream headers are out: the answer cannot be relayed as it is.
+            StreamAnswer::NotEventStream => self.fail(GatewayError::UpstreamNotEventStream),
         }
     }
 
@@ -242,9 +267,10 @@ where
                 status = status.as_u16(),
                 "upstream answered with an error status after the stream started"
             );
+            self.lifetime.finish(Outcome::Failed(
+                GatewayError::UpstreamStatus(status.as_u16()).code(),
+            ));
             self.source = Source::Closed;
-            self.lifetime
-                .finish(Outcome::Failed(OUTCOME_UPSTREAM_ERROR_STATUS));
             self.final_event = Some(event);
         }
     }
@@ -613,7 +639,7 @@ mod tests {
         assert_eq!(last_error_code(&frames), "rate_limit_exceeded");
         assert_eq!(
             body.lifetime.outcome(),
-            Some(Outcome::Failed(OUTCOME_UPSTREAM_ERROR_STATUS))
+            Some(Outcome::Failed("upstream_error_status"))
         );
 
         // A body that is not an error object gets our own error, naming the status.
@@ -624,12 +650,54 @@ mod tests {
         assert_eq!(last_error_code(&frames), "upstream_error_status");
         assert!(String::from_utf8_lossy(&concat(&frames)).contains("502"));
 
+        // A 2xx that is not an event stream cannot be relayed once event-stream headers are out.
+        let response = sse_response(200, "application/json", reads(&[br#"{"id":"c1"}"#]));
+        let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
+        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let frames = drain(&mut body).await;
+        assert_eq!(frames.len(), 1, "one final event, nothing of the JSON body");
+        assert_eq!(last_error_code(&frames), "upstream_not_event_stream");
+        assert_eq!(
+            body.lifetime.outcome(),
+            Some(Outcome::Failed("upstream_not_event_stream"))
+        );
+
         // A failure to connect, after the commit.
         let pending: PendingResponse<Scripted> =
             Box::pin(async move { Err(GatewayError::UpstreamTimeout(Duration::from_secs(1))) });
         let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         assert_eq!(last_error_code(&frames), "upstream_timeout");
+    }
+
+    #[test]
+    fn one_decision_says_what_an_answer_to_a_stream_request_is() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(
+            StreamAnswer::of(StatusCode::OK, &headers),
+            StreamAnswer::EventStream
+        );
+        assert_eq!(
+            StreamAnswer::of(StatusCode::TOO_MANY_REQUESTS, &headers),
+            StreamAnswer::ErrorStatus
+        );
+        headers.insert("content-type", "application/json".parse().unwrap());
+        assert_eq!(
+            StreamAnswer::of(StatusCode::OK, &headers),
+            StreamAnswer::NotEventStream
+        );
+        assert_eq!(
+            StreamAnswer::of(StatusCode::OK, &HeaderMap::new()),
+            StreamAnswer::NotEventStream
+        );
+        assert_eq!(
+            StreamAnswer::of(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()),
+            StreamAnswer::ErrorStatus
+        );
     }
 
     /// An upstream that sends `A`, then waits forever.
