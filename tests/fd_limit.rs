@@ -1,19 +1,19 @@
 //! The real binary at its open-files limit: it keeps running, warns once (not on every retry),
-//! and serves again as soon as descriptors free up.
-//!
-//! One test per file: it runs the binary with a tiny `RLIMIT_NOFILE`.
+//! and serves again as soon as descriptors free up. The gateway and the mock upstream share one
+//! accept loop; both are run here with a tiny `RLIMIT_NOFILE`.
 
 mod common;
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use tidegate::mock::{MockSettings, MockUpstream};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines as LineReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
@@ -49,43 +49,11 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
     )
     .unwrap();
 
-    let mut command = Command::new(BIN);
-    command
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = spawn_limited(&["--config".as_ref(), config.as_os_str()], Stdio::null());
+    let mut lines = Lines::of(&mut child);
     let mut log = Vec::new();
-    let mut next_line = async |log: &mut Vec<String>, pred: &dyn Fn(&str) -> bool| -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let line = tokio::time::timeout_at(deadline, stderr.next_line())
-                .await
-                .expect("the line in time")
-                .unwrap()
-                .expect("stderr still open");
-            log.push(line.clone());
-            if pred(&line) {
-                return line;
-            }
-        }
+    let mut next_line = async |log: &mut Vec<String>, pred: &dyn Fn(&str) -> bool| {
+        lines.next_matching(log, pred).await
     };
 
     let listening = next_line(&mut log, &|l| l.contains("tidegate listening")).await;
@@ -135,4 +103,132 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
         log.join("\n")
     );
     mock_stop.cancel();
+}
+
+/// The binary with `args`, its stdout to `stdout`, stderr piped, under `NOFILE` open files.
+fn spawn_limited(args: &[&OsStr], stdout: Stdio) -> Child {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: NOFILE,
+                rlim_max: NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().unwrap()
+}
+
+/// A child's log lines, read with a deadline.
+struct Lines(LineReader<BufReader<ChildStderr>>);
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        Lines(BufReader::new(child.stderr.take().unwrap()).lines())
+    }
+
+    /// Reads lines into `log` until one matches `pred`; panics after `PATIENCE`.
+    async fn next_matching(
+        &mut self,
+        log: &mut Vec<String>,
+        pred: &dyn Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        // Bounded by the deadline.
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.0.next_line())
+                .await
+                .expect("the line in time")
+                .unwrap()
+                .expect("stderr still open");
+            log.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM and checks the exit code.
+async fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(
+        unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) },
+        0
+    );
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn at_the_open_files_limit_the_mock_upstream_warns_once_and_recovers() {
+    let mut child = spawn_limited(
+        &[
+            "mock-upstream".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+        Stdio::piped(),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(PATIENCE, stdout.next_line())
+        .await
+        .expect("the banner in time")
+        .unwrap()
+        .expect("stdout open");
+    let mock: SocketAddr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the address in the banner")
+        .parse()
+        .unwrap();
+    let mut lines = Lines::of(&mut child);
+    let mut log = Vec::new();
+    assert_eq!(mock_stats(mock).await.connections_accepted, 1);
+
+    let mut held = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        held.push(TcpStream::connect(mock).await.unwrap());
+    }
+    let warning = lines
+        .next_matching(&mut log, &|l| l.contains("accept failed"))
+        .await;
+    assert!(warning.contains("Too many open files"), "{warning}");
+    tokio::time::sleep(AT_LIMIT_FOR).await;
+
+    drop(held);
+    tokio::time::timeout(PATIENCE, mock_stats(mock))
+        .await
+        .expect("served again once descriptors are free");
+    terminate(&mut child).await;
+    // Every line the mock wrote is in once it has exited.
+    let _ = tokio::time::timeout(PATIENCE, async {
+        while let Ok(Some(line)) = lines.0.next_line().await {
+            log.push(line);
+        }
+    })
+    .await;
+    let warnings = log.iter().filter(|l| l.contains("accept failed")).count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning for the whole episode:\n{}",
+        log.join("\n")
+    );
 }

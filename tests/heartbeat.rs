@@ -219,6 +219,52 @@ async fn an_upstream_error_after_an_early_answer_is_the_final_event() {
     assert_eq!(stats.streams_cancelled, 1);
 }
 
+/// One decision, two paths: an upstream that answers a stream request with a 2xx that is not an
+/// event stream. Before any response has started it is relayed as it is; after an early answer
+/// it can no longer be, and becomes the final event.
+#[tokio::test]
+async fn a_2xx_that_is_not_an_event_stream_is_relayed_before_an_early_answer_and_an_error_after() {
+    let env = start_with_heartbeat(INTERVAL).await;
+    let (status, headers, body) = fetch(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("fail-not-event-stream", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let completion: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+
+    let (_conn, body) = open_stream(
+        env.gateway,
+        "fail-not-event-stream",
+        &[("x-mock-headers-delay-ms", "600")],
+    )
+    .await;
+    let all = read_to_end(body).await;
+    assert!(count_heartbeats(&all) >= 1);
+    assert_eq!(final_error(&all)["code"], "upstream_not_event_stream");
+    assert!(
+        !String::from_utf8_lossy(&all).contains("chat.completion"),
+        "nothing of the JSON answer is relayed into the event stream"
+    );
+    let admin = env.admin;
+    wait_for(
+        "the stream to leave the registry",
+        PATIENCE,
+        || async move {
+            let (_, _, summary) = fetch_json(get(admin, "/admin/summary")).await;
+            (summary["streams"] == 0).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn with_heartbeats_off_a_slow_upstream_is_awaited_as_before() {
     let env = start_with_heartbeat(Duration::ZERO).await;

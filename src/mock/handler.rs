@@ -485,7 +485,7 @@ fn plan_or_error(
         Route::Models => return Err(invalid_url_reply(&parts.method, parts.uri.path())),
     };
 
-    if request.stream.unwrap_or(false) {
+    if request.stream.unwrap_or(false) && fault != Some(Fault::NotEventStream) {
         let include_usage = request
             .stream_options
             .and_then(|o| o.include_usage)

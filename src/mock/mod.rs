@@ -199,11 +199,15 @@ pub enum Fault {
     /// `slow-first-token`: headers at once, first chunk after
     /// `slow_first_token_delay` (`x-mock-first-delay-ms` still overrides).
     SlowFirstToken,
+    /// `fail-not-event-stream`: a streaming request gets the non-streaming
+    /// JSON answer (`200 application/json`), as from an upstream that ignores
+    /// `"stream": true`.
+    NotEventStream,
 }
 
 impl Fault {
     /// Every fault, in the order `GET /v1/models` lists them.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::RateLimited,
         Fault::ServerError,
         Fault::Midstream,
@@ -212,6 +216,7 @@ impl Fault {
         Fault::Oversized,
         Fault::Hang,
         Fault::SlowFirstToken,
+        Fault::NotEventStream,
     ];
 
     /// The model name that triggers this fault.
@@ -225,6 +230,7 @@ impl Fault {
             Fault::Oversized => "fail-oversized",
             Fault::Hang => "hang",
             Fault::SlowFirstToken => "slow-first-token",
+            Fault::NotEventStream => "fail-not-event-stream",
         }
     }
 

@@ -752,7 +752,8 @@ async fn embeddings_and_models_shape() {
             "fail-malformed",
             "fail-oversized",
             "hang",
-            "slow-first-token"
+            "slow-first-token",
+            "fail-not-event-stream"
         ]
     );
     let s = server.stats().snapshot();
@@ -989,6 +990,27 @@ async fn fault_no_done_ends_cleanly_without_done() {
     assert!(events.iter().all(|e| !e.contains("[DONE]")));
     let s = server.wait("completion", |s| s.streams_active == 0).await;
     assert_eq!((s.streams_completed, s.streams_cancelled), (1, 0));
+}
+
+#[tokio::test]
+async fn fault_not_event_stream_answers_a_stream_request_with_json() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-not-event-stream","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(r.json()["object"], "chat.completion");
+    let s = server.stats().snapshot();
+    assert_eq!((s.streams_started, s.requests_started), (0, 1));
 }
 
 #[tokio::test]
