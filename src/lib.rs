@@ -4,9 +4,11 @@
 //! Data flow: [`server`] accepts connections (HTTP/1.1, HTTP/2), [`router`] maps each request to
 //! a handler, [`relay`] forwards it upstream and relays the answer, [`sse`] finds event
 //! boundaries in the upstream bytes, and [`error`] turns every failure into an OpenAI-shaped
-//! error. [`registry`] knows every live stream and connection, [`heartbeat`] keeps idle streams
-//! alive and finds slow clients with one task, and [`admin`] lets operators list and end streams.
-//! [`gateway::run`] is the seam that the binary, the demo and the tests call.
+//! error ([`response`] builds the JSON responses). [`registry`] knows every live stream,
+//! [`connection`] counts connections, [`heartbeat`] keeps idle streams alive and finds slow
+//! clients with one task, and [`admin`] lets operators list and end streams. [`gateway`] wires
+//! them together; [`gateway::run`] is the seam that the binary, the demo and the tests call.
+//! Dependencies point down only (README, "Architecture").
 
 pub mod admin;
 pub mod bench;

@@ -438,7 +438,7 @@ async fn drive_connection<C>(
 
 /// Accept errors that concern one connection only (it was reset or aborted before we took it);
 /// the listener is fine and the next accept can go ahead at once.
-pub(crate) fn is_per_connection_error(err: &io::Error) -> bool {
+fn is_per_connection_error(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::ConnectionAborted
