@@ -2,9 +2,10 @@
 //!
 //! One accept loop serves every listener: the gateway's API (on each worker thread), its admin
 //! listener, and the built-in mock upstream. It is generic over the handler and its response
-//! body, so it knows nothing of routes or relays. Each accepted connection gets one task. Shutdown is two-phase: `drain` stops the accept loop
-//! and asks every connection to finish gracefully (HTTP/1.1: no new requests, `Connection:
-//! close`; HTTP/2: GOAWAY); `force` drops the connections still open at the deadline.
+//! body, so it knows nothing of routes or relays. Each accepted connection gets one task.
+//! Shutdown is two-phase: `drain` stops the accept loop and asks every connection to finish
+//! gracefully (HTTP/1.1: no new requests, `Connection: close`; HTTP/2: GOAWAY); `force` drops
+//! the connections still open at the deadline.
 
 use std::future::Future;
 use std::io;

@@ -119,8 +119,11 @@ pub const SYSTEM_FINGERPRINT: &str = "fp_tidegate_mock";
 /// behind the mock rather than behind itself.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 16_384;
 
-/// A client must send its request head within this (hyper's own default).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must send its request head within this. hyper's HTTP/1.1 timer also runs while a
+/// keep-alive connection waits for its next request, so this is far above the gateway's
+/// upstream pool idle timeout (60 s): the mock never closes a pooled connection the gateway may
+/// be about to reuse.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Largest request head: room for every header a gateway may forward.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
