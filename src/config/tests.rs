@@ -1434,3 +1434,105 @@ fn worker_threads_is_a_count_where_zero_means_one_per_cpu() {
         assert_eq!(errors.0[0].message, message, "{text}");
     }
 }
+
+// ---- durations (humantime) -----------------------------------------------------
+
+/// What the duration syntax accepts: humantime's grammar, checked here so a
+/// change in the crate shows up as a failing test, not a surprise in a file.
+#[test]
+fn durations_are_humantime_strings() {
+    let accepted = [
+        ("500ms", Duration::from_millis(500)),
+        ("15s", Duration::from_secs(15)),
+        ("30m", Duration::from_secs(1800)),
+        ("1h", Duration::from_secs(3600)),
+        ("1h 30m", Duration::from_secs(5400)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("1m 30s", Duration::from_secs(90)),
+        ("1.5s", Duration::from_millis(1500)),
+        ("2 min", Duration::from_secs(120)),
+        ("15sec", Duration::from_secs(15)),
+        ("2days", Duration::from_secs(2 * 86_400)),
+        ("1d", Duration::from_secs(86_400)),
+        ("1w", Duration::from_secs(7 * 86_400)),
+        ("007s", Duration::from_secs(7)),
+        ("0s", Duration::ZERO),
+        ("0", Duration::ZERO),
+    ];
+    for (text, expected) in accepted {
+        let c = Config::from_toml_str(&format!("[shutdown]\ndrain_timeout = \"{text}\"\n"))
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(c.shutdown.drain_timeout, expected, "{text}");
+    }
+    let rejected = [
+        "", "10", "sixty", "s", "-1s", "+1s", "5S", "5MS", "1s ago", "0x10s", "1_000ms",
+    ];
+    for text in rejected {
+        assert_eq!(
+            only_error(&format!("[shutdown]\ndrain_timeout = \"{text}\"\n")),
+            format!("shutdown.drain_timeout: invalid value: string {text:?}, expected a duration"),
+        );
+    }
+}
+
+#[test]
+fn durations_print_in_a_form_that_reads_back() {
+    let mut c = Config::default();
+    for (duration, printed) in [
+        (Duration::from_millis(1500), "1s 500ms"),
+        (Duration::from_secs(90), "1m 30s"),
+        (Duration::from_secs(3600), "1h"),
+        (Duration::from_secs(5400), "1h 30m"),
+        (Duration::from_secs(86_400), "1day"),
+        (MAX_DURATION, "11months 30days 3h 50m 24s"),
+        (Duration::ZERO, "0s"),
+    ] {
+        c.shutdown.drain_timeout = duration;
+        let text = c.to_redacted_toml().unwrap();
+        assert!(
+            text.contains(&format!("\ndrain_timeout = \"{printed}\"\n")),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml_str(&text), Ok(c.clone()), "{text}");
+    }
+}
+
+// ---- the README's reference table ------------------------------------------------
+
+/// Every key of the schema has a row in README.md's configuration table and
+/// every row names a key of the schema, so the reference cannot drift.
+#[test]
+fn readme_config_table_lists_exactly_the_schema_keys() {
+    fn leaves(parent: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    leaves(&load::join_path(parent, key), value, out);
+                }
+            }
+            _ => out.push(parent.to_owned()),
+        }
+    }
+    let mut schema = Vec::new();
+    leaves(
+        "",
+        &serde_json::to_value(Config::default()).unwrap(),
+        &mut schema,
+    );
+    schema.sort();
+
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Configuration reference\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has a \"Configuration reference\" section");
+    let mut documented: Vec<String> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned())
+        .collect();
+    documented.sort();
+    assert_eq!(documented, schema);
+}
