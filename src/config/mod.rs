@@ -156,7 +156,7 @@ pub struct Config {
 }
 
 /// `[admin]`: a separate listener for health and metrics endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
 #[serde(default, expecting = "a table (an [admin] section)")]
 pub struct AdminConfig {
     /// Address of the admin listener (`admin.listen`). Absent by default:
@@ -181,13 +181,14 @@ pub struct AdminConfig {
 }
 
 /// `[upstream]`: the OpenAI-compatible server requests are relayed to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
 #[serde(default, expecting = "a table (an [upstream] section)")]
 pub struct UpstreamConfig {
     /// Base URL request paths are appended to (`upstream.base_url`), e.g.
     /// `/chat/completions`. Default [`DEFAULT_UPSTREAM_BASE_URL`]. Must be
     /// http or https with a host and without query or fragment, so joining
     /// is plain concatenation; stored without a trailing slash.
+    #[default(UpstreamUrl::default_openai())]
     pub base_url: UpstreamUrl,
     /// Name of the environment variable holding the upstream API key
     /// (`upstream.api_key_env`). The key itself is never accepted in the

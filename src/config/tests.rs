@@ -1536,3 +1536,33 @@ fn readme_config_table_lists_exactly_the_schema_keys() {
     documented.sort();
     assert_eq!(documented, schema);
 }
+
+#[test]
+fn every_unknown_key_is_reported_at_once_with_its_hint() {
+    let text = r#"
+drain_timeout = "5s"
+[limit]
+x = 1
+[limits]
+max_body_byte = 5
+level = "debug"
+[admin]
+token = "admin-0123456789abcdefTOKEN"
+[streams]
+heartbeat_intervl = "5s"
+"#;
+    let shown = ConfigErrors(errors_of(text)).to_string();
+    assert_eq!(
+        shown,
+        [
+            r#"admin.token: unknown key (the token is never read from the file; set token_env to the name of an environment variable holding it)"#,
+            r#"drain_timeout: unknown key (did you mean "shutdown.drain_timeout"?)"#,
+            r#"limit: unknown section (did you mean "limits"?)"#,
+            r#"limits.level: unknown key (did you mean "log.level"?)"#,
+            r#"limits.max_body_byte: unknown key (did you mean "max_body_bytes"?)"#,
+            r#"streams.heartbeat_intervl: unknown key (did you mean "heartbeat_interval"?)"#,
+        ]
+        .join("\n")
+    );
+    assert!(!shown.contains(ADMIN_TOKEN));
+}
