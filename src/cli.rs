@@ -180,10 +180,12 @@ fn check_config(path: &Path) -> ExitCode {
         finish_config(&mut config)?;
         Ok(config)
     });
+    // Printing fails only for a config validate() rejects; report it as a config error anyway.
+    let result = result.and_then(|config| config.to_redacted_toml().map_err(ConfigErrors::from));
     match result {
-        Ok(config) => {
+        Ok(printed) => {
             println!("# {}: valid", path.display());
-            print!("{}", config.to_redacted_toml());
+            print!("{printed}");
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -45,11 +45,11 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{format_duration, parse_duration};
 use crate::signals::interrupted;
 use client::{
     H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, StreamRecord, Target,
 };
+use humantime::{format_duration, parse_duration};
 use procfs::Watched;
 use report::{HoldRun, ProcPoint, Report, Sample};
 use stats::{Failures, Live, Spread};
@@ -182,11 +182,12 @@ pub struct BenchArgs {
 }
 
 fn parse_hold(text: &str) -> Result<Duration, String> {
-    let hold = parse_duration(text)?;
+    let hold = parse_duration(text).map_err(|e| e.to_string())?;
     if hold > MAX_HOLD {
+        // In hours: humantime would say "1day".
         return Err(format!(
-            "{text:?} is longer than {}, the most a hold may last",
-            format_duration(MAX_HOLD)
+            "{text:?} is longer than {}h, the most a hold may last",
+            MAX_HOLD.as_secs() / 3600
         ));
     }
     Ok(hold)
