@@ -1,8 +1,7 @@
 //! How values are written in the file, where a type's own serde impl is not
-//! what the file wants: sizes (`65536` or `"64 KiB"`), socket addresses (with
-//! hints for the common mistakes), and the string forms of [`LogFormat`],
-//! [`UpstreamUrl`] and [`Secret`]. Durations need nothing here:
-//! `humantime_serde` reads and writes them.
+//! what the file wants: durations (`"15s"`, `"1h 30m"`), sizes (`65536` or
+//! `"64 KiB"`), socket addresses (with hints for the common mistakes), and the
+//! string forms of [`LogFormat`], [`UpstreamUrl`] and [`Secret`].
 //!
 //! Each reader says what it expected, so serde's message names both sides:
 //! `invalid type: integer `5`, expected a size in bytes ...`; the key path is
@@ -14,6 +13,46 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{LogFormat, Secret, UpstreamUrl};
+
+/// Durations in [`humantime`]'s syntax (`"500ms"`, `"15s"`, `"1h 30m"`), written
+/// back by humantime. A bad value's message keeps humantime's reason
+/// (`time unit needed, for example 10sec or 10ms`), which `humantime_serde`
+/// drops.
+pub(super) mod duration {
+    use std::time::Duration;
+
+    use super::*;
+
+    const EXPECTED: &str = r#"a duration such as "500ms", "15s" or "1h 30m""#;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        deserializer.deserialize_str(DurationVisitor)
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text)
+                .map_err(|reason| E::custom(format!("expected {EXPECTED}, got {text:?}: {reason}")))
+        }
+    }
+}
 
 /// Sizes in bytes: an integer (`65536`) or a string [`bytesize`] reads
 /// (`"64 KiB"`, `"1 MiB"`, `"1.5MB"`; note `"64k"` is 64,000 bytes, SI).

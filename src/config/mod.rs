@@ -5,7 +5,7 @@
 //! it, each field's doc comment is its reference text (README.md's
 //! "Configuration reference" table says the same in short, and a unit test
 //! keeps their key lists equal), its `#[default(..)]` is a named constant, and
-//! its unit is its serde adapter: durations through `humantime_serde`
+//! its unit is its serde adapter: durations through [`humantime`]
 //! (`"15s"`, `"1h 30m"`), sizes through [`bytesize`] (`65536` or `"64 KiB"`).
 //! Adding a key means adding its field and, if it has one, its rule in
 //! [`Config::validate`].
@@ -253,42 +253,42 @@ pub struct Limits {
     /// holding connections open by trickling headers. Must be > 0 and at most [`MAX_DURATION`]. Default
     /// [`DEFAULT_HEADER_READ_TIMEOUT`].
     #[default(DEFAULT_HEADER_READ_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub header_read_timeout: Duration,
     /// Time a client has to send its whole request body
     /// (`limits.body_read_timeout`), for the same reason as
     /// `header_read_timeout`. Must be > 0 and at most [`MAX_DURATION`]. Default
     /// [`DEFAULT_BODY_READ_TIMEOUT`].
     #[default(DEFAULT_BODY_READ_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub body_read_timeout: Duration,
     /// Time allowed to establish the TCP connection (and TLS session) to
     /// the upstream (`limits.upstream_connect_timeout`). A dead or
     /// blackholed upstream should fail fast instead of holding the client.
     /// Must be > 0 and at most [`MAX_DURATION`]. Default [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
     #[default(DEFAULT_UPSTREAM_CONNECT_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub upstream_connect_timeout: Duration,
     /// Time allowed from sending the request until the upstream's response
     /// headers arrive (`limits.first_byte_timeout`). Models can take a while
     /// to start, but an upstream that never answers must not hold the
     /// client forever. Must be > 0 and at most [`MAX_DURATION`]. Default [`DEFAULT_FIRST_BYTE_TIMEOUT`].
     #[default(DEFAULT_FIRST_BYTE_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub first_byte_timeout: Duration,
     /// Longest silence allowed between upstream body bytes
     /// (`limits.upstream_idle_timeout`). Detects stalled streams that keep
     /// the connection open but stop producing tokens. Must be > 0 and at most [`MAX_DURATION`]. Default
     /// [`DEFAULT_UPSTREAM_IDLE_TIMEOUT`].
     #[default(DEFAULT_UPSTREAM_IDLE_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub upstream_idle_timeout: Duration,
     /// Hard cap on the total time of one response, however lively it is
     /// (`limits.max_stream_duration`). Bounds the cost and resource hold of a
     /// runaway generation. Must be > 0 and at most [`MAX_DURATION`]. Default
     /// [`DEFAULT_MAX_STREAM_DURATION`].
     #[default(DEFAULT_MAX_STREAM_DURATION)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub max_stream_duration: Duration,
 }
 
@@ -307,7 +307,7 @@ pub struct StreamsConfig {
     /// [`MAX_DURATION`]. Default [`DEFAULT_HEARTBEAT_INTERVAL`]. Use
     /// [`StreamsConfig::heartbeat`], which says "off" as `None`.
     #[default(DEFAULT_HEARTBEAT_INTERVAL)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub heartbeat_interval: Duration,
     /// Most unsent response bytes the gateway holds per stream
     /// (`streams.max_buffered_bytes`): hyper's per-stream send buffer on
@@ -327,7 +327,7 @@ pub struct StreamsConfig {
     /// open forever. Must be > 0 and at most [`MAX_DURATION`]. Default
     /// [`DEFAULT_CLIENT_STALL_TIMEOUT`].
     #[default(DEFAULT_CLIENT_STALL_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub client_stall_timeout: Duration,
 }
 
@@ -349,7 +349,7 @@ pub struct ShutdownConfig {
     /// refused at once; this bounds how long a deploy waits for running
     /// generations. `0s` cuts immediately; at most [`MAX_DURATION`]. Default [`DEFAULT_DRAIN_TIMEOUT`].
     #[default(DEFAULT_DRAIN_TIMEOUT)]
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "formats::duration")]
     pub drain_timeout: Duration,
 }
 

@@ -202,7 +202,7 @@ level = ""
         error("limits.bogus", "unknown key"),
         error(
             "limits.first_byte_timeout",
-            r#"invalid value: string "sixty", expected a duration"#,
+            r#"expected a duration such as "500ms", "15s" or "1h 30m", got "sixty": expected number at 0"#,
         ),
         error(
             "limits.max_event_bytes",
@@ -216,7 +216,7 @@ level = ""
         ),
         error(
             "limits.upstream_idle_timeout",
-            "invalid type: integer `120`, expected a duration",
+            r#"invalid type: integer `120`, expected a duration such as "500ms", "15s" or "1h 30m""#,
         ),
         error(
             "listen",
@@ -233,7 +233,7 @@ level = ""
     let shown = ConfigErrors(errors).to_string();
     assert_eq!(shown.lines().count(), expected.len());
     assert!(shown.contains(
-        "limits.first_byte_timeout: invalid value: string \"sixty\", expected a duration\n"
+        "limits.first_byte_timeout: expected a duration such as \"500ms\", \"15s\" or \"1h 30m\", got \"sixty\": expected number at 0\n"
     ));
     assert!(shown.contains("\nlimits.bogus: unknown key\n"));
     assert!(!shown.ends_with('\n'));
@@ -421,7 +421,7 @@ fn wrong_value_types_name_what_was_given() {
         ),
         (
             "[shutdown]\ndrain_timeout = [1]",
-            "shutdown.drain_timeout: invalid type: sequence, expected a duration".to_owned(),
+            r#"shutdown.drain_timeout: invalid type: sequence, expected a duration such as "500ms", "15s" or "1h 30m""#.to_owned(),
         ),
         (
             "[log]\nformat = { a = 1 }",
@@ -617,11 +617,11 @@ fn durations_are_capped_so_deadlines_cannot_overflow() {
 fn duration_rejects_reach_the_file_with_their_path() {
     assert_eq!(
         only_error("[limits]\nfirst_byte_timeout = \"10\""),
-        r#"limits.first_byte_timeout: invalid value: string "10", expected a duration"#
+        r#"limits.first_byte_timeout: expected a duration such as "500ms", "15s" or "1h 30m", got "10": time unit needed, for example 10sec or 10ms"#
     );
     assert_eq!(
         only_error("[shutdown]\ndrain_timeout = \"99999999999999999999999h\""),
-        r#"shutdown.drain_timeout: invalid value: string "99999999999999999999999h", expected a duration"#
+        r#"shutdown.drain_timeout: expected a duration such as "500ms", "15s" or "1h 30m", got "99999999999999999999999h": number is too large or cannot be represented without a lack of precision (values below 1ns are not supported)"#
     );
 }
 
@@ -1034,11 +1034,11 @@ fn streams_keys_parse() {
     assert_eq!(c.streams.max_buffered_bytes, 65_536);
     assert_eq!(
         only_error("[streams]\nheartbeat_interval = 15\n"),
-        "streams.heartbeat_interval: invalid type: integer `15`, expected a duration"
+        r#"streams.heartbeat_interval: invalid type: integer `15`, expected a duration such as "500ms", "15s" or "1h 30m""#
     );
     assert_eq!(
         only_error("[streams]\nclient_stall_timeout = \"30\"\n"),
-        r#"streams.client_stall_timeout: invalid value: string "30", expected a duration"#
+        r#"streams.client_stall_timeout: expected a duration such as "500ms", "15s" or "1h 30m", got "30": time unit needed, for example 30sec or 30ms"#
     );
 }
 
@@ -1468,9 +1468,14 @@ fn durations_are_humantime_strings() {
         "", "10", "sixty", "s", "-1s", "+1s", "5S", "5MS", "1s ago", "0x10s", "1_000ms",
     ];
     for text in rejected {
-        assert_eq!(
-            only_error(&format!("[shutdown]\ndrain_timeout = \"{text}\"\n")),
-            format!("shutdown.drain_timeout: invalid value: string {text:?}, expected a duration"),
+        let message = only_error(&format!("[shutdown]\ndrain_timeout = \"{text}\"\n"));
+        let expected = format!(
+            r#"shutdown.drain_timeout: expected a duration such as "500ms", "15s" or "1h 30m", got {text:?}: "#
+        );
+        // humantime's own reason follows, e.g. "time unit needed, for example 10sec or 10ms".
+        assert!(
+            message.starts_with(&expected) && message.len() > expected.len(),
+            "{message}"
         );
     }
 }
