@@ -155,7 +155,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// `[admin]`: a separate listener for health and metrics endpoints.
+/// `[admin]`: a separate listener for health checks and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
 #[serde(default, expecting = "a table (an [admin] section)")]
 pub struct AdminConfig {
