@@ -9,7 +9,6 @@
 //! [`gateway::run`] is the seam that the binary, the demo and the tests call.
 
 pub mod admin;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;
