@@ -796,7 +796,9 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
             () = tokio::time::sleep_until(collect_deadline.unwrap_or(cap)),
                 if collect_deadline.is_some() => {
                 abandoned = tasks.len() as u64;
-                tasks.abort_all();
+                // Aborts them all and waits until each has been dropped, so that their alive
+                // guards are released before the last sample.
+                tasks.shutdown().await;
                 break;
             }
             joined = tasks.join_next(), if !tasks.is_empty() => match joined {
