@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The concurrent-stream benchmark: the same load, in one session, (1) directly against the mock
 # upstream (the latency reference), (2) through nginx (the reference proxy: proxy_buffering off,
-# one worker per core) and (3) through tidegate. Each run is `tidegate bench` with the target
+# one worker per core) and (3) through tidegate. Each run is `tidegate-bench` with the target
 # process's pids, so RSS and CPU are measured per target. Loopback only.
 #
 # Environment (defaults in brackets):
@@ -12,7 +12,8 @@
 #   NGINX_ACCESS_LOG [0]  1: nginx writes its default access log (one line per request) to a file
 #   TARGETS ["direct nginx tidegate"]; also "tidegate-h2": tidegate with upstream.http2 = true
 #                    (one HTTP/2 connection to the mock for all streams)
-#   TIDEGATE_BIN [target/release/tidegate]  built unless set
+#   TIDEGATE_BIN [target/release/tidegate]  built (with the driver) unless set
+#   TIDEGATE_BENCH_BIN [tidegate-bench next to TIDEGATE_BIN]  the load driver
 #   OUT_DIR [a new /tmp/tidegate-bench.XXXXXX]  configs, logs, JSON reports, SVG charts
 set -euo pipefail
 
@@ -33,12 +34,7 @@ LOG_NAME=bench-streams
 source loadtest/lib.sh
 EXIT_NOTE="logs, reports and charts in $OUT_DIR"
 
-if [[ -z ${TIDEGATE_BIN:-} ]]; then
-    log "building (cargo build --release)"
-    cargo build --release >&2
-    TIDEGATE_BIN=target/release/tidegate
-fi
-[[ -x $TIDEGATE_BIN ]] || die "no tidegate binary at $TIDEGATE_BIN"
+find_binaries
 mkdir -p "$OUT_DIR"
 
 # ---- the mock upstream (its own process, shared by all targets) --------------------------------
@@ -109,7 +105,7 @@ for target in $TARGETS; do
         *) die "unknown target $target" ;;
     esac
     log "[$target] $STREAMS streams over $PROTOCOL to $TARGET_URL"
-    "$TIDEGATE_BIN" bench --url "$TARGET_URL" --streams "$STREAMS" --ramp "$RAMP" \
+    "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --streams "$STREAMS" --ramp "$RAMP" \
         --protocol "$PROTOCOL" --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" \
         --threads "$THREADS" "${TARGET_PIDS[@]}" \
         --json "$OUT_DIR/$target.json" --svg "$OUT_DIR/$target.svg" \

@@ -22,8 +22,9 @@
 #   STREAMS       concurrent streams (default 300)
 #   CHUNKS        content chunks per stream in the third run (default 40)
 #   DELAY_MS      delay between chunks (default 50)
-#   TIDEGATE_BIN  the binary to measure and to run the mock and driver with (default: builds
-#                 target/release/tidegate)
+#   TIDEGATE_BIN  the binary to measure and to run the mock with (default: builds
+#                 target/release/tidegate, and the driver with it)
+#   TIDEGATE_BENCH_BIN  the load driver (default: tidegate-bench next to TIDEGATE_BIN)
 #   OUT_DIR       where profiles and reports go (default: a new directory under /tmp)
 #   BY_CRATE=1    also split both figures by crate (loadtest/callgrind-summary.py)
 # Open a profile with `callgrind_annotate --inclusive=yes OUT_DIR/<target>-loaded/cg.<pid>`.
@@ -44,13 +45,7 @@ source loadtest/lib.sh
 EXIT_NOTE="profiles and reports in $OUT_DIR"
 
 command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
-if [[ -z ${TIDEGATE_BIN:-} ]]; then
-    log "building (cargo build --release)"
-    cargo build --release >&2
-    TIDEGATE_BIN=target/release/tidegate
-fi
-[[ -x $TIDEGATE_BIN ]] || die "no tidegate binary at $TIDEGATE_BIN"
-TIDEGATE_BIN=$(cd "$(dirname "$TIDEGATE_BIN")" && pwd)/$(basename "$TIDEGATE_BIN")
+find_binaries
 mkdir -p "$OUT_DIR"
 
 "$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
@@ -103,7 +98,7 @@ measure() {
         sleep 0.2
     done
     ((i < 300)) || die "$target did not listen within 60 s"
-    "$TIDEGATE_BIN" bench --url "http://127.0.0.1:$port" --streams "$streams" --ramp 200 \
+    "$TIDEGATE_BENCH_BIN" --url "http://127.0.0.1:$port" --streams "$streams" --ramp 200 \
         --chunks "$chunks" --chunk-delay-ms "$DELAY_MS" --quiet --json "$dir/bench.json" \
         >"$dir/bench.txt" 2>&1 || die "[$target] streams failed: $(cat "$dir/bench.txt")"
     # A graceful stop, so that every process writes its profile.

@@ -3,7 +3,7 @@
 #
 # For each heartbeat setting in HEARTBEATS it starts a fresh gateway in front of one mock
 # upstream whose streams send their first chunk at once and then nothing for 600 s, opens
-# STREAMS idle streams with `tidegate bench --hold` (HTTP/2, prior knowledge), waits SETTLE s,
+# STREAMS idle streams with `tidegate-bench --hold` (HTTP/2, prior knowledge), waits SETTLE s,
 # measures the gateway's CPU over MEASURE s and its RSS, and prints a markdown table.
 # See loadtest/README.md ("Idle streams"). Loopback only.
 #
@@ -11,7 +11,9 @@
 #   STREAMS [10000]  HOLD [90]  MEASURE [60]  SETTLE [10]  HEARTBEATS ["1s 0s"]
 #     (HEARTBEATS=none writes no [streams] section, for gateways without the setting)
 #   PER_CONNECTION [200]  RAMP [2000]  MOCK_DELAY_MS [600000]
-#   TIDEGATE_BIN [target/release/tidegate]            gateway, mock and holder; built unless set
+#   TIDEGATE_BIN [target/release/tidegate]            gateway and mock; built (with the holder)
+#                                                     unless set
+#   TIDEGATE_BENCH_BIN [tidegate-bench next to TIDEGATE_BIN]  the holder
 #   OUT_DIR      [a new /tmp/tidegate-idle.XXXXXX]    configs, logs, holder reports, results.md
 set -euo pipefail
 
@@ -80,12 +82,7 @@ PY
 }
 
 # ---- build --------------------------------------------------------------------------------------
-if [[ -z ${TIDEGATE_BIN:-} ]]; then
-    log "building the gateway (cargo build --release)"
-    cargo build --release >&2
-    TIDEGATE_BIN=target/release/tidegate
-fi
-[[ -x $TIDEGATE_BIN ]] || die "no gateway binary at $TIDEGATE_BIN"
+find_binaries
 command -v python3 >/dev/null || die "python3 is needed to read the holder's JSON report"
 mkdir -p "$OUT_DIR"
 log "output in $OUT_DIR"
@@ -146,11 +143,11 @@ run_setting() {
     idle_rss=$(rss_kib "$GATEWAY_PID")
     log "[$hb] gateway at $gw (pid $GATEWAY_PID), idle RSS ${idle_rss} KiB"
 
-    # The holder: `tidegate bench --hold`. No x-mock-* headers (the gateway does not forward
+    # The holder: `tidegate-bench --hold`. No x-mock-* headers (the gateway does not forward
     # them here anyway): the mock's own pacing keeps the streams idle. Its run cap leaves room
     # for the ramp, the headers (30 s at most each) and the hold; it samples the gateway and the
     # mock too, for its JSON report.
-    "$TIDEGATE_BIN" bench --url "http://$gw" --protocol h2 --streams "$STREAMS" \
+    "$TIDEGATE_BENCH_BIN" --url "http://$gw" --protocol h2 --streams "$STREAMS" \
         --per-connection "$PER_CONNECTION" --ramp "$RAMP" --no-mock-headers \
         --hold "${HOLD}s" --duration "$((OPEN_SECS + HOLD + 60))s" \
         --pid "gateway=$GATEWAY_PID" --pid "mock=$MOCK_PID" \
@@ -240,7 +237,7 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then commit="$commit (dirty)"
     echo "## Idle streams: heartbeat CPU and RSS per stream"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); nproc: $(nproc); kernel: $(uname -r); commit: $commit"
-    echo "- gateway: $TIDEGATE_BIN ($("$TIDEGATE_BIN" --version 2>/dev/null || echo '?')); holder: $TIDEGATE_BIN bench --hold"
+    echo "- gateway: $TIDEGATE_BIN ($("$TIDEGATE_BIN" --version 2>/dev/null || echo '?')); holder: $TIDEGATE_BENCH_BIN --hold"
     echo "- $STREAMS streams over h2 (prior knowledge), $PER_CONNECTION per connection, ramp $RAMP/s;" \
         "settle ${SETTLE}s, CPU window ${MEASURE}s, hold ${HOLD}s; mock: 1 chunk at once, next after ${MOCK_IDLE_SECS}s"
     echo

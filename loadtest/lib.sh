@@ -77,3 +77,22 @@ wait_for_line() {
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# Sets TIDEGATE_BIN (the gateway, also the mock upstream) and TIDEGATE_BENCH_BIN (the load
+# driver, `tidegate-bench`). With TIDEGATE_BIN unset, `cargo build --release` builds both (every
+# workspace member's binaries) into target/release. TIDEGATE_BENCH_BIN defaults to the
+# tidegate-bench next to TIDEGATE_BIN; set it when TIDEGATE_BIN is a gateway built elsewhere.
+# Both end up as absolute paths.
+find_binaries() {
+    if [[ -z ${TIDEGATE_BIN:-} ]]; then
+        log "building (cargo build --release)"
+        cargo build --release >&2
+        TIDEGATE_BIN=target/release/tidegate
+    fi
+    TIDEGATE_BENCH_BIN=${TIDEGATE_BENCH_BIN:-$(dirname "$TIDEGATE_BIN")/tidegate-bench}
+    [[ -x $TIDEGATE_BIN ]] || die "no tidegate binary at $TIDEGATE_BIN"
+    [[ -x $TIDEGATE_BENCH_BIN ]] ||
+        die "no tidegate-bench binary at $TIDEGATE_BENCH_BIN (set TIDEGATE_BENCH_BIN)"
+    TIDEGATE_BIN=$(cd "$(dirname "$TIDEGATE_BIN")" && pwd)/$(basename "$TIDEGATE_BIN")
+    TIDEGATE_BENCH_BIN=$(cd "$(dirname "$TIDEGATE_BENCH_BIN")" && pwd)/$(basename "$TIDEGATE_BENCH_BIN")
+}

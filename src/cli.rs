@@ -1,5 +1,6 @@
 //! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
-//! upstream on its own, `check-config`, and the `bench` load driver.
+//! upstream on its own, and `check-config`. (The load driver is its own binary, `tidegate-bench`,
+//! in `loadtest/driver/`.)
 //!
 //! The configuration is loaded and validated completely before anything binds; an invalid one
 //! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).
@@ -93,20 +94,15 @@ pub enum Command {
         /// The TOML file to check
         file: PathBuf,
     },
-    /// Load driver: run many concurrent streaming chat completions against a loopback gateway
-    /// (or the mock) and report time to first event, per-event latency, failures by kind and
-    /// the RSS/CPU of given processes (exit code 1 if any stream failed, 2 for bad arguments)
-    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    // First, before the heap grows: the gateway, the mock and the load driver all hold thousands
-    // of small per-stream allocations.
+    // First, before the heap grows: the gateway and the mock both hold thousands of small
+    // per-stream allocations.
     let huge_pages = sys::disable_transparent_huge_pages();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file),
-        Some(Command::Bench(args)) => crate::bench::main(args),
         Some(Command::MockUpstream {
             listen,
             chunks,

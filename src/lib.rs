@@ -11,7 +11,6 @@
 //! Dependencies point down only (README, "Architecture").
 
 pub mod admin;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod connection;

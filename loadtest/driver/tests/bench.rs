@@ -1,4 +1,4 @@
-//! `tidegate bench` as a user runs it: the real binary against the gateway and mock started
+//! `tidegate-bench` as a user runs it: the real binary against the gateway and mock started
 //! in-process on 127.0.0.1:0, over HTTP/1.1 and HTTP/2; its exit code, its JSON report, its
 //! chart; failures counted by kind; hold mode (`--hold`); and arguments it must refuse.
 
@@ -12,7 +12,7 @@ use serde_json::Value;
 use tidegate::mock::MockSettings;
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+const BIN: &str = env!("CARGO_BIN_EXE_tidegate-bench");
 /// A whole bench run of a few hundred short streams on a loaded 2-core machine, debug build.
 const RUN_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -31,8 +31,7 @@ struct Run {
 
 async fn bench(args: &[&str]) -> Run {
     let mut cmd = Command::new(BIN);
-    cmd.arg("bench")
-        .args(args)
+    cmd.args(args)
         .env_remove("TIDEGATE_CONFIG")
         .env_remove("TIDEGATE_BENCH_API_KEY")
         .kill_on_drop(true);
@@ -47,7 +46,7 @@ async fn bench(args: &[&str]) -> Run {
     }
 }
 
-/// Runs `tidegate bench --url URL`, then `options` (split on whitespace, so no paths), then
+/// Runs `tidegate-bench --url URL`, then `options` (split on whitespace, so no paths), then
 /// each of `files` as an option and its path, kept whole.
 async fn bench_at(url: &str, options: &str, files: &[(&str, &Path)]) -> Run {
     let mut args = vec!["--url", url];
@@ -460,7 +459,7 @@ async fn hold_mode_holds_idle_streams_and_counts_pings() {
     }
     // Every held stream was cancelled at the end, and the gateway passed that on to the mock.
     wait_for_mock(
-        env.mock,
+        &env.mock_stats,
         "the held streams cancelled upstream",
         PATIENCE,
         |s| s.streams_active == 0,

@@ -236,20 +236,32 @@ impl Live {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn stream_opened(&self) {
+    /// Counts a stream opened and alive; it stays alive until the guard is dropped, however
+    /// its task ends (the end of its body, a timeout, a cancel, or an abort mid-body).
+    pub fn stream_opened(&self) -> AliveGuard<'_> {
         Live::add(&self.opened, 1);
         let alive = self.alive.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_alive.fetch_max(alive, Ordering::Relaxed);
-    }
-
-    pub fn stream_closed(&self) {
-        self.alive.fetch_sub(1, Ordering::Relaxed);
+        AliveGuard { live: self }
     }
 
     pub fn record_latency(&self, micros: u64) {
         Live::add(&self.timed_events, 1);
         self.latency_us.record(micros);
         self.latency_us_interval.record(micros);
+    }
+}
+
+/// One alive stream in [`Live::alive`], from [`Live::stream_opened`] until it is dropped.
+#[must_use = "the stream counts as alive only while the guard lives"]
+#[derive(Debug)]
+pub struct AliveGuard<'a> {
+    live: &'a Live,
+}
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.live.alive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -316,6 +328,43 @@ impl Failures {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_stream_is_alive_until_its_guard_drops() {
+        let live = Live::default();
+        let first = live.stream_opened();
+        let second = live.stream_opened();
+        assert_eq!(Live::get(&live.alive), 2);
+        drop(first);
+        let third = live.stream_opened();
+        assert_eq!(Live::get(&live.alive), 2);
+        drop((second, third));
+        assert_eq!(Live::get(&live.alive), 0);
+        assert_eq!(Live::get(&live.opened), 3);
+        assert_eq!(Live::get(&live.max_alive), 2);
+    }
+
+    /// The run aborts the tasks of streams still reading their body when the collect deadline
+    /// passes: a count decremented after the body's `.await` would never come down for them.
+    #[tokio::test]
+    async fn an_aborted_stream_task_is_no_longer_alive() {
+        let live = Arc::new(Live::default());
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let task_live = Arc::clone(&live);
+        let task = tokio::spawn(async move {
+            let _alive = task_live.stream_opened();
+            let _ = opened_tx.send(());
+            // A body that never ends.
+            std::future::pending::<()>().await;
+        });
+        opened_rx.await.expect("the stream opened");
+        assert_eq!(Live::get(&live.alive), 1);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(Live::get(&live.alive), 0);
+        assert_eq!(Live::get(&live.opened), 1);
+    }
 
     #[test]
     fn buckets_are_contiguous_and_cover_their_values() {

@@ -392,7 +392,7 @@ pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> StreamRecord {
     }
     let opened_at = Instant::now();
     live.headers_us.record(micros(opened_at - start));
-    live.stream_opened();
+    let alive = live.stream_opened();
     // A held stream is bounded by the cancel at the end of the hold (or the run cap) instead.
     let body_deadline = (!ctx.hold).then_some(deadline);
     let mut counts = BodyCounts::default();
@@ -404,7 +404,7 @@ pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> StreamRecord {
         &mut counts,
     )
     .await;
-    live.stream_closed();
+    drop(alive);
     StreamRecord {
         outcome,
         open_for: Some(opened_at.elapsed()),

@@ -1,4 +1,4 @@
-//! `tidegate bench`: a high-concurrency load driver for streaming chat completions.
+//! `tidegate-bench`: a high-concurrency load driver for streaming chat completions.
 //!
 //! k6 needs 1–5 MB per virtual user; this driver holds a stream in a few kilobytes, so 10,000
 //! concurrent streams fit in a single small process. It opens `--streams` streaming chat
@@ -45,14 +45,13 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::signals::interrupted;
 use client::{
     H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, StreamRecord, Target,
 };
-use humantime::{format_duration, parse_duration};
 use procfs::Watched;
 use report::{HoldRun, ProcPoint, Report, Sample};
 use stats::{Failures, Live, Spread};
+use tidegate::signals::interrupted;
 
 /// Exit code when a stream failed or the run stopped before every stream completed.
 pub const EXIT_FAILED: u8 = 1;
@@ -61,8 +60,9 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Upper bound on `--streams`, so a typo cannot ask for millions of sockets or tasks.
 pub const MAX_STREAMS: u32 = 200_000;
-/// The gateway's limit of concurrent streams per HTTP/2 connection.
-pub const MAX_PER_CONNECTION: u32 = crate::gateway::H2_MAX_CONCURRENT_STREAMS;
+/// The gateway's limit of concurrent streams per HTTP/2 connection, the cap on
+/// `--per-connection`.
+pub const MAX_PER_CONNECTION: u32 = tidegate::gateway::H2_MAX_CONCURRENT_STREAMS;
 /// Descriptors kept free for everything that is not a stream socket.
 const SPARE_FDS: u64 = 64;
 /// How often the ramp starts the streams that are due.
@@ -100,7 +100,7 @@ impl Protocol {
     }
 }
 
-/// Arguments of `tidegate bench`.
+/// Arguments of `tidegate-bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Base URL of the gateway, or of the mock as the reference, e.g. http://127.0.0.1:8080
@@ -138,7 +138,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_mock_headers: bool,
     /// The request's model (the mock's fault models work too, e.g. fail-midstream)
-    #[arg(long, default_value = crate::mock::DEFAULT_MODEL, value_name = "NAME")]
+    #[arg(long, default_value = tidegate::mock::DEFAULT_MODEL, value_name = "NAME")]
     pub model: String,
     /// Sent as Authorization: Bearer KEY
     #[arg(
@@ -181,13 +181,32 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
+/// A duration flag: "90s", "10m", "500ms", "1h 30m" (humantime's syntax; a unit is required).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// A duration as the messages print it: in the largest of h, m and s that divides it exactly,
+/// else in ms ("10m", "90s", "24h", "1500ms").
+fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".to_owned();
+    }
+    for (per_unit, unit) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
+        if millis % per_unit == 0 {
+            return format!("{}{unit}", millis / per_unit);
+        }
+    }
+    format!("{millis}ms")
+}
+
 fn parse_hold(text: &str) -> Result<Duration, String> {
-    let hold = parse_duration(text).map_err(|e| e.to_string())?;
+    let hold = parse_duration(text)?;
     if hold > MAX_HOLD {
-        // In hours: humantime would say "1day".
         return Err(format!(
-            "{text:?} is longer than {}h, the most a hold may last",
-            MAX_HOLD.as_secs() / 3600
+            "{text:?} is longer than {}, the most a hold may last",
+            format_duration(MAX_HOLD)
         ));
     }
     Ok(hold)
@@ -308,7 +327,7 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
         check_writable(path)?;
     }
 
-    let limit = crate::sys::raise_nofile_limit()
+    let limit = tidegate::sys::raise_nofile_limit()
         .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
     let needed = args.sockets_needed();
     if needed + SPARE_FDS > limit.after {
@@ -335,12 +354,12 @@ fn check_writable(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Runs `tidegate bench`; returns the exit code.
+/// Runs `tidegate-bench`; returns the exit code.
 pub fn main(args: BenchArgs) -> ExitCode {
     let prepared = match prepare(&args) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("tidegate bench: {e}");
+            eprintln!("tidegate-bench: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -352,13 +371,13 @@ pub fn main(args: BenchArgs) -> ExitCode {
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("tidegate bench: cannot start the async runtime: {e}");
+            eprintln!("tidegate-bench: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_FAILED);
         }
     };
     if !args.quiet {
         eprintln!(
-            "tidegate bench: {} streams over {} to {} at {}/s; {}{} (stream timeout {:?}, run cap \
+            "tidegate-bench: {} streams over {} to {} at {}/s; {}{} (stream timeout {:?}, run cap \
              {:?}, open-files limit {})",
             args.streams,
             args.protocol.name(),
@@ -377,7 +396,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             prepared.nofile_limit
         );
         if let Some(warning) = hold_warning(&args) {
-            eprintln!("tidegate bench: warning: {warning}");
+            eprintln!("tidegate-bench: warning: {warning}");
         }
     }
     let report = runtime.block_on(run(&args, prepared));
@@ -392,13 +411,13 @@ pub fn main(args: BenchArgs) -> ExitCode {
     };
     if let Some(path) = &args.json {
         if let Err(e) = report.write_json(path) {
-            eprintln!("tidegate bench: {e}");
+            eprintln!("tidegate-bench: {e}");
             code = ExitCode::from(EXIT_FAILED);
         }
     }
     if let Some(path) = &args.svg {
         if let Err(e) = chart::write_svg(path, &report) {
-            eprintln!("tidegate bench: {e}");
+            eprintln!("tidegate-bench: {e}");
             code = ExitCode::from(EXIT_FAILED);
         }
     }
@@ -775,7 +794,9 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
             () = tokio::time::sleep_until(collect_deadline.unwrap_or(cap)),
                 if collect_deadline.is_some() => {
                 abandoned = tasks.len() as u64;
-                tasks.abort_all();
+                // Aborts them all and waits until each has been dropped, so that their alive
+                // guards are released before the last sample.
+                tasks.shutdown().await;
                 break;
             }
             joined = tasks.join_next(), if !tasks.is_empty() => match joined {
@@ -931,7 +952,7 @@ mod tests {
         assert!(prepare(&args).unwrap_err().contains("twice"));
         let args = parse(&["--pid", &format!("ghost={}", u32::MAX)]).unwrap();
         assert!(prepare(&args).is_err());
-        let limit = crate::sys::raise_nofile_limit().unwrap();
+        let limit = tidegate::sys::raise_nofile_limit().unwrap();
         if limit.after < u64::from(MAX_STREAMS) + SPARE_FDS {
             let args = parse(&["--streams", &MAX_STREAMS.to_string()]).unwrap();
             assert!(prepare(&args).unwrap_err().contains("open-files limit"));

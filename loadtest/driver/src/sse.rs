@@ -10,7 +10,7 @@
 //! * An event is dispatched only if it had at least one `data` line (WHATWG), and an unfinished
 //!   event at the end of the body is not dispatched.
 
-use crate::mock::SENT_US_COMMENT;
+use tidegate::mock::SENT_US_COMMENT;
 
 /// Longest line kept; the rest of a longer line is dropped (its event is still counted).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
