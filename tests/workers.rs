@@ -1,8 +1,10 @@
 //! `worker_threads`: client connections are served by that many threads, each with its own
 //! event loop and its own upstream connections, and all of them end with the gateway.
 //!
-//! One test per file on purpose: it counts this process's threads by name.
+//! A test binary of its own, outside `tests/it/`: it counts this process's threads by name, so
+//! no other test's gateway may run beside it.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::*;

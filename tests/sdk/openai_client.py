@@ -1,6 +1,6 @@
 """The official OpenAI Python SDK, unchanged, pointed at tidegate (base_url = argv[1]).
 
-Run by tests/openai_sdk.rs. Exits non-zero with a message on the first thing that is wrong.
+Run by tests/it/openai_sdk.rs. Exits non-zero with a message on the first thing that is wrong.
 """
 import sys
 

@@ -2,12 +2,10 @@
 //! one (its client gets a final `terminated_by_admin` event and its upstream request is
 //! cancelled), the summary, bearer-token auth, and 405 with `Allow` for wrong methods.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;

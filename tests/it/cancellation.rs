@@ -2,11 +2,9 @@
 //! while a non-streaming request waits; over HTTP/1.1 and HTTP/2. The mock's counters show the
 //! upstream saw its request end within 1 s of the client leaving.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use tidegate::mock::MockSettings;
 

@@ -3,8 +3,6 @@
 //! normally, the others get one final `server_shutdown` event at the deadline, their upstream
 //! requests are cancelled, and the process exits 0. A second signal exits at once with 130.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;

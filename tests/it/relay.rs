@@ -1,9 +1,7 @@
 //! The relay over real sockets: streaming and non-streaming routes, headers, request ids, the
 //! key and body that reach the upstream, HTTP/2.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use serde_json::Value;
 use tidegate::config::Secret;

@@ -3,14 +3,12 @@
 //! ones, its entry goes, and so does every connection count once clients close. And while a
 //! stream runs, its entry follows it: state, counters and time to first event.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;

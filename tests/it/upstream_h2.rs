@@ -2,11 +2,9 @@
 //! streams of each worker thread share one connection. Streams relay as over HTTP/1.1, an error status keeps its
 //! status, heartbeats still flow, and a client that leaves resets its upstream stream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use tidegate::mock::MockSettings;
 

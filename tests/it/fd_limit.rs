@@ -2,14 +2,12 @@
 //! and serves again as soon as descriptors free up. The gateway and the mock upstream share one
 //! accept loop; both are run here with a tiny `RLIMIT_NOFILE`.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tidegate::mock::{MockSettings, MockUpstream};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines as LineReader};
 use tokio::net::{TcpListener, TcpStream};

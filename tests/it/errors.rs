@@ -1,12 +1,10 @@
 //! Every error a client can see, over real sockets: the status, the OpenAI-shaped body and its
 //! stable code; and mid-stream failures as exactly one final `data: {"error":...}` event.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::Value;

@@ -1,10 +1,8 @@
 //! The official OpenAI Python SDK as a client, unchanged except for `base_url`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 #[ignore = "needs python3 with the openai package (pip install openai); .ci/run installs it"]

@@ -2,11 +2,9 @@
 //! before the first token, between chunks), never while events flow and never inside an event;
 //! and early commit, so a client behind an idle-cutting proxy survives a long wait.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;

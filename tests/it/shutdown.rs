@@ -1,9 +1,7 @@
 //! Shutdown: readiness fails at once, the API listener closes, a request still running at the
 //! drain deadline is cut (and its upstream cancelled), and `run` returns.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;

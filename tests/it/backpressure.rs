@@ -2,12 +2,10 @@
 //! buffering), holds a bounded amount, and after `client_stall_timeout` ends the stream as a
 //! slow client and cancels the upstream request.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use tidegate::mock::MockSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,12 +2,10 @@
 //! cannot rot: the smoke test, then a short ramp (its error-rate and p95 thresholds included).
 //! k6 exits non-zero when a check or threshold fails.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Every variable the scripts read (see loadtest/k6/*.js).
 const SCRIPT_VARS: &[&str] = &[

@@ -1,13 +1,11 @@
 //! The binary as a user runs it: `--help`, `check-config`, exit code 64 on bad config, the demo
 //! with no upstream and no key, JSON logs with the request span, and a clean exit on SIGTERM.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 use http::StatusCode;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};

@@ -1,0 +1,21 @@
+//! The integration tests, one test binary with a module per area, so `cargo test` builds and
+//! links the gateway's tests once. Each test starts the real gateway and the built-in mock on
+//! `127.0.0.1:0` and talks to them over real sockets (`common`). Only `tests/workers.rs` has a
+//! binary of its own: it counts the threads of its process.
+
+mod common;
+
+mod admin;
+mod backpressure;
+mod cancellation;
+mod cli;
+mod drain;
+mod errors;
+mod fd_limit;
+mod heartbeat;
+mod k6;
+mod openai_sdk;
+mod registry;
+mod relay;
+mod shutdown;
+mod upstream_h2;
