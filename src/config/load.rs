@@ -32,10 +32,18 @@ const HINTS: [(&str, &str); 2] = [
     ),
 ];
 
+/// What a document read into: the config, and the keys the schema does not
+/// know (each an error with its hint), ordered by path.
+pub(super) struct Read {
+    pub(super) config: Config,
+    pub(super) unknown_keys: Vec<ConfigError>,
+}
+
 /// Parses and deserializes `text` (no semantic rules: see `Config::validate`).
-/// Errors: a syntax error alone, else every type error and unknown key,
-/// ordered by path so a section's errors stay together.
-pub(super) fn deserialize(text: &str) -> Result<Config, ConfigErrors> {
+/// Errors: a syntax error alone, else every type error (with the unknown keys
+/// found), ordered by path so a section's errors stay together. Unknown keys
+/// alone still give a config, so its semantic rules can be checked too.
+pub(super) fn deserialize(text: &str) -> Result<Read, ConfigErrors> {
     let mut table =
         toml::from_str::<Table>(text).map_err(|e| ConfigErrors::from(syntax_error(text, &e)))?;
 
@@ -48,11 +56,21 @@ pub(super) fn deserialize(text: &str) -> Result<Config, ConfigErrors> {
             serde_ignored::Deserializer::new(Value::Table(table.clone()), &mut record);
         match serde_path_to_error::deserialize::<_, Config>(deserializer) {
             Ok(config) => {
-                errors.extend(ignored.iter().map(|keys| unknown_key(&table, keys)));
-                errors.sort_by(|a, b| a.path.cmp(&b.path));
+                let mut unknown_keys: Vec<_> = ignored
+                    .iter()
+                    .map(|keys| unknown_key(&table, keys))
+                    .collect();
                 return if errors.is_empty() {
-                    Ok(config)
+                    unknown_keys.sort_by(|a, b| a.path.cmp(&b.path));
+                    Ok(Read {
+                        config,
+                        unknown_keys,
+                    })
                 } else {
+                    // A value of the wrong type was replaced by its default: the semantic
+                    // rules would judge a config the file does not have.
+                    errors.append(&mut unknown_keys);
+                    errors.sort_by(|a, b| a.path.cmp(&b.path));
                     Err(ConfigErrors(errors))
                 };
             }

@@ -500,11 +500,21 @@ impl Config {
     /// Parses and validates one TOML document (does not read the
     /// environment). On failure, returns every problem found, each with its
     /// key path: a TOML syntax error alone; else every type error and
-    /// unknown key; else every error of [`Config::validate`].
+    /// unknown key; else every unknown key and every error of
+    /// [`Config::validate`].
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigErrors> {
-        let config = load::deserialize(text)?;
-        config.validate()?;
-        Ok(config)
+        let load::Read {
+            config,
+            mut unknown_keys,
+        } = load::deserialize(text)?;
+        if let Err(ConfigErrors(mut broken_rules)) = config.validate() {
+            unknown_keys.append(&mut broken_rules);
+        }
+        if unknown_keys.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(unknown_keys))
+        }
     }
 
     /// Every semantic rule of the schema (ranges, cross-field rules), on the

@@ -305,6 +305,24 @@ level = ""
 }
 
 #[test]
+fn unknown_keys_and_broken_rules_are_reported_together() {
+    let errors = errors_of("[limits]\nfirst_byte_timout = \"10s\"\nmax_body_bytes = 0\n");
+    assert_eq!(
+        errors,
+        [
+            error(
+                "limits.first_byte_timout",
+                r#"unknown key (did you mean "first_byte_timeout"?)"#
+            ),
+            error(
+                "limits.max_body_bytes",
+                "must be between 1 and 67108864 (64 MiB), got 0"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn unknown_sections_are_reported_once() {
     assert_eq!(
         only_error("[bogus]\na = 1\nb = 2\n"),
