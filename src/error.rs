@@ -47,6 +47,10 @@ pub enum GatewayError {
     UpstreamFailed(String),
     #[error("The upstream did not respond within {0:?}.")]
     UpstreamTimeout(std::time::Duration),
+    #[error(
+        "The upstream rejected the gateway's credentials; the gateway's operator has been told."
+    )]
+    UpstreamAuthFailed,
     #[error("The upstream sent nothing for {0:?}.")]
     UpstreamIdleTimeout(std::time::Duration),
     #[error("The upstream connection failed mid-response: {0}")]
@@ -161,6 +165,12 @@ impl GatewayError {
                 StatusCode::GATEWAY_TIMEOUT,
                 SERVER_ERROR,
                 "upstream_timeout",
+                None,
+            ),
+            UpstreamAuthFailed => (
+                StatusCode::BAD_GATEWAY,
+                SERVER_ERROR,
+                "upstream_auth_failed",
                 None,
             ),
             UpstreamIdleTimeout(_) => (
@@ -348,6 +358,7 @@ mod tests {
             GatewayError::UpstreamUnreachable(String::new()),
             GatewayError::UpstreamFailed(String::new()),
             GatewayError::UpstreamTimeout(Duration::ZERO),
+            GatewayError::UpstreamAuthFailed,
             GatewayError::UpstreamIdleTimeout(Duration::ZERO),
             GatewayError::UpstreamReset(String::new()),
             GatewayError::UpstreamEventTooLarge { limit: 1 },

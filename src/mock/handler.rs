@@ -457,6 +457,40 @@ fn plan_or_error(
                 error_json("The server had an error (mock)", "server_error", None, None),
             )));
         }
+        Some(fault @ (Fault::AuthRejected | Fault::EchoKey)) => {
+            let key = parts
+                .headers
+                .get(AUTHORIZATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let key = key.strip_prefix("Bearer ").unwrap_or(&key);
+            let (status, body) = if fault == Fault::AuthRejected {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    error_json(
+                        &format!("Incorrect API key provided: {key}. (mock)"),
+                        "invalid_request_error",
+                        None,
+                        Some("invalid_api_key"),
+                    ),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    error_json(
+                        &format!("The request was rejected; it carried the key {key}. (mock)"),
+                        "invalid_request_error",
+                        None,
+                        None,
+                    ),
+                )
+            };
+            return Ok(Plan::Reply(Reply::after(
+                timing.headers_delay,
+                status,
+                body,
+            )));
+        }
         Some(Fault::Hang) => {
             return Ok(Plan::Reply(Reply::after(
                 settings.max_wait,

@@ -206,11 +206,18 @@ pub enum Fault {
     /// JSON answer (`200 application/json`), as from an upstream that ignores
     /// `"stream": true`.
     NotEventStream,
+    /// `fail-401`: `401` with an OpenAI `invalid_api_key` error whose message
+    /// quotes the whole key of the request's `Authorization` header, as an
+    /// upstream that echoes the key it was given.
+    AuthRejected,
+    /// `fail-400-echo-key`: `400` with an `invalid_request_error` whose
+    /// message quotes the key likewise: an error a gateway relays, scrubbed.
+    EchoKey,
 }
 
 impl Fault {
     /// Every fault, in the order `GET /v1/models` lists them.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::RateLimited,
         Fault::ServerError,
         Fault::Midstream,
@@ -220,6 +227,8 @@ impl Fault {
         Fault::Hang,
         Fault::SlowFirstToken,
         Fault::NotEventStream,
+        Fault::AuthRejected,
+        Fault::EchoKey,
     ];
 
     /// The model name that triggers this fault.
@@ -234,6 +243,8 @@ impl Fault {
             Fault::Hang => "hang",
             Fault::SlowFirstToken => "slow-first-token",
             Fault::NotEventStream => "fail-not-event-stream",
+            Fault::AuthRejected => "fail-401",
+            Fault::EchoKey => "fail-400-echo-key",
         }
     }
 

@@ -753,7 +753,9 @@ async fn embeddings_and_models_shape() {
             "fail-oversized",
             "hang",
             "slow-first-token",
-            "fail-not-event-stream"
+            "fail-not-event-stream",
+            "fail-401",
+            "fail-400-echo-key"
         ]
     );
     let s = server.stats().snapshot();

@@ -14,7 +14,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -23,8 +23,8 @@ use serde::Deserialize;
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
-use self::stream::{PendingResponse, SseRelay, StreamAnswer};
-use self::upstream::Upstream;
+use self::stream::{PendingResponse, SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
+use self::upstream::{rejects_our_credentials, scrub_key, Upstream};
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
@@ -297,7 +297,7 @@ pub async fn handle(
     );
     if !validated.stream {
         let response = send.await?;
-        return Ok(relay_plain(response, limits, request_id));
+        return relay_plain(response, upstream, limits, request_id).await;
     }
 
     // Registered before the upstream is asked, so a client that leaves while we wait is
@@ -344,7 +344,13 @@ pub async fn handle(
         }
         None => {
             tracing::debug!("upstream has not answered yet: starting the stream early");
-            let relay = SseRelay::awaiting(pending, limits.max_event_bytes, deadlines, lifetime);
+            let relay = SseRelay::awaiting(
+                pending,
+                upstream.key().cloned(),
+                limits.max_event_bytes,
+                deadlines,
+                lifetime,
+            );
             let mut response = Response::new(ResponseBody::Sse(Box::new(relay)));
             set_sse_headers(response.headers_mut(), stream_id);
             return Ok(response);
@@ -354,19 +360,22 @@ pub async fn handle(
     let (up_parts, up_body) = response.into_parts();
     let failed = match StreamAnswer::of(up_parts.status, &up_parts.headers) {
         StreamAnswer::EventStream => None,
+        StreamAnswer::CredentialsRejected => Some(GatewayError::UpstreamAuthFailed),
         StreamAnswer::ErrorStatus => Some(GatewayError::UpstreamStatus(up_parts.status.as_u16())),
         StreamAnswer::NotEventStream => Some(GatewayError::UpstreamNotEventStream),
     };
     if let Some(error) = failed {
-        // Nothing has been sent yet, so the answer is relayed as it is: an SDK raises on an
-        // error status, and reads a JSON completion from an upstream that does not stream.
-        // The stream's life ends here.
+        // Nothing has been sent yet, so the answer is relayed as it is (scrubbed): an SDK
+        // raises on an error status, and reads a JSON completion from an upstream that does not
+        // stream. The stream's life ends here.
         lifetime.finish(Outcome::Failed(error.code()));
-        return Ok(relay_plain(
+        return relay_plain(
             Response::from_parts(up_parts, up_body),
+            upstream,
             limits,
             request_id,
-        ));
+        )
+        .await;
     }
     let mut response = Response::new(ResponseBody::Sse(Box::new(SseRelay::new(
         up_body,
@@ -393,31 +402,82 @@ fn set_sse_headers(headers: &mut HeaderMap, stream_id: Option<HeaderValue>) {
     }
 }
 
-/// A non-streaming upstream answer, relayed as it is with its status and client-facing
-/// headers, under the idle and duration limits.
-fn relay_plain(
+/// A non-streaming upstream answer (or a failed answer to a stream request), relayed with its
+/// status and client-facing headers. A 2xx body passes through as it arrives, under the idle
+/// and duration limits. An error body is read first (at most [`MAX_UPSTREAM_ERROR_BODY`],
+/// within the idle timeout) and scrubbed of the gateway's key, which upstreams echo; one that
+/// cannot be read that way is replaced by our own error with the same status. A 401 or 403
+/// concerns the gateway's own credentials and is not relayed at all: `upstream_auth_failed`.
+async fn relay_plain(
     response: Response<Incoming>,
+    upstream: &Upstream,
     limits: &Limits,
     request_id: &HeaderValue,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, GatewayError> {
     let (up_parts, up_body) = response.into_parts();
-    let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
-    let mut response = Response::new(ResponseBody::Passthrough(Passthrough::new(
-        up_body, deadlines,
-    )));
-    *response.status_mut() = up_parts.status;
+    let status = up_parts.status;
+    if rejects_our_credentials(status) {
+        log_rejected_credentials(status, upstream.base_url());
+        return Err(GatewayError::UpstreamAuthFailed);
+    }
+    let mut content_headers = vec![header::CONTENT_TYPE];
+    let body = if status.is_success() {
+        content_headers.extend([header::CONTENT_LENGTH, header::CONTENT_ENCODING]);
+        let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
+        ResponseBody::Passthrough(Passthrough::new(up_body, deadlines))
+    } else {
+        match read_error_body(up_body, &up_parts.headers, limits).await {
+            Some(body) => ResponseBody::from(scrub_key(body, upstream.key().map(|k| &**k))),
+            None => {
+                content_headers.clear();
+                ResponseBody::from(GatewayError::UpstreamStatus(status.as_u16()).to_json())
+            }
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     copy_upstream_headers(&up_parts.headers, headers, request_id);
-    for name in [
-        header::CONTENT_TYPE,
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-    ] {
+    for name in content_headers {
         if let Some(v) = up_parts.headers.get(&name) {
             headers.insert(name, v.clone());
         }
     }
-    response
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(APPLICATION_JSON),
+        );
+    }
+    Ok(response)
+}
+
+/// An upstream error body, whole, if it can be scrubbed: not compressed (the gateway never asks
+/// for compression, but an upstream may send it anyway), at most [`MAX_UPSTREAM_ERROR_BODY`]
+/// bytes, and complete within the upstream idle timeout.
+async fn read_error_body(body: Incoming, headers: &HeaderMap, limits: &Limits) -> Option<Bytes> {
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return None;
+    }
+    let limited = Limited::new(body, MAX_UPSTREAM_ERROR_BODY);
+    match tokio::time::timeout(limits.upstream_idle_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Some(collected.to_bytes()),
+        _ => None,
+    }
+}
+
+/// The operator's line for an upstream that rejected the gateway's key; the client only learns
+/// that the gateway's credentials failed.
+pub(crate) fn log_rejected_credentials(status: StatusCode, upstream: &str) {
+    tracing::warn!(
+        status = status.as_u16(),
+        upstream,
+        "the upstream rejected the gateway's credentials (upstream.api_key_env); clients get \
+         upstream_auth_failed"
+    );
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -31,8 +32,8 @@ use serde::Deserialize;
 
 use super::deadline::Deadlines;
 use super::lifetime::{Outcome, StreamLifetime};
-use super::upstream::error_chain;
-use super::{has_content_type, TEXT_EVENT_STREAM};
+use super::upstream::{error_chain, rejects_our_credentials, scrub_key};
+use super::{has_content_type, log_rejected_credentials, TEXT_EVENT_STREAM};
 use crate::error::GatewayError;
 use crate::registry::StreamState;
 use crate::sse::parser::{ParseError, Parser};
@@ -53,6 +54,9 @@ pub const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
 pub enum StreamAnswer {
     /// A 2xx `text/event-stream`: relayed event by event.
     EventStream,
+    /// A 401 or 403: the upstream rejected the gateway's own credentials, which is never the
+    /// client's to see (`upstream::rejects_our_credentials`).
+    CredentialsRejected,
     /// An error status: the stream failed with the upstream's own error.
     ErrorStatus,
     /// A 2xx that is not an event stream (e.g. a JSON completion from an upstream that ignores
@@ -62,7 +66,9 @@ pub enum StreamAnswer {
 
 impl StreamAnswer {
     pub fn of(status: StatusCode, headers: &HeaderMap) -> StreamAnswer {
-        if !status.is_success() {
+        if rejects_our_credentials(status) {
+            StreamAnswer::CredentialsRejected
+        } else if !status.is_success() {
             StreamAnswer::ErrorStatus
         } else if has_content_type(headers, TEXT_EVENT_STREAM) {
             StreamAnswer::EventStream
@@ -78,19 +84,28 @@ pub type PendingResponse<B> =
 
 /// Where the relay reads from.
 enum Source<B> {
-    /// Committed early: the upstream has not sent its response headers yet.
-    Awaiting(PendingResponse<B>),
+    /// Committed early: the upstream has not sent its response headers yet. `key` is the
+    /// gateway's upstream key, scrubbed from an error body that becomes the final event.
+    Awaiting {
+        pending: PendingResponse<B>,
+        key: Option<Arc<str>>,
+    },
     /// The upstream's event stream.
     Events(B),
-    /// The upstream answered with an error status after the commit: its body (up to
-    /// [`MAX_UPSTREAM_ERROR_BODY`]) becomes the final event.
-    ErrorBody {
-        body: B,
-        status: StatusCode,
-        collected: BytesMut,
-    },
+    /// The upstream answered with an error status after the commit. Boxed: rare, and as large
+    /// as two of the other states.
+    ErrorBody(Box<ErrorAnswer<B>>),
     /// Finished or cancelled (dropping the upstream closes its request).
     Closed,
+}
+
+/// An upstream error answer that arrived after the commit: its body (up to
+/// [`MAX_UPSTREAM_ERROR_BODY`]), scrubbed of `key`, becomes the final event.
+struct ErrorAnswer<B> {
+    body: B,
+    status: StatusCode,
+    collected: BytesMut,
+    key: Option<Arc<str>>,
 }
 
 /// The relay of one upstream event stream to one client. Generic over the upstream body only so
@@ -194,15 +209,17 @@ where
         )
     }
 
-    /// A relay committed before the upstream answered: it waits for `pending` itself.
+    /// A relay committed before the upstream answered: it waits for `pending` itself. `key`
+    /// is the gateway's upstream key, never to be relayed.
     pub fn awaiting(
         pending: PendingResponse<B>,
+        key: Option<Arc<str>>,
         max_event_bytes: usize,
         deadlines: Deadlines,
         lifetime: StreamLifetime,
     ) -> SseRelay<B> {
         SseRelay::with_source(
-            Source::Awaiting(pending),
+            Source::Awaiting { pending, key },
             max_event_bytes,
             deadlines,
             lifetime,
@@ -229,7 +246,7 @@ where
     }
 
     /// The upstream's response arrived after the commit.
-    fn on_upstream_response(&mut self, response: Response<B>) {
+    fn on_upstream_response(&mut self, response: Response<B>, key: Option<Arc<str>>) {
         let (parts, body) = response.into_parts();
         // The idle clock starts now: the wait for headers had its own limit.
         self.deadlines.touch();
@@ -240,12 +257,17 @@ where
                     .advance_state(StreamState::WaitingForFirstToken);
                 self.source = Source::Events(body);
             }
+            StreamAnswer::CredentialsRejected => {
+                log_rejected_credentials(parts.status, self.lifetime.handle().upstream());
+                self.fail(GatewayError::UpstreamAuthFailed);
+            }
             StreamAnswer::ErrorStatus => {
-                self.source = Source::ErrorBody {
+                self.source = Source::ErrorBody(Box::new(ErrorAnswer {
                     body,
                     status: parts.status,
                     collected: BytesMut::new(),
-                }
+                    key,
+                }))
             }
             // The event-stream headers are out: the answer cannot be relayed as it is.
             StreamAnswer::NotEventStream => self.fail(GatewayError::UpstreamNotEventStream),
@@ -254,11 +276,15 @@ where
 
     /// The upstream's error body is complete (or cut at the limit): it becomes the final event.
     fn on_error_body_end(&mut self) {
-        if let Source::ErrorBody {
-            status, collected, ..
-        } = &self.source
-        {
-            let event = upstream_error_event(*status, collected);
+        if let Source::ErrorBody(answer) = &mut self.source {
+            let ErrorAnswer {
+                status,
+                collected,
+                key,
+                ..
+            } = answer.as_mut();
+            let body = scrub_key(collected.split().freeze(), key.as_deref());
+            let event = upstream_error_event(*status, &body);
             let (stream_id, request_id, client) = self.lifetime.log_fields();
             tracing::warn!(
                 stream_id,
@@ -368,9 +394,10 @@ where
     fn poll_source(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match &mut self.source {
             Source::Closed => Poll::Ready(()),
-            Source::Awaiting(pending) => match pending.as_mut().poll(cx) {
+            Source::Awaiting { pending, key } => match pending.as_mut().poll(cx) {
                 Poll::Ready(Ok(response)) => {
-                    self.on_upstream_response(response);
+                    let key = key.take();
+                    self.on_upstream_response(response, key);
                     Poll::Ready(())
                 }
                 Poll::Ready(Err(error)) => {
@@ -399,12 +426,11 @@ where
                 }
                 Poll::Pending => Poll::Pending,
             },
-            Source::ErrorBody {
-                body, collected, ..
-            } => match Pin::new(body).poll_frame(cx) {
+            Source::ErrorBody(answer) => match Pin::new(&mut answer.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     self.deadlines.touch();
                     if let Ok(data) = frame.into_data() {
+                        let collected = &mut answer.collected;
                         let room = MAX_UPSTREAM_ERROR_BODY.saturating_sub(collected.len());
                         collected.extend_from_slice(&data[..data.len().min(room)]);
                         if data.len() > room {
@@ -476,7 +502,7 @@ where
             }
             // The idle and duration limits run once the upstream has answered; the wait for its
             // headers has its own (first_byte_timeout).
-            if !matches!(this.source, Source::Awaiting(_)) {
+            if !matches!(this.source, Source::Awaiting { .. }) {
                 if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
                     this.fail(expired.into());
                     continue;
@@ -607,7 +633,7 @@ mod tests {
             Box::pin(async move { rx.await.map_err(|_| GatewayError::UpstreamIncomplete) });
         let lifetime = lifetime(&registry);
         let handle = lifetime.handle().clone();
-        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime);
+        let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime);
         // Nothing to send yet; a requested heartbeat goes out.
         handle.request_ping();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -634,7 +660,7 @@ mod tests {
             reads(&[&upstream_error[..20], &upstream_error[20..]]),
         );
         let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
-        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         assert_eq!(last_error_code(&frames), "rate_limit_exceeded");
         assert_eq!(
@@ -645,7 +671,7 @@ mod tests {
         // A body that is not an error object gets our own error, naming the status.
         let response = sse_response(502, "text/html", reads(&[b"<html>bad gateway</html>"]));
         let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
-        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         assert_eq!(last_error_code(&frames), "upstream_error_status");
         assert!(String::from_utf8_lossy(&concat(&frames)).contains("502"));
@@ -653,7 +679,7 @@ mod tests {
         // A 2xx that is not an event stream cannot be relayed once event-stream headers are out.
         let response = sse_response(200, "application/json", reads(&[br#"{"id":"c1"}"#]));
         let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
-        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         assert_eq!(frames.len(), 1, "one final event, nothing of the JSON body");
         assert_eq!(last_error_code(&frames), "upstream_not_event_stream");
@@ -665,7 +691,7 @@ mod tests {
         // A failure to connect, after the commit.
         let pending: PendingResponse<Scripted> =
             Box::pin(async move { Err(GatewayError::UpstreamTimeout(Duration::from_secs(1))) });
-        let mut body = SseRelay::awaiting(pending, 1024, deadlines(), lifetime(&registry));
+        let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         assert_eq!(last_error_code(&frames), "upstream_timeout");
     }
@@ -690,6 +716,12 @@ mod tests {
             StreamAnswer::of(StatusCode::OK, &headers),
             StreamAnswer::NotEventStream
         );
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+            assert_eq!(
+                StreamAnswer::of(status, &headers),
+                StreamAnswer::CredentialsRejected
+            );
+        }
         assert_eq!(
             StreamAnswer::of(StatusCode::OK, &HeaderMap::new()),
             StreamAnswer::NotEventStream
@@ -697,6 +729,55 @@ mod tests {
         assert_eq!(
             StreamAnswer::of(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new()),
             StreamAnswer::ErrorStatus
+        );
+    }
+
+    #[tokio::test]
+    async fn after_an_early_commit_the_key_never_reaches_the_client() {
+        let registry = Arc::new(Registry::new("u"));
+        let key: Arc<str> = Arc::from("sk-test-0123456789");
+        let echo = format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {key}.","code":"invalid_api_key"}}}}"#
+        );
+
+        // A 401 is the gateway's credentials: our own error, nothing of the upstream's body.
+        let response = sse_response(401, "application/json", reads(&[echo.as_bytes()]));
+        let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
+        let mut body = SseRelay::awaiting(
+            pending,
+            Some(key.clone()),
+            1024,
+            deadlines(),
+            lifetime(&registry),
+        );
+        let frames = drain(&mut body).await;
+        assert_eq!(last_error_code(&frames), "upstream_auth_failed");
+        assert!(!String::from_utf8_lossy(&concat(&frames)).contains("Incorrect API key"));
+        assert_eq!(
+            body.lifetime.outcome(),
+            Some(Outcome::Failed("upstream_auth_failed"))
+        );
+
+        // Any other error body that is relayed is scrubbed of the key, split across reads or not.
+        let bytes = echo.as_bytes();
+        let response = sse_response(
+            400,
+            "application/json",
+            reads(&[&bytes[..40], &bytes[40..]]),
+        );
+        let pending: PendingResponse<Scripted> = Box::pin(async move { Ok(response) });
+        let mut body = SseRelay::awaiting(
+            pending,
+            Some(key.clone()),
+            1024,
+            deadlines(),
+            lifetime(&registry),
+        );
+        let all = String::from_utf8(concat(&drain(&mut body).await)).unwrap();
+        assert!(!all.contains(&*key), "{all}");
+        assert!(
+            all.contains("Incorrect API key provided: <redacted>."),
+            "{all}"
         );
     }
 

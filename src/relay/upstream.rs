@@ -6,11 +6,12 @@
 //! stream: that is how a client that goes away cancels its upstream request.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -80,6 +81,9 @@ pub struct Upstream {
     base_url: UpstreamUrl,
     /// `Bearer <key>`, marked sensitive so hyper never logs it; None sends no Authorization.
     authorization: Option<HeaderValue>,
+    /// The key itself, to scrub from the error bodies that are relayed (upstreams echo the key
+    /// they were given). Shared: a stream answered early keeps it until its upstream answers.
+    key: Option<Arc<str>>,
     /// Upstream response headers must arrive within this.
     first_byte_timeout: Duration,
     /// Extra client headers to forward (validated by the config).
@@ -138,6 +142,7 @@ impl Upstream {
             client,
             base_url: config.base_url.clone(),
             authorization,
+            key: config.api_key.as_ref().map(|key| Arc::from(key.expose())),
             first_byte_timeout: limits.first_byte_timeout,
             extra_headers: config
                 .forward_headers
@@ -209,6 +214,46 @@ impl Upstream {
     pub fn base_url(&self) -> &str {
         self.base_url.as_str()
     }
+
+    /// The gateway's key for this upstream, if it sends one: what [`scrub_key`] removes.
+    pub fn key(&self) -> Option<&Arc<str>> {
+        self.key.as_ref()
+    }
+}
+
+/// Whether an upstream's error status is about the credentials the gateway sent (or failed to
+/// send): a client's own `Authorization` never goes upstream, so a 401 or 403 is never the
+/// client's to see. Its body may echo the key, and its status would make an SDK report a bad
+/// key that is not the client's.
+pub fn rejects_our_credentials(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+/// What replaces the key in a relayed body.
+const REDACTED: &[u8] = b"<redacted>";
+
+/// `body` with every occurrence of `key` replaced by `<redacted>`; the same bytes when there is
+/// none. Only the whole key is found: a body that echoes part of it (`sk-ab...xyz`) reveals no
+/// more than that part.
+pub fn scrub_key(body: Bytes, key: Option<&str>) -> Bytes {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return body;
+    };
+    let finder = memchr::memmem::Finder::new(key.as_bytes());
+    let mut found = finder.find_iter(&body).peekable();
+    if found.peek().is_none() {
+        return body;
+    }
+    let mut scrubbed = Vec::with_capacity(body.len());
+    let mut copied = 0;
+    // Bounded: find_iter yields non-overlapping matches in order, each past the previous one.
+    for start in found {
+        scrubbed.extend_from_slice(&body[copied..start]);
+        scrubbed.extend_from_slice(REDACTED);
+        copied = start + key.len();
+    }
+    scrubbed.extend_from_slice(&body[copied..]);
+    Bytes::from(scrubbed)
 }
 
 /// "a: b: c" from an error and its sources, for messages that say what actually failed.
@@ -226,4 +271,41 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_copy_of_the_key_is_scrubbed() {
+        let key = "sk-test-0123456789";
+        let body = Bytes::from(format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {key}. Key {key}{key}."}}}}"#
+        ));
+        let scrubbed = scrub_key(body, Some(key));
+        let text = std::str::from_utf8(&scrubbed).unwrap();
+        assert!(!text.contains(key), "{text}");
+        assert_eq!(
+            text,
+            r#"{"error":{"message":"Incorrect API key provided: <redacted>. Key <redacted><redacted>."}}"#
+        );
+        // Nothing to scrub: the same bytes, not a copy.
+        let body = Bytes::from_static(b"{\"error\":{}}");
+        let same = scrub_key(body.clone(), Some(key));
+        assert_eq!(same.as_ptr(), body.as_ptr());
+        assert_eq!(scrub_key(body.clone(), None), body);
+        assert_eq!(scrub_key(body.clone(), Some("")), body);
+    }
+
+    #[test]
+    fn only_401_and_403_are_about_our_credentials() {
+        assert!(rejects_our_credentials(StatusCode::UNAUTHORIZED));
+        assert!(rejects_our_credentials(StatusCode::FORBIDDEN));
+        for status in [400, 404, 408, 429, 500, 502, 503] {
+            assert!(!rejects_our_credentials(
+                StatusCode::from_u16(status).unwrap()
+            ));
+        }
+    }
 }

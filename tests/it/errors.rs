@@ -213,6 +213,65 @@ async fn upstream_error_statuses_pass_through_with_their_body_and_retry_headers(
     assert_eq!(json["error"]["message"], "The server had an error (mock)");
 }
 
+/// The gateway's own upstream key in the credential tests: the mock's `fail-401` and
+/// `fail-400-echo-key` quote it back.
+const UPSTREAM_KEY: &str = "sk-gateway-0123456789abcdef";
+
+#[tokio::test]
+async fn the_gateways_upstream_key_never_reaches_a_client() {
+    let env = start_with(MockSettings::default(), |config| {
+        config.upstream.api_key = Some(tidegate::config::Secret::new(UPSTREAM_KEY));
+        config.streams.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    // A 401 or 403 concerns the gateway's credentials: 502 upstream_auth_failed, streaming or
+    // not, and nothing of the upstream's body.
+    for stream in [false, true] {
+        let (status, headers, body) = fetch(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("fail-401", stream),
+            &[],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "stream: {stream}");
+        assert!(headers.get("x-request-id").is_some());
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_openai_error(&json, "upstream_auth_failed");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains(UPSTREAM_KEY) && !text.contains("Incorrect API key"),
+            "{text}"
+        );
+    }
+    // After an early answer (the upstream answers later than a heartbeat): the final event.
+    let body = stream_body(&env, "fail-401", &[("x-mock-headers-delay-ms", "400")]).await;
+    assert_eq!(final_error(&body)["code"], "upstream_auth_failed");
+    assert!(!String::from_utf8_lossy(&body).contains(UPSTREAM_KEY));
+
+    // Any other error body is relayed with the key scrubbed, its status kept.
+    let (status, _, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("fail-400-echo-key", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("carried the key <redacted>."), "{message}");
+    assert!(!message.contains(UPSTREAM_KEY));
+    let body = stream_body(
+        &env,
+        "fail-400-echo-key",
+        &[("x-mock-headers-delay-ms", "400")],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("carried the key <redacted>."), "{text}");
+    assert!(!text.contains(UPSTREAM_KEY), "{text}");
+}
+
 /// Streams `model` (with extra mock headers) and returns the raw SSE body.
 async fn stream_body(env: &TestEnv, model: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let (_conn, body) = open_stream(env.gateway, model, extra).await;
