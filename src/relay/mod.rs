@@ -420,17 +420,26 @@ async fn relay_plain(
         log_rejected_credentials(status, upstream.base_url());
         return Err(GatewayError::UpstreamAuthFailed);
     }
-    let mut content_headers = vec![header::CONTENT_TYPE];
-    let body = if status.is_success() {
-        content_headers.extend([header::CONTENT_LENGTH, header::CONTENT_ENCODING]);
+    // The upstream's content headers that describe the body sent: all of them for a body passed
+    // through, only its type for a body read and scrubbed, none for our own.
+    const PASSED_THROUGH: &[HeaderName] = &[
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+    ];
+    let (body, content_headers) = if status.is_success() {
         let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
-        ResponseBody::Passthrough(Passthrough::new(up_body, deadlines))
+        let body = ResponseBody::Passthrough(Passthrough::new(up_body, deadlines));
+        (body, PASSED_THROUGH)
     } else {
         match read_error_body(up_body, &up_parts.headers, limits).await {
-            Some(body) => ResponseBody::from(scrub_key(body, upstream.key().map(|k| &**k))),
+            Some(body) => {
+                let scrubbed = scrub_key(body, upstream.key().map(|k| &**k));
+                (ResponseBody::from(scrubbed), &PASSED_THROUGH[..1])
+            }
             None => {
-                content_headers.clear();
-                ResponseBody::from(GatewayError::UpstreamStatus(status.as_u16()).to_json())
+                let ours = GatewayError::UpstreamStatus(status.as_u16()).to_json();
+                (ResponseBody::from(ours), &[][..])
             }
         }
     };
@@ -439,7 +448,7 @@ async fn relay_plain(
     let headers = response.headers_mut();
     copy_upstream_headers(&up_parts.headers, headers, request_id);
     for name in content_headers {
-        if let Some(v) = up_parts.headers.get(&name) {
+        if let Some(v) = up_parts.headers.get(name) {
             headers.insert(name, v.clone());
         }
     }
