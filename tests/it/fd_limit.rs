@@ -50,11 +50,10 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
     let mut child = spawn_limited(&["--config".as_ref(), config.as_os_str()], Stdio::null());
     let mut lines = Lines::of(&mut child);
     let mut log = Vec::new();
-    let mut next_line = async |log: &mut Vec<String>, pred: &dyn Fn(&str) -> bool| {
-        lines.next_matching(log, pred).await
-    };
 
-    let listening = next_line(&mut log, &|l| l.contains("tidegate listening")).await;
+    let listening = lines
+        .next_matching(&mut log, &|l| l.contains("tidegate listening"))
+        .await;
     let at = listening.find("listen=").expect("listen field") + "listen=".len();
     let gateway: SocketAddr = listening[at..]
         .split_whitespace()
@@ -65,34 +64,39 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
     // A stream works before the limit is reached (this also opens the upstream connection).
     streams_all_complete(gateway, 1).await;
 
-    // Exhaust the descriptors: the kernel completes the handshakes, the gateway cannot accept.
-    let mut held = Vec::with_capacity(HELD);
-    for _ in 0..HELD {
-        held.push(TcpStream::connect(gateway).await.unwrap());
-    }
-    let warning = next_line(&mut log, &|l| l.contains("accept failed")).await;
-    assert!(warning.contains("Too many open files"), "{warning}");
-    // Stay at the limit for a dozen retries.
-    tokio::time::sleep(AT_LIMIT_FOR).await;
-
-    // Free them: the gateway serves again.
-    drop(held);
+    exhaust_descriptors(gateway, &mut lines, &mut log).await;
     tokio::time::timeout(PATIENCE, streams_all_complete(gateway, 1))
         .await
         .expect("served again once descriptors are free");
 
     // A clean drain and exit; then every log line is in.
-    // SAFETY: kill(2) on the child we spawned.
-    assert_eq!(
-        unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) },
-        0
-    );
-    next_line(&mut log, &|l| l.contains("shutdown complete")).await;
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .expect("exited in time")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    sigterm(&child);
+    lines
+        .next_matching(&mut log, &|l| l.contains("shutdown complete"))
+        .await;
+    exits_with_0(&mut child).await;
+    assert_one_accept_warning(&log);
+    mock_stop.cancel();
+}
+
+/// Holds `HELD` connections to `addr`, so the child runs out of descriptors (the kernel
+/// completes the handshakes, the child cannot accept); checks its warning; keeps it at its
+/// limit for a dozen accept retries; then lets the connections go.
+async fn exhaust_descriptors(addr: SocketAddr, lines: &mut Lines, log: &mut Vec<String>) {
+    let mut held = Vec::with_capacity(HELD);
+    for _ in 0..HELD {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let warning = lines
+        .next_matching(log, &|l| l.contains("accept failed"))
+        .await;
+    assert!(warning.contains("Too many open files"), "{warning}");
+    tokio::time::sleep(AT_LIMIT_FOR).await;
+    drop(held);
+}
+
+/// One "accept failed" warning for the whole episode, not one per retry.
+fn assert_one_accept_warning(log: &[String]) {
     let warnings = log.iter().filter(|l| l.contains("accept failed")).count();
     assert_eq!(
         warnings,
@@ -100,7 +104,6 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
         "one warning for the whole episode:\n{}",
         log.join("\n")
     );
-    mock_stop.cancel();
 }
 
 /// The binary with `args`, its stdout to `stdout`, stderr piped, under `NOFILE` open files.
@@ -158,13 +161,15 @@ impl Lines {
     }
 }
 
-/// Sends SIGTERM and checks the exit code.
-async fn terminate(child: &mut Child) {
+fn sigterm(child: &Child) {
     // SAFETY: kill(2) on the child we spawned.
     assert_eq!(
         unsafe { libc::kill(child.id().expect("running") as i32, libc::SIGTERM) },
         0
     );
+}
+
+async fn exits_with_0(child: &mut Child) {
     let status = tokio::time::timeout(PATIENCE, child.wait())
         .await
         .expect("exited in time")
@@ -200,21 +205,12 @@ async fn at_the_open_files_limit_the_mock_upstream_warns_once_and_recovers() {
     let mut log = Vec::new();
     assert_eq!(mock_stats(mock).await.connections_accepted, 1);
 
-    let mut held = Vec::with_capacity(HELD);
-    for _ in 0..HELD {
-        held.push(TcpStream::connect(mock).await.unwrap());
-    }
-    let warning = lines
-        .next_matching(&mut log, &|l| l.contains("accept failed"))
-        .await;
-    assert!(warning.contains("Too many open files"), "{warning}");
-    tokio::time::sleep(AT_LIMIT_FOR).await;
-
-    drop(held);
+    exhaust_descriptors(mock, &mut lines, &mut log).await;
     tokio::time::timeout(PATIENCE, mock_stats(mock))
         .await
         .expect("served again once descriptors are free");
-    terminate(&mut child).await;
+    sigterm(&child);
+    exits_with_0(&mut child).await;
     // Every line the mock wrote is in once it has exited.
     let _ = tokio::time::timeout(PATIENCE, async {
         while let Ok(Some(line)) = lines.0.next_line().await {
@@ -222,11 +218,5 @@ async fn at_the_open_files_limit_the_mock_upstream_warns_once_and_recovers() {
         }
     })
     .await;
-    let warnings = log.iter().filter(|l| l.contains("accept failed")).count();
-    assert_eq!(
-        warnings,
-        1,
-        "one warning for the whole episode:\n{}",
-        log.join("\n")
-    );
+    assert_one_accept_warning(&log);
 }
