@@ -56,9 +56,15 @@ pub(super) fn deserialize(text: &str) -> Result<Read, ConfigErrors> {
             serde_ignored::Deserializer::new(Value::Table(table.clone()), &mut record);
         match serde_path_to_error::deserialize::<_, Config>(deserializer) {
             Ok(config) => {
+                // The schema's key list is built only when there is a key to hint at.
+                let known = if ignored.is_empty() {
+                    Vec::new()
+                } else {
+                    known_keys()
+                };
                 let mut unknown_keys: Vec<_> = ignored
                     .iter()
-                    .map(|keys| unknown_key(&table, keys))
+                    .map(|keys| unknown_key(&table, keys, &known))
                     .collect();
                 return if errors.is_empty() {
                     unknown_keys.sort_by(|a, b| a.path.cmp(&b.path));
@@ -194,7 +200,7 @@ fn remove(table: &mut Table, keys: &[String]) -> bool {
 
 /// The error for an unknown key: "unknown section" when its value is a
 /// table, with a hint when one applies.
-fn unknown_key(table: &Table, keys: &[String]) -> ConfigError {
+fn unknown_key(table: &Table, keys: &[String], known: &[(String, String)]) -> ConfigError {
     let path = keys
         .iter()
         .fold(String::new(), |path, key| join_path(&path, key));
@@ -214,7 +220,7 @@ fn unknown_key(table: &Table, keys: &[String]) -> ConfigError {
             let parent = parents
                 .iter()
                 .fold(String::new(), |path, key| join_path(&path, key));
-            suggest(&known_keys(), &parent, key).map(|s| format!("did you mean {s:?}?"))
+            suggest(known, &parent, key).map(|s| format!("did you mean {s:?}?"))
         });
     if let Some(hint) = hint {
         message = format!("{message} ({hint})");
