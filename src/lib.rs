@@ -8,6 +8,8 @@
 //! [`connection`] counts connections, [`heartbeat`] keeps idle streams alive and finds slow
 //! clients with one task, and [`admin`] lets operators list and end streams. [`gateway`] wires
 //! them together; [`gateway::run`] is the seam that the binary, the demo and the tests call.
+//! [`resilience`] is the pure policy (balancing, breakers, retry budget, backoff) for relaying to
+//! several upstreams.
 //! Dependencies point down only (README, "Architecture").
 
 pub mod admin;
@@ -22,6 +24,7 @@ pub mod mock;
 pub mod registry;
 pub mod relay;
 pub mod request_id;
+pub mod resilience;
 pub mod response;
 pub mod router;
 pub mod server;
