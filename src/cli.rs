@@ -84,6 +84,9 @@ pub enum Command {
         /// Delay between chunks, in milliseconds
         #[arg(long, value_name = "MS")]
         chunk_delay_ms: Option<u64>,
+        /// HTTP/2 streams allowed at once on each connection (SETTINGS_MAX_CONCURRENT_STREAMS)
+        #[arg(long, value_name = "N")]
+        h2_max_concurrent_streams: Option<u32>,
         /// Log format: text or json
         #[arg(long, value_name = "FORMAT", default_value = "text")]
         log_format: LogFormat,
@@ -107,6 +110,7 @@ pub fn main(cli: Cli) -> ExitCode {
             listen,
             chunks,
             chunk_delay_ms,
+            h2_max_concurrent_streams,
             log_format,
         }) => {
             let mut settings = MockSettings::default();
@@ -115,6 +119,9 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             if let Some(ms) = chunk_delay_ms {
                 settings.chunk_delay = Duration::from_millis(ms);
+            }
+            if let Some(n) = h2_max_concurrent_streams {
+                settings.h2_max_concurrent_streams = n;
             }
             logging::init(log_format, logging_filter("info"));
             block_on(run_mock(listen, settings))

@@ -159,6 +159,25 @@ pub trait Handler: Clone + Send + Sync + 'static {
         + Send
         + 'static;
 
+    /// The handler for one new connection (`self` is the listener's, already cloned for it), asked
+    /// once its protocol is known; each request on the connection is served by a clone of it. The
+    /// default is `self`. A handler that keeps state per connection (the mock upstream counts
+    /// streams and resets per connection) creates it here: it then lives exactly as long as the
+    /// connection and the requests on it, with no map to clean up.
+    fn on_connection(self, _info: &ConnectionInfo) -> Self {
+        self
+    }
+
+    /// Resolves when the connection served by this handler (one from [`Handler::on_connection`])
+    /// is to be shut on the handler's initiative: the acceptor then starts a graceful shutdown
+    /// (HTTP/2: GOAWAY), lets hyper write it, and drops the connection at once, so whatever is
+    /// still in flight on it fails, as when a server's rapid-reset protection gives up on a
+    /// client. (hyper offers no GOAWAY with an error code, nor one that fails the open streams
+    /// by itself.) Never, by default.
+    fn goaway(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
     fn call(
         self,
         peer: SocketAddr,
@@ -375,6 +394,8 @@ async fn serve_connection<H: Handler>(
         protocol,
         close: close.clone(),
     };
+    let handler = handler.on_connection(&info);
+    let goaway = handler.goaway();
     let io = TokioIo::new(Rewound::new(prefix, stream));
     let service = service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(info.clone());
@@ -388,34 +409,50 @@ async fn serve_connection<H: Handler>(
     match protocol {
         Protocol::Http1 => {
             let conn = protocols.http1.serve_connection(io, service);
-            drive_connection(conn, peer, &close, &shutdown).await;
+            drive_connection(conn, peer, &close, goaway, &shutdown).await;
         }
         // Boxed: hyper's HTTP/2 connection state is large, and a task is as large as its
         // largest arm. HTTP/1.1 needs one connection per stream, HTTP/2 few.
         Protocol::Http2 => {
             let conn = protocols.http2.serve_connection(io, service);
-            Box::pin(drive_connection(conn, peer, &close, &shutdown)).await;
+            Box::pin(drive_connection(conn, peer, &close, goaway, &shutdown)).await;
         }
     }
 }
 
-/// Runs one connection until it ends, the gateway closes it, or shutdown: on `drain` it is asked
-/// to finish gracefully, on `force` it is dropped.
+/// Runs one connection until it ends, the gateway closes it, its handler shuts it (`goaway`, see
+/// [`Handler::goaway`]), or shutdown: on `drain` it is asked to finish gracefully, on `force` it
+/// is dropped.
 async fn drive_connection<C>(
     conn: C,
     peer: SocketAddr,
     close: &CancellationToken,
+    goaway: impl Future<Output = ()>,
     shutdown: &Shutdown,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     tokio::pin!(conn);
+    tokio::pin!(goaway);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = close.cancelled() => {
             tracing::debug!(client = %peer, "connection closed by the gateway");
             return;
+        }
+        _ = goaway.as_mut() => {
+            conn.as_mut().graceful_shutdown();
+            // One more poll: hyper (h2) writes the GOAWAY and flushes it before it reports that
+            // it waits for the client again, unless the socket's send buffer is full (a client
+            // that reads nothing). Dropping the connection then closes the socket behind it.
+            match std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    tracing::debug!(client = %peer, "connection shut by its handler after GOAWAY");
+                    return;
+                }
+            }
         }
         _ = shutdown.drain.cancelled() => {
             conn.as_mut().graceful_shutdown();

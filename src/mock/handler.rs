@@ -2,7 +2,9 @@
 //!
 //! Each `/v1` request is handled in three steps: read the body (capped),
 //! decide a [`Plan`] without waiting for anything, then carry the plan out
-//! under a [`Tracker`] so every wait is accounted for.
+//! under a [`Tracker`] so every wait is accounted for. A fault scheduled by
+//! the test ([`Faults`]) is taken the moment the request arrives, before any
+//! of that, and replaces the plan.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use super::faults::{self, ConnState, Faults, InFlight, Scheduled};
 use super::sse::{Api, MockBody, SseStream, StreamSpec};
 use super::stats::{Kind, MockStats, Outcome, Tracker};
 use super::{
@@ -26,6 +29,9 @@ use super::{
 /// `created` of every entry in `GET /v1/models` (a fixed, plausible date).
 const MODELS_CREATED: u64 = 1_700_000_000;
 
+/// What `fail-429` asks a client to wait: `retry-after: 1`, `retry-after-ms: 1000`.
+const FAIL_429_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// OpenAI's own cap on inputs per embeddings request.
 const MAX_EMBEDDING_INPUTS: usize = 2048;
 
@@ -33,6 +39,8 @@ const MAX_EMBEDDING_INPUTS: usize = 2048;
 pub(crate) struct Shared {
     pub(crate) settings: MockSettings,
     pub(crate) stats: Arc<MockStats>,
+    /// The schedules set through the handle.
+    pub(crate) faults: Arc<Faults>,
     /// Source of `req_mock_<n>` and `chatcmpl-mock<n>`.
     next_id: AtomicU64,
     /// The most recent `/v1` request, kept raw; converted only when asked for.
@@ -44,6 +52,7 @@ impl Shared {
         Shared {
             settings,
             stats: Arc::new(MockStats::new()),
+            faults: Arc::new(Faults::default()),
             next_id: AtomicU64::new(1),
             last: Mutex::new(None),
         }
@@ -135,11 +144,16 @@ pub struct CapturedRequest {
     pub body: String,
 }
 
-/// Entry point for every request on every connection.
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<MockBody> {
+/// Entry point for every request on every connection. `connection` is the
+/// request's connection (always known when served by the acceptor).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    connection: Option<Arc<ConnState>>,
+    req: Request<Incoming>,
+) -> Response<MockBody> {
     let path = req.uri().path();
     if path == "/v1" || path.starts_with("/v1/") {
-        return v1(&shared, req).await;
+        return v1(&shared, connection, req).await;
     }
     match (req.method(), path) {
         (&Method::GET, "/stats") => {
@@ -159,32 +173,60 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     }
 }
 
-async fn v1(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
+async fn v1(
+    shared: &Shared,
+    connection: Option<Arc<ConnState>>,
+    req: Request<Incoming>,
+) -> Response<MockBody> {
+    // Counted on its connection first, so that the arrival below wakes a
+    // waiter that already sees the new per-connection maximum.
+    let mut in_flight = connection.as_ref().map(InFlight::start);
+    shared.stats.request_received();
+    let scheduled = shared.faults.take();
     let started = Instant::now();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let plan = match read_body(&parts.headers, body).await {
-        Ok(body) => {
-            shared.capture(&parts, body.clone());
-            plan(&shared.settings, &parts, &body, id)
+
+    if scheduled == Some(Scheduled::Drop) {
+        shared.stats.scheduled_drop();
+        shared.capture(&parts, Bytes::new());
+        return drop_connection(shared, connection.as_deref(), in_flight).await;
+    }
+    // Even a scheduled failure reads the body first, as a real upstream
+    // does: an HTTP/1.1 connection whose request body was left unread could
+    // not be reused, and the test would see a closed connection it did not
+    // ask for.
+    let body = read_body(&parts.headers, body).await;
+    shared.capture(
+        &parts,
+        body.as_ref().map_or_else(|_| Bytes::new(), Bytes::clone),
+    );
+    let plan = match (scheduled, body) {
+        (
+            Some(Scheduled::Fail {
+                status,
+                retry_after,
+            }),
+            _,
+        ) => {
+            shared.stats.scheduled_failure();
+            Plan::Reply(scheduled_failure(status, retry_after))
         }
-        Err(reply) => {
-            shared.capture(&parts, Bytes::new());
-            Plan::Reply(reply)
-        }
+        (_, Ok(body)) => plan(&shared.settings, &parts, &body, id),
+        (_, Err(reply)) => Plan::Reply(reply),
     };
 
     match plan {
         Plan::Reply(reply) => {
-            let mut tracker = Tracker::start(Arc::clone(&shared.stats), Kind::Request);
+            let mut tracker =
+                Tracker::start(Arc::clone(&shared.stats), Kind::Request, in_flight.take());
             if !reply.delay.is_zero() {
                 tokio::time::sleep(reply.delay).await;
             }
             let mut response = json_response(reply.status, reply.body);
             let headers = response.headers_mut();
-            if reply.retry_after {
-                headers.insert("retry-after", HeaderValue::from_static("1"));
-                headers.insert("retry-after-ms", HeaderValue::from_static("1000"));
+            if let Some(after) = reply.retry_after {
+                add_retry_after(headers, after);
             }
             add_v1_headers(headers, id, started);
             tracker.finish(Outcome::Completed);
@@ -194,7 +236,7 @@ async fn v1(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
             spec,
             headers_delay,
         } => {
-            let tracker = Tracker::start(Arc::clone(&shared.stats), Kind::Stream);
+            let tracker = Tracker::start(Arc::clone(&shared.stats), Kind::Stream, in_flight.take());
             // The same timer paces the whole stream afterwards.
             let mut sleep = Box::pin(tokio::time::sleep(headers_delay));
             if !headers_delay.is_zero() {
@@ -213,6 +255,73 @@ async fn v1(shared: &Shared, req: Request<Incoming>) -> Response<MockBody> {
     }
 }
 
+/// `drop_next`: closes the request's connection through the acceptor and
+/// never answers. On HTTP/1.1 this future runs on the connection's own task,
+/// on HTTP/2 on a stream task; either way hyper drops it as soon as the
+/// acceptor has dropped the connection.
+async fn drop_connection(
+    shared: &Shared,
+    connection: Option<&ConnState>,
+    in_flight: Option<InFlight>,
+) -> Response<MockBody> {
+    let Some(connection) = connection else {
+        // Unreachable when served by the acceptor, which always calls
+        // `on_connection`: say so rather than answer as if nothing happened.
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The mock upstream was asked to drop this request's connection but does not know it.",
+            "server_error",
+            None,
+            None,
+        );
+    };
+    // The mock's own doing: not a reset by the client. Kept (in flight on
+    // its connection) until hyper drops this future.
+    let _in_flight = in_flight.map(|mut in_flight| {
+        in_flight.settle();
+        in_flight
+    });
+    connection.close_now();
+    // Bounded: the acceptor drops the connection, and this future with it,
+    // as soon as its task runs; `max_wait` only guards against a connection
+    // that somehow outlives its close.
+    tokio::time::sleep(shared.settings.max_wait).await;
+    error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        "The mock upstream closed this connection (drop_next), yet it is still open.",
+        "server_error",
+        None,
+        Some("mock_drop_failed"),
+    )
+}
+
+/// The answer to a request failed by a `fail_next` schedule: at once, with an
+/// OpenAI error of the type and code that go with `status`.
+fn scheduled_failure(status: StatusCode, retry_after: Option<Duration>) -> Reply {
+    let (kind, code) = faults::error_kind(status);
+    Reply {
+        retry_after,
+        ..Reply::error(
+            status,
+            &format!("Scheduled failure: {status} (mock upstream, fail_next)"),
+            kind,
+            None,
+            code,
+        )
+    }
+}
+
+/// `retry-after` in whole seconds and `retry-after-ms` in milliseconds, both
+/// rounded up so that a client that honours either never comes back early.
+fn add_retry_after(headers: &mut HeaderMap, after: Duration) {
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0));
+    let millis = u64::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    headers.insert("retry-after", HeaderValue::from(secs));
+    headers.insert("retry-after-ms", HeaderValue::from(millis));
+}
+
 /// What to do with a request, decided before any waiting.
 enum Plan {
     Reply(Reply),
@@ -227,8 +336,8 @@ struct Reply {
     status: StatusCode,
     body: Bytes,
     delay: Duration,
-    /// Adds `retry-after` / `retry-after-ms` (fail-429).
-    retry_after: bool,
+    /// Adds `retry-after` / `retry-after-ms` (fail-429, scheduled failures).
+    retry_after: Option<Duration>,
 }
 
 impl Reply {
@@ -237,7 +346,7 @@ impl Reply {
             status,
             body,
             delay: Duration::ZERO,
-            retry_after: false,
+            retry_after: None,
         }
     }
 
@@ -447,7 +556,7 @@ fn plan_or_error(
                     Some("rate_limit_exceeded"),
                 ),
             );
-            reply.retry_after = true;
+            reply.retry_after = Some(FAIL_429_RETRY_AFTER);
             return Ok(Plan::Reply(reply));
         }
         Some(Fault::ServerError) => {

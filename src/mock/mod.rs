@@ -12,6 +12,10 @@
 //! * special model names inject faults ([`Fault`]): rate limits, server
 //!   errors, streams that break in the middle, never finish, carry garbage or
 //!   a giant line, or never answer at all;
+//! * a test schedules faults on one mock instance through its handle, for
+//!   whatever requests come next: errors, lost connections, and an HTTP/2
+//!   connection shut after too many resets (see "Fault schedules" below), so
+//!   several mocks in one process can play upstreams that fail differently;
 //! * `GET /stats` exposes counters ([`StatsSnapshot`]) that let the gateway's
 //!   tests prove it cancels upstream work when its own client goes away, and
 //!   `GET /stats/last-request` shows what the gateway forwarded.
@@ -46,9 +50,69 @@
 //! * `usage.prompt_tokens` is the request body length / 4 (rounded up, at
 //!   least 1); `completion_tokens` is the number of content chunks.
 //!
+//! # Fault schedules
+//!
+//! Set from a test through the [`MockUpstream`] that [`spawn`] returns; each
+//! mock instance has its own. They act on `/v1` requests only (any path,
+//! method or model), each request taking its fault the moment it arrives (its
+//! head parsed, before its body is read), in arrival order.
+//!
+//! * [`MockUpstream::fail_next`]`(n, status, retry_after)`: the next `n`
+//!   requests are answered at once (no configured or requested delay) with
+//!   `status` and `{"error":{"message","type","param","code"}}`: 429 is type
+//!   `requests`, code `rate_limit_exceeded`; 401 `invalid_request_error`,
+//!   `invalid_api_key`; other 4xx `invalid_request_error`; 5xx (and anything
+//!   else) `server_error`, code `null`. With `retry_after`, also
+//!   `retry-after` (whole seconds, rounded up) and `retry-after-ms`
+//!   (rounded up). The request body is still read (and captured), so an
+//!   HTTP/1.1 connection stays reusable. The usual `/v1` headers are set.
+//! * [`MockUpstream::drop_next`]`(n)`: the next `n` requests get no answer:
+//!   their connection is closed at once through the acceptor's close handle
+//!   ([`crate::connection::ConnectionInfo::close`]), without reading the
+//!   body. On HTTP/1.1 the client sees the socket close (FIN, or RST if
+//!   unread bytes were left) before any response byte; on HTTP/2 the whole
+//!   connection goes without a GOAWAY, so every stream on it fails (the
+//!   "connection lost" case) and its other streams count as cancelled. A
+//!   dropped request itself is counted only in `requests_received` and
+//!   `scheduled_drops`.
+//! * [`MockUpstream::goaway_after_resets`]`(Some(n))`: once `n` requests on
+//!   one HTTP/2 connection have ended without the mock finishing them (the
+//!   client reset them: what `*_cancelled` counts, plus resets before the
+//!   request body was read), the mock shuts that connection as a server's
+//!   rapid-reset protection does: a GOAWAY (hyper's graceful one: `NO_ERROR`,
+//!   last stream 2^31-1, which is all hyper can send), written to the socket,
+//!   then the connection is closed at once, so the streams still in flight
+//!   on it fail and the client has been told not to open more. Resets are
+//!   counted per connection from its start. HTTP/1.1 connections are never
+//!   shut this way: a client cancels there by closing the connection anyway.
+//! * [`MockUpstream::clear_faults`] forgets the queued schedules and turns the
+//!   reset limit off; requests already in flight keep their fate.
+//!
+//! `fail_next` and `drop_next` share one queue: each call queues its `n`
+//! requests behind those of the calls before it, so `fail_next(1, 503, ..)`
+//! then `drop_next(1)` then `fail_next(2, 429, ..)` fails the next request,
+//! drops the one after, then rate-limits two. While a scheduled fault is
+//! queued it wins over everything, the model faults included; those work as
+//! ever for the other requests. A mock with nothing queued takes no lock per
+//! request.
+//!
+//! # Connections
+//!
+//! Each mock advertises [`MockSettings::h2_max_concurrent_streams`] on its
+//! HTTP/2 connections (`SETTINGS_MAX_CONCURRENT_STREAMS`; default
+//! [`H2_MAX_CONCURRENT_STREAMS`]). A client queues the streams beyond it; the
+//! streams it opens beyond it before it has the mock's `SETTINGS` are refused
+//! (`RST_STREAM` `REFUSED_STREAM`, safe to retry). `connections_active` and
+//! `max_streams_per_connection` ([`StatsSnapshot`]) show how a client spreads
+//! its requests: a connection is open from its first byte until it and every
+//! request on it are gone, and a request counts on its connection from its
+//! arrival until hyper drops it.
+//!
 //! # Counters
 //!
-//! See [`StatsSnapshot`]. A unit of work is counted from the moment its
+//! See [`StatsSnapshot`]. `requests_received` counts every `/v1` request on
+//! arrival, whatever becomes of it: the number of attempts that reached this
+//! upstream. A unit of work is counted from the moment its
 //! request body has been read (the mock cannot know earlier whether it will
 //! stream), through every deliberate wait, until its last byte is handed to
 //! hyper (completed) or hyper drops it (cancelled). `fail-midstream`'s abort
@@ -65,12 +129,15 @@
 //! ```text
 //! let (addr, upstream, shutdown, task) =
 //!     mock::spawn(MockSettings::default(), "127.0.0.1:0".parse()?).await?;
-//! // point the gateway at http://{addr}/v1, then:
+//! // point the gateway at http://{addr}/v1; optionally make it misbehave:
+//! upstream.fail_next(2, 503, Some(Duration::from_secs(1)));
+//! // then:
 //! upstream.stats().wait_until(Duration::from_secs(1), |s| s.streams_active == 0).await;
 //! shutdown.cancel();
 //! task.await??;
 //! ```
 
+mod faults;
 mod handler;
 mod sse;
 mod stats;
@@ -90,7 +157,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::ConnectionInfo;
 use crate::server::{self, ConnectionSettings, H2ResetLimits, Handler, Shutdown};
+use faults::{ConnState, Scheduled};
 use sse::MockBody;
 
 pub use handler::CapturedRequest;
@@ -114,10 +183,11 @@ pub const OVERSIZED_LINE_BYTES: usize = 4 * 1024 * 1024;
 /// `system_fingerprint` on every completion object.
 pub const SYSTEM_FINGERPRINT: &str = "fp_tidegate_mock";
 
-/// Per-connection HTTP/2 stream limit. hyper's default (200) would make a
-/// gateway that multiplexes a load test over a few HTTP/2 connections queue
-/// behind the mock rather than behind itself.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 16_384;
+/// Default per-connection HTTP/2 stream limit
+/// ([`MockSettings::h2_max_concurrent_streams`]). hyper's default (200) would
+/// make a gateway that multiplexes a load test over a few HTTP/2 connections
+/// queue behind the mock rather than behind itself.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 16_384;
 
 /// A client must send its request head within this. hyper's HTTP/1.1 timer also runs while a
 /// keep-alive connection waits for its next request, so this is far above the gateway's
@@ -160,6 +230,13 @@ pub struct MockSettings {
     /// Cap on any single wait, including `hang`, so that nothing the mock does
     /// can keep a test or a socket alive forever.
     pub max_wait: Duration,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` this mock advertises on each of its
+    /// HTTP/2 connections: a client must queue (or open another connection
+    /// for) any stream beyond it, and a stream it opens anyway is refused
+    /// (`RST_STREAM` `REFUSED_STREAM`). Lower it to test a gateway's HTTP/2
+    /// pool against a busy upstream. Default [`H2_MAX_CONCURRENT_STREAMS`].
+    /// 0 refuses every stream.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for MockSettings {
@@ -171,6 +248,7 @@ impl Default for MockSettings {
             first_chunk_delay: Duration::ZERO,
             slow_first_token_delay: Duration::from_secs(10),
             max_wait: Duration::from_secs(600),
+            h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -308,6 +386,46 @@ impl MockUpstream {
         self.shared.last_request()
     }
 
+    /// The next `n` `/v1` requests, whatever their model or path, are
+    /// answered at once with `status` and an OpenAI error body (type and code
+    /// to match: 429 `rate_limit_exceeded`, 5xx `server_error`, ...), plus
+    /// `retry-after` (whole seconds, rounded up) and `retry-after-ms` when
+    /// `retry_after` is given. Queued behind the schedules already set
+    /// (see the module doc, "Fault schedules"). Meant for 4xx and 5xx; a
+    /// status outside 200–599 is answered as 500.
+    pub fn fail_next(&self, n: u32, status: u16, retry_after: Option<Duration>) {
+        let status = faults::failure_status(status);
+        self.shared.faults.push(
+            n,
+            Scheduled::Fail {
+                status,
+                retry_after,
+            },
+        );
+    }
+
+    /// The next `n` `/v1` requests get no answer: the connection each came
+    /// on is closed at once, on HTTP/2 with every other stream on it. Queued
+    /// behind the schedules already set.
+    pub fn drop_next(&self, n: u32) {
+        self.shared.faults.push(n, Scheduled::Drop);
+    }
+
+    /// From now on, an HTTP/2 connection on which `n` requests have ended
+    /// without the mock finishing them (the client reset them) is shut: GOAWAY,
+    /// then closed, so the streams still in flight on it fail. `None` turns
+    /// this off; `Some(0)` acts as `Some(1)`. Resets are counted per
+    /// connection from its start, whatever the setting was then.
+    pub fn goaway_after_resets(&self, n: Option<u32>) {
+        self.shared.faults.set_goaway_after_resets(n);
+    }
+
+    /// Forgets every queued `fail_next`/`drop_next` and turns
+    /// `goaway_after_resets` off. Requests already in flight keep their fate.
+    pub fn clear_faults(&self) {
+        self.shared.faults.clear();
+    }
+
     /// Serves HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on `listener`
     /// until `shutdown` is cancelled, then stops accepting, asks every
     /// connection to finish gracefully, waits up to 1 s for them and drops
@@ -325,10 +443,14 @@ impl MockUpstream {
             force: CancellationToken::new(),
         };
         let connections = self.shared.stats.connections.clone();
+        let settings = mock_connection_settings(&self.shared.settings);
         server::accept_loop(
             listener,
-            MockRoutes(self.shared),
-            mock_connection_settings(),
+            MockRoutes {
+                shared: self.shared,
+                connection: None,
+            },
+            settings,
             connections,
             stop.clone(),
             tracker.clone(),
@@ -355,12 +477,12 @@ impl MockUpstream {
 
 /// How the mock serves its connections: generous, since its client is a
 /// gateway under load test, not the open internet.
-fn mock_connection_settings() -> ConnectionSettings {
+fn mock_connection_settings(settings: &MockSettings) -> ConnectionSettings {
     ConnectionSettings {
         header_read_timeout: HEADER_READ_TIMEOUT,
         max_header_bytes: MAX_HEADER_BYTES,
         max_buffered_bytes: MAX_BUFFERED_BYTES,
-        h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+        h2_max_concurrent_streams: settings.h2_max_concurrent_streams,
         // The gateway legitimately resets many streams when its clients
         // leave; the anti-abuse limits are for the open internet.
         h2_reset_limits: H2ResetLimits {
@@ -373,17 +495,44 @@ fn mock_connection_settings() -> ConnectionSettings {
 
 /// The mock's request handler for the shared accept loop.
 #[derive(Clone)]
-struct MockRoutes(Arc<handler::Shared>);
+struct MockRoutes {
+    shared: Arc<handler::Shared>,
+    /// The connection served; `None` only in the listener's own copy, from
+    /// which the acceptor makes one per connection ([`Handler::on_connection`]).
+    connection: Option<Arc<ConnState>>,
+}
 
 impl Handler for MockRoutes {
     type Body = MockBody;
+
+    fn on_connection(self, info: &ConnectionInfo) -> Self {
+        let connection = ConnState::open(
+            info,
+            Arc::clone(&self.shared.stats),
+            Arc::clone(&self.shared.faults),
+        );
+        MockRoutes {
+            shared: self.shared,
+            connection: Some(connection),
+        }
+    }
+
+    fn goaway(&self) -> impl Future<Output = ()> + Send + 'static {
+        let signal = self.connection.as_ref().map(|c| c.goaway_signal());
+        async move {
+            match signal {
+                Some(signal) => signal.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
 
     fn call(
         self,
         _peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<MockBody>> + Send + 'static {
-        handler::handle(self.0, request)
+        handler::handle(self.shared, self.connection, request)
     }
 }
 

@@ -14,14 +14,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::faults::InFlight;
 use crate::connection::ConnectionCounts;
 
 /// Counters, shared by every connection; all atomics.
 ///
 /// *Streams* are responses that are (or were going to be) Server-Sent Event
 /// streams. *Requests* are every other `/v1` response: non-streaming answers,
-/// embeddings, models, errors, the `fail-429`/`fail-500` faults and `hang`.
-/// `/stats` calls are not counted.
+/// embeddings, models, errors, the `fail-429`/`fail-500` faults, `hang` and
+/// scheduled failures. `/stats` calls are not counted.
 #[derive(Debug, Default)]
 pub struct MockStats {
     streams_active: AtomicU64,
@@ -32,6 +33,12 @@ pub struct MockStats {
     requests_started: AtomicU64,
     requests_completed: AtomicU64,
     requests_cancelled: AtomicU64,
+    requests_received: AtomicU64,
+    scheduled_failures: AtomicU64,
+    scheduled_drops: AtomicU64,
+    reset_goaways: AtomicU64,
+    connections_active: AtomicU64,
+    max_streams_per_connection: AtomicU64,
     /// The mock's connections, counted by the acceptor (`crate::server`) when each opens.
     pub(crate) connections: Arc<ConnectionCounts>,
     /// Woken on every change so that [`MockStats::wait_until`] needs no polling.
@@ -61,10 +68,36 @@ pub struct StatsSnapshot {
     pub requests_completed: u64,
     /// Non-streaming requests whose response future was dropped first.
     pub requests_cancelled: u64,
+    /// Every `/v1` request, counted the moment it arrives (its head parsed, before its body is
+    /// read): streams, requests, and the ones a schedule failed or dropped. What a test counts
+    /// to see how many attempts reached this upstream.
+    #[serde(default)]
+    pub requests_received: u64,
+    /// Requests answered by a [`fail_next`](super::MockUpstream::fail_next) schedule (also
+    /// counted in `requests_started` and the outcome counters).
+    #[serde(default)]
+    pub scheduled_failures: u64,
+    /// Requests whose connection a [`drop_next`](super::MockUpstream::drop_next) schedule
+    /// closed. Counted nowhere else but `requests_received`.
+    #[serde(default)]
+    pub scheduled_drops: u64,
+    /// HTTP/2 connections shut (GOAWAY, then closed) because the client reset the number of
+    /// streams set by [`goaway_after_resets`](super::MockUpstream::goaway_after_resets).
+    #[serde(default)]
+    pub reset_goaways: u64,
     /// Connections opened (those that sent at least one byte): shows how many connections a
     /// client spreads its requests over (an HTTP/2 client, a connection pool). Read when the
     /// snapshot is taken; a new connection alone does not wake [`MockStats::wait_until`].
     pub connections_accepted: u64,
+    /// Connections open now: from their first byte until the connection and every request on it
+    /// are gone. Opening and closing one wakes [`MockStats::wait_until`].
+    #[serde(default)]
+    pub connections_active: u64,
+    /// The most `/v1` requests (streams or not) ever in flight at once on one connection, each
+    /// counted from its arrival until hyper drops it: on HTTP/2 how far a client multiplexes
+    /// (and whether the mock's stream limit held it back), on HTTP/1.1 at most 1.
+    #[serde(default)]
+    pub max_streams_per_connection: u64,
 }
 
 impl MockStats {
@@ -88,8 +121,53 @@ impl MockStats {
             requests_started: get(&self.requests_started),
             requests_completed: get(&self.requests_completed),
             requests_cancelled: get(&self.requests_cancelled),
+            requests_received: get(&self.requests_received),
+            scheduled_failures: get(&self.scheduled_failures),
+            scheduled_drops: get(&self.scheduled_drops),
+            reset_goaways: get(&self.reset_goaways),
             connections_accepted: self.connections.opened(),
+            connections_active: get(&self.connections_active),
+            max_streams_per_connection: get(&self.max_streams_per_connection),
         }
+    }
+
+    /// Adds one to `counter` and wakes the waiters.
+    fn bump(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// A `/v1` request arrived.
+    pub(crate) fn request_received(&self) {
+        self.bump(&self.requests_received);
+    }
+
+    pub(crate) fn scheduled_failure(&self) {
+        self.bump(&self.scheduled_failures);
+    }
+
+    pub(crate) fn scheduled_drop(&self) {
+        self.bump(&self.scheduled_drops);
+    }
+
+    pub(crate) fn goaway_sent(&self) {
+        self.bump(&self.reset_goaways);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.bump(&self.connections_active);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_active.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// `active` requests are in flight on one connection right now. Wakes nobody by itself: it
+    /// is always followed by [`MockStats::request_received`].
+    pub(crate) fn saw_streams_on_connection(&self, active: u64) {
+        self.max_streams_per_connection
+            .fetch_max(active, Ordering::SeqCst);
     }
 
     /// Waits until `condition` holds for a snapshot, or `timeout` passes.
@@ -157,15 +235,20 @@ pub(crate) enum Outcome {
 /// Counts one stream or request: started and active from creation until it
 /// is finished or dropped. `Drop` records a cancellation unless
 /// [`Tracker::finish`] was called first, so no path can leak `*_active`.
+///
+/// It also carries the request's place on its connection ([`InFlight`]), so
+/// that a cancellation counts as a reset there too, and the request stays in
+/// its connection's count for as long as hyper holds its body.
 #[derive(Debug)]
 pub(crate) struct Tracker {
     stats: Arc<MockStats>,
     kind: Kind,
     finished: bool,
+    in_flight: Option<InFlight>,
 }
 
 impl Tracker {
-    pub(crate) fn start(stats: Arc<MockStats>, kind: Kind) -> Tracker {
+    pub(crate) fn start(stats: Arc<MockStats>, kind: Kind, in_flight: Option<InFlight>) -> Tracker {
         let [active, started, _, _] = stats.counters(kind);
         started.fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
@@ -174,6 +257,7 @@ impl Tracker {
             stats,
             kind,
             finished: false,
+            in_flight,
         }
     }
 
@@ -181,6 +265,11 @@ impl Tracker {
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.finished, true) {
             return;
+        }
+        if outcome != Outcome::Cancelled {
+            if let Some(in_flight) = &mut self.in_flight {
+                in_flight.settle();
+            }
         }
         let [active, _, completed, cancelled] = self.stats.counters(self.kind);
         match outcome {
@@ -211,10 +300,10 @@ mod unit {
     #[test]
     fn tracker_outcomes() {
         let stats = Arc::new(MockStats::new());
-        let mut done = Tracker::start(Arc::clone(&stats), Kind::Stream);
-        let dropped = Tracker::start(Arc::clone(&stats), Kind::Stream);
-        let mut aborted = Tracker::start(Arc::clone(&stats), Kind::Stream);
-        let req = Tracker::start(Arc::clone(&stats), Kind::Request);
+        let mut done = Tracker::start(Arc::clone(&stats), Kind::Stream, None);
+        let dropped = Tracker::start(Arc::clone(&stats), Kind::Stream, None);
+        let mut aborted = Tracker::start(Arc::clone(&stats), Kind::Stream, None);
+        let req = Tracker::start(Arc::clone(&stats), Kind::Request, None);
         assert_eq!(stats.snapshot().streams_active, 3);
         done.finish(Outcome::Completed);
         done.finish(Outcome::Aborted); // ignored: already finished
@@ -235,7 +324,13 @@ mod unit {
                 requests_started: 1,
                 requests_completed: 0,
                 requests_cancelled: 1,
+                requests_received: 0,
+                scheduled_failures: 0,
+                scheduled_drops: 0,
+                reset_goaways: 0,
                 connections_accepted: 0,
+                connections_active: 0,
+                max_streams_per_connection: 0,
             }
         );
     }

@@ -1472,7 +1472,17 @@ async fn last_request_and_stats_endpoints() {
     let r = raw(server.addr, "GET", "/stats", &[], "").await;
     assert_eq!(r.status, 200);
     let stats: StatsSnapshot = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(stats, server.stats().snapshot());
+    let now = server
+        .wait("every connection closed", |s| s.connections_active == 0)
+        .await;
+    assert_eq!(
+        stats,
+        StatsSnapshot {
+            connections_active: 1,
+            ..now
+        },
+        "the same counters, but for the /stats call's own connection"
+    );
     assert_eq!(
         (stats.requests_started, stats.requests_completed),
         (2, 2),
@@ -1533,4 +1543,560 @@ async fn shutdown_finishes_short_streams_and_drops_hung_requests() {
     drop(hung);
     // The listener is closed.
     assert!(TcpStream::connect(server.addr).await.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Per-instance HTTP/2 limit, connection counters and fault schedules.
+
+/// An HTTP/2 client from the `h2` crate: unlike hyper's, it tells a GOAWAY
+/// from a bare close (`SendRequest::ready` fails with the GOAWAY's error).
+async fn h2_raw_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// Opens a streaming chat request on `sender`; returns the response future and
+/// the request stream (which can reset it).
+async fn h2_raw_stream(
+    sender: &mut h2::client::SendRequest<Bytes>,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut builder = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let mut ready = tokio::time::timeout(DEADLINE, sender.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (response, mut body) = ready
+        .send_request(builder.body(()).unwrap(), false)
+        .unwrap();
+    body.send_data(
+        Bytes::from_static(br#"{"model":"mock-1","stream":true}"#),
+        true,
+    )
+    .unwrap();
+    *sender = ready;
+    (response, body)
+}
+
+/// Whether `err` (from hyper) is, somewhere down its chain, an I/O or HTTP/2
+/// error: what a client sees when its connection goes away.
+fn is_connection_loss(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    // Bounded: error chains are short and finite.
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some() || e.downcast_ref::<h2::Error>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Reads `body` until it fails; panics if it ends cleanly or stalls.
+async fn expect_body_error(body: &mut Incoming, what: &str) -> hyper::Error {
+    tokio::time::timeout(DEADLINE, async {
+        // Bounded by the deadline; each pass takes one frame.
+        while let Some(frame) = body.frame().await {
+            if let Err(err) = frame {
+                return err;
+            }
+        }
+        panic!("{what}: the body ended cleanly");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the body did not fail"))
+}
+
+#[tokio::test]
+async fn h2_stream_limit_is_per_instance_and_advertised() {
+    let default = start(fast()).await;
+    let limited = start(MockSettings {
+        h2_max_concurrent_streams: 2,
+        ..fast()
+    })
+    .await;
+    for (server, limit) in [(&default, H2_MAX_CONCURRENT_STREAMS), (&limited, 2)] {
+        let mut client = h2_raw_client(server.addr).await;
+        // One round trip: the mock's SETTINGS (its first frame) have arrived
+        // and been applied.
+        let (response, _stream) = h2_raw_stream(&mut client, server.addr, &[]).await;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(client.current_max_send_streams(), limit as usize);
+    }
+
+    // Four requests at once on one connection, each held 50 ms by the mock:
+    // never more than two of them on the mock at a time, yet all answered.
+    // First a round trip, for the client to learn the limit: streams it opens
+    // beyond it before that are refused (REFUSED_STREAM).
+    let mut client = h2_client(limited.addr).await;
+    let response = client
+        .send_request(post(limited.addr, "/v1/chat/completions", &[], "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "no model");
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = client.clone();
+            let request = post(
+                limited.addr,
+                "/v1/chat/completions",
+                &[("x-mock-headers-delay-ms", "50")],
+                r#"{"model":"mock-1"}"#,
+            );
+            tokio::spawn(async move { client.send_request(request).await })
+        })
+        .collect();
+    for request in requests {
+        let response = tokio::time::timeout(DEADLINE, request)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let s = limited.stats().snapshot();
+    assert_eq!(s.requests_received, 6, "{s:?}");
+    assert_eq!(
+        s.max_streams_per_connection, 2,
+        "the third stream waited: {s:?}"
+    );
+    assert_eq!(default.stats().snapshot().max_streams_per_connection, 1);
+}
+
+#[tokio::test]
+async fn stats_count_open_connections_and_streams_per_connection() {
+    let server = start(fast()).await;
+    assert_eq!(server.stats().snapshot().connections_active, 0);
+    let (client, socket) = h2_client_with_socket(server.addr).await;
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(client.send_request(post(
+                server.addr,
+                "/v1/chat/completions",
+                &[("x-mock-headers-delay-ms", "60000")],
+                r#"{"model":"mock-1","stream":true}"#,
+            )))
+        })
+        .collect();
+    let s = server
+        .wait("three streams on one connection", |s| s.streams_active == 3)
+        .await;
+    assert_eq!((s.connections_active, s.max_streams_per_connection), (1, 3));
+
+    // A second connection, HTTP/1.1, one request.
+    let h1 = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-headers-delay-ms", "60000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    let s = server
+        .wait("a second connection", |s| s.streams_active == 4)
+        .await;
+    assert_eq!((s.connections_active, s.max_streams_per_connection), (2, 3));
+    assert_eq!(s.connections_accepted, 2);
+
+    // Both go: the counts come back down; the maximum stays.
+    drop(h1);
+    socket.shutdown(std::net::Shutdown::Both).unwrap();
+    let s = server
+        .wait("both connections closed", |s| {
+            s.connections_active == 0 && s.streams_active == 0
+        })
+        .await;
+    assert_eq!((s.streams_cancelled, s.max_streams_per_connection), (4, 3));
+    for task in held {
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn fail_next_answers_in_order_with_retry_after() {
+    let server = start(fast()).await;
+    server
+        .upstream
+        .fail_next(2, 503, Some(Duration::from_millis(1500)));
+    server.upstream.fail_next(1, 429, None);
+    server
+        .upstream
+        .fail_next(1, 500, Some(Duration::from_secs(2)));
+
+    let stream_body = r#"{"model":"mock-1","stream":true}"#;
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        stream_body,
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("2"), "rounded up");
+    assert_eq!(r.header("retry-after-ms"), Some("1500"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_v1_headers(&r);
+    assert_eq!(
+        std::str::from_utf8(&r.body).unwrap(),
+        r#"{"error":{"message":"Scheduled failure: 503 Service Unavailable (mock upstream, fail_next)","type":"server_error","param":null,"code":null}}"#
+    );
+    // Any /v1 request counts, whatever its path or model.
+    let r = raw(server.addr, "GET", "/v1/models", &[], "").await;
+    assert_eq!(r.status, 503);
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/embeddings",
+        &[],
+        r#"{"model":"fail-500","input":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.header("retry-after-ms"), None);
+    assert_eq!(r.json()["error"]["type"], "requests");
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        stream_body,
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.header("retry-after-ms"), Some("2000"));
+    assert_eq!(r.json()["error"]["type"], "server_error");
+
+    // The schedule is used up: normal answers, and the model faults as ever.
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        stream_body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.events().last().unwrap(), "data: [DONE]\n\n");
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-429"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after-ms"), Some("1000"));
+
+    let s = server.wait("all done", |s| s.streams_active == 0).await;
+    assert_eq!(s.requests_received, 6);
+    assert_eq!(s.scheduled_failures, 4);
+    assert_eq!((s.requests_started, s.requests_completed), (5, 5));
+    assert_eq!((s.streams_started, s.streams_completed), (1, 1));
+    // The failed requests were read and captured like any other.
+    assert_eq!(
+        server.upstream.last_request().unwrap().body,
+        r#"{"model":"fail-429"}"#
+    );
+}
+
+#[tokio::test]
+async fn fail_next_keeps_an_http1_connection_reusable() {
+    let server = start(fast()).await;
+    server.upstream.fail_next(1, 502, None);
+    let mut client = h1_client(server.addr).await;
+    let body = r#"{"model":"mock-1","messages":[]}"#;
+    let response = client
+        .send_request(post(server.addr, "/v1/chat/completions", &[], body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    response.into_body().collect().await.unwrap();
+    let response = client
+        .send_request(post(server.addr, "/v1/chat/completions", &[], body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    let s = server.stats().snapshot();
+    assert_eq!((s.requests_received, s.connections_accepted), (2, 1));
+}
+
+#[tokio::test]
+async fn drop_next_closes_the_http1_connection_without_an_answer() {
+    let server = start(fast()).await;
+    server.upstream.drop_next(1);
+    server.upstream.fail_next(1, 500, None);
+
+    let mut stream = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+    // A FIN (Ok) or a reset (Err): either way, not a byte of an answer.
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(
+        received.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    let s = server
+        .wait("the connection gone", |s| s.connections_active == 0)
+        .await;
+    assert_eq!((s.requests_received, s.scheduled_drops), (1, 1));
+    assert_eq!(
+        (s.requests_started, s.streams_started, s.streams_cancelled),
+        (0, 0, 0),
+        "a dropped request is neither started nor cancelled"
+    );
+
+    // Through hyper, on a kept-alive connection: the queued 500 comes next,
+    // then a drop scheduled after it fails the request.
+    let mut client = h1_client(server.addr).await;
+    let body = r#"{"model":"mock-1"}"#;
+    let response = client
+        .send_request(post(server.addr, "/v1/chat/completions", &[], body))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    response.into_body().collect().await.unwrap();
+    server.upstream.drop_next(1);
+    let err = client
+        .send_request(post(server.addr, "/v1/chat/completions", &[], body))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_incomplete_message() || is_connection_loss(&err),
+        "{err:?}"
+    );
+    let r = raw(server.addr, "POST", "/v1/chat/completions", &[], body).await;
+    assert_eq!(r.status, 200);
+    let s = server.stats().snapshot();
+    assert_eq!(
+        (s.requests_received, s.scheduled_drops, s.scheduled_failures),
+        (4, 2, 1)
+    );
+}
+
+#[tokio::test]
+async fn drop_next_on_http2_fails_every_stream_on_the_connection() {
+    let server = start(fast()).await;
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    server.upstream.drop_next(1);
+    let err = tokio::time::timeout(
+        DEADLINE,
+        client.send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"mock-1","stream":true}"#,
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(is_connection_loss(&err), "{err:?}");
+    let err = expect_body_error(&mut body, "the stream already in flight").await;
+    assert!(is_connection_loss(&err), "{err:?}");
+    let s = server
+        .wait("the connection gone", |s| {
+            s.connections_active == 0 && s.streams_active == 0
+        })
+        .await;
+    assert_eq!((s.requests_received, s.scheduled_drops), (2, 1));
+    assert_eq!((s.streams_started, s.streams_cancelled), (1, 1));
+    assert_eq!(s.reset_goaways, 0);
+
+    // The mock itself is fine: a new connection gets answers.
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"mock-1"}"#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn goaway_after_resets_shuts_the_http2_connection() {
+    let server = start(fast()).await;
+    server.upstream.goaway_after_resets(Some(2));
+    let long = [("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")];
+    let held = [("x-mock-headers-delay-ms", "60000")];
+
+    let mut client = h2_raw_client(server.addr).await;
+    // In flight until the end: the stream that fails with the connection.
+    let (survivor, _survivor_stream) = h2_raw_stream(&mut client, server.addr, &long).await;
+    let mut survivor = tokio::time::timeout(DEADLINE, survivor)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body();
+    let first = tokio::time::timeout(DEADLINE, survivor.data())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with(b"data: "));
+
+    // First reset: a stream mid-body. Below the limit, nothing happens.
+    let (a, mut a_stream) = h2_raw_stream(&mut client, server.addr, &long).await;
+    let mut a = tokio::time::timeout(DEADLINE, a)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body();
+    tokio::time::timeout(DEADLINE, a.data())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    a_stream.send_reset(h2::Reason::CANCEL);
+    let s = server
+        .wait("first reset", |s| s.streams_cancelled == 1)
+        .await;
+    assert_eq!((s.reset_goaways, s.connections_active), (0, 1));
+
+    // Second reset: a stream still waiting for its headers. The limit.
+    let (_b, mut b_stream) = h2_raw_stream(&mut client, server.addr, &held).await;
+    server
+        .wait("second stream started", |s| s.streams_active == 2)
+        .await;
+    b_stream.send_reset(h2::Reason::CANCEL);
+    let s = server
+        .wait("GOAWAY and close", |s| {
+            s.reset_goaways == 1 && s.connections_active == 0 && s.streams_active == 0
+        })
+        .await;
+    assert_eq!(
+        s.streams_cancelled, 3,
+        "the in-flight stream went with the connection"
+    );
+
+    // The client lost the stream it still had in flight, and had seen a
+    // GOAWAY before the socket closed (a bare close is an I/O error here).
+    let ended = tokio::time::timeout(DEADLINE, async {
+        // Bounded by the deadline: the connection is gone, so data runs out.
+        loop {
+            match survivor.data().await {
+                Some(Ok(_)) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(ended, Some(Err(_))), "{ended:?}");
+    let err = tokio::time::timeout(DEADLINE, client.ready())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_go_away() && err.is_remote(), "{err:?}");
+    assert_eq!(err.reason(), Some(h2::Reason::NO_ERROR));
+
+    // Counted per connection: one reset on a new connection is below the
+    // limit; after clear_faults, none shuts it.
+    let mut client = h2_raw_client(server.addr).await;
+    let (_c, mut c_stream) = h2_raw_stream(&mut client, server.addr, &held).await;
+    server.wait("third stream", |s| s.streams_active == 1).await;
+    c_stream.send_reset(h2::Reason::CANCEL);
+    server
+        .wait("third reset", |s| s.streams_cancelled == 4)
+        .await;
+    server.upstream.clear_faults();
+    let (_d, mut d_stream) = h2_raw_stream(&mut client, server.addr, &held).await;
+    server
+        .wait("fourth stream", |s| s.streams_active == 1)
+        .await;
+    d_stream.send_reset(h2::Reason::CANCEL);
+    let s = server
+        .wait("fourth reset", |s| s.streams_cancelled == 5)
+        .await;
+    assert_eq!((s.reset_goaways, s.connections_active), (1, 1));
+    tokio::time::timeout(DEADLINE, client.ready())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // HTTP/1.1 never: a cancel there closes its own connection anyway.
+    server.upstream.goaway_after_resets(Some(1));
+    let stream = send_raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &held,
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    server.wait("h1 stream", |s| s.streams_active == 1).await;
+    drop(stream);
+    let s = server.wait("h1 cancel", |s| s.streams_cancelled == 6).await;
+    assert_eq!(s.reset_goaways, 1);
+}
+
+#[tokio::test]
+async fn clear_faults_forgets_every_schedule() {
+    let server = start(fast()).await;
+    server.upstream.fail_next(3, 500, None);
+    server.upstream.drop_next(2);
+    server.upstream.goaway_after_resets(Some(1));
+    server.upstream.clear_faults();
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"mock-1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = server.stats().snapshot();
+    assert_eq!(
+        (s.requests_received, s.scheduled_failures, s.scheduled_drops),
+        (1, 0, 0)
+    );
 }

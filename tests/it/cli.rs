@@ -60,6 +60,7 @@ async fn help_documents_the_commands_and_flags() {
     let (code, out, _) = run(&["mock-upstream", "--help"], &[]).await;
     assert_eq!(code, 0);
     assert!(out.contains("--chunks") && out.contains("--chunk-delay-ms"));
+    assert!(out.contains("--h2-max-concurrent-streams"), "{out}");
 }
 
 #[tokio::test]
@@ -326,6 +327,8 @@ async fn the_mock_upstream_runs_on_its_own_with_its_flags() {
         "3",
         "--chunk-delay-ms",
         "0",
+        "--h2-max-concurrent-streams",
+        "8",
     ]);
     let line = mock.stdout_line("mock upstream on").await;
     let addr = addr_in(&line);
