@@ -255,6 +255,14 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
         config.admin.token_env = Some(name.clone());
     }
     if let Some(url) = &cli.upstream {
+        if !config.upstreams.is_empty() {
+            return Err(ConfigErrors(vec![ConfigError {
+                path: "--upstream".into(),
+                message: "sets the base URL of the single [upstream], but the config file has \
+                          [[upstreams]]; set base_url in the file instead"
+                    .into(),
+            }]));
+        }
         config.upstream.base_url = UpstreamUrl::parse(url).map_err(|message| {
             ConfigErrors(vec![ConfigError {
                 path: "--upstream".into(),

@@ -68,7 +68,10 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let registry = Arc::new(Registry::new(config.upstream.base_url.as_str()));
+    // Until the runtime balances across every upstream and route (issue 10), the first upstream
+    // in effect serves every request: `[upstream]`, or the first of `[[upstreams]]`.
+    let upstream_config = config.upstream_list().first().unwrap_or(&config.upstream);
+    let registry = Arc::new(Registry::new(upstream_config.base_url.as_str()));
     let api_connections = Arc::new(ConnectionCounts::default());
     // One upstream client per worker thread, each with its own connection pool: a worker's
     // streams only ever use connections driven by that worker.
@@ -76,7 +79,7 @@ pub async fn run(
     let handlers = (0..workers)
         .map(|_| {
             let upstream = Upstream::new(
-                &config.upstream,
+                upstream_config,
                 &config.limits,
                 config.streams.max_buffered_bytes,
             )?;

@@ -1,7 +1,7 @@
 //! How values are written in the file, where a type's own serde impl is not
 //! what the file wants: durations (`"15s"`, `"1h 30m"`), sizes (`65536` or
 //! `"64 KiB"`), socket addresses (with hints for the common mistakes), and the
-//! string forms of [`LogFormat`], [`UpstreamUrl`] and [`Secret`].
+//! string forms of [`LogFormat`], [`UpstreamProtocol`], [`UpstreamUrl`] and [`Secret`].
 //!
 //! Each reader says what it expected, so serde's message names both sides:
 //! `invalid type: integer `5`, expected a size in bytes ...`; the key path is
@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{LogFormat, Secret, UpstreamUrl};
+use super::{LogFormat, Secret, UpstreamProtocol, UpstreamUrl};
 
 /// Durations in [`humantime`]'s syntax (`"500ms"`, `"15s"`, `"1h 30m"`), written
 /// back by humantime. A bad value's message keeps humantime's reason
@@ -36,6 +36,28 @@ pub(super) mod duration {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    /// For `Option<Duration>` fields: an absent key is `None` (by the container's
+    /// `#[serde(default)]`), a present one must be a duration; `None` is not written.
+    pub(crate) mod option {
+        use super::*;
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(deserializer).map(Some)
+        }
+
+        pub(crate) fn serialize<S: Serializer>(
+            value: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(duration) => super::serialize(duration, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
     }
 
     struct DurationVisitor;
@@ -213,6 +235,21 @@ impl<'de> Deserialize<'de> for LogFormat {
 }
 
 impl Serialize for LogFormat {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(ParseVisitor(
+            r#""auto", "http1" or "http2""#,
+            std::marker::PhantomData,
+        ))
+    }
+}
+
+impl Serialize for UpstreamProtocol {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }

@@ -29,11 +29,21 @@
 //! names an environment variable, and [`Config::resolve_secrets`] reads it
 //! into a [`Secret`], which prints as `<redacted>` everywhere. The admin
 //! bearer token (`admin.token_env`) is handled the same way.
+//!
+//! One upstream is the `[upstream]` table; several are `[[upstreams]]`
+//! elements, each with the keys of `[upstream]` and its own `name`
+//! ([`Config::upstream_list`] gives the upstreams in effect either way).
+//! `[[routes]]` say which upstreams serve which models, `[retry]` and
+//! `[breaker]` how failures are retried and when an upstream is taken out.
+//! Keys inside array elements are reported with their index
+//! (`upstreams[1].weight`), as serde reports them; the schema and README.md
+//! name them without one (`routes[].models`).
 
 mod formats;
 mod load;
 mod upstream_url;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
@@ -112,6 +122,91 @@ pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 /// timeout, it exists so a typo such as `"99999999999h"` is caught here
 /// instead of overflowing `Instant + duration` (which panics) at run time.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Default `upstream.name`: what the single `[upstream]` goes by in logs, the admin API, the
+/// `x-tidegate-upstream` header, metrics and `[[routes]]`.
+pub const DEFAULT_UPSTREAM_NAME: &str = "default";
+/// Longest upstream name, in characters: room for any sensible name, while log lines, metric
+/// labels and the `x-tidegate-upstream` header stay short.
+pub const MAX_UPSTREAM_NAME_CHARS: usize = 64;
+/// Default `upstream.protocol`: HTTP/2 where an https server offers it, so nothing has to be
+/// known about the server; HTTP/1.1 otherwise.
+pub const DEFAULT_UPSTREAM_PROTOCOL: UpstreamProtocol = UpstreamProtocol::Auto;
+/// Default `upstream.weight`: 1, so upstreams that set none share a route's traffic equally.
+pub const DEFAULT_UPSTREAM_WEIGHT: u32 = 1;
+/// Allowed `upstream.weight`: 1 to 1000. An upstream that should get no traffic is left out of
+/// the route instead of weighted 0; 1000 steps are finer than any traffic split needs.
+pub const UPSTREAM_WEIGHT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Default `upstream.max_streams`: 0, no cap of the gateway's own (the upstream's limits still
+/// apply).
+pub const DEFAULT_MAX_STREAMS: u32 = 0;
+/// Allowed `upstream.max_streams`: 0 (no cap) to 1,000,000, far more than one process carries,
+/// so an extra digit is caught rather than read as "no real cap".
+pub const MAX_STREAMS_RANGE: RangeInclusive<u32> = 0..=1_000_000;
+/// Default `upstream.max_streams_per_connection`: 100, the least SETTINGS_MAX_CONCURRENT_STREAMS
+/// RFC 9113 (section 5.1.2) recommends a server allow, so no conforming server makes requests
+/// queue behind our own limit; it also bounds how many streams one lost HTTP/2 connection takes
+/// down with it.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// Allowed `upstream.max_streams_per_connection`: 1 to 10,000, so that one lost connection (and
+/// one connection's flow-control window) is never shared by more streams than that.
+pub const MAX_STREAMS_PER_CONNECTION_RANGE: RangeInclusive<u32> = 1..=10_000;
+/// Default `upstream.idle_connection_timeout`: 60 s, shorter than the usual 120 s+ keep-alive of
+/// LLM API servers, so the gateway closes an idle connection first and never sends a request on
+/// one the server is closing.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `retry.max_attempts`: 3, the first try and two retries: enough to get past one bad
+/// connection or one overloaded upstream; the retry budget keeps an outage from tripling the
+/// load.
+pub const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 3;
+/// Allowed `retry.max_attempts`: 1 (no retries) to 10; more attempts only multiply the load on
+/// upstreams that are already failing.
+pub const RETRY_MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=10;
+/// Default `retry.initial_backoff`: 250 ms, enough to get past a momentary failure, short next
+/// to a model's time to first token.
+pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Default `retry.max_backoff`: 2 s, so the waits between a request's attempts stay small next
+/// to the default `limits.first_byte_timeout` the client is already prepared to wait.
+pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Default `retry.max_retry_after`: 5 s. An upstream asking for a longer wait (`Retry-After`)
+/// is not retried: its answer is relayed, so the client's SDK backs off instead of the gateway
+/// holding the request.
+pub const DEFAULT_RETRY_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Default `retry.budget_percent`: 20, so retries add at most a fifth to the load on the
+/// upstreams (Linkerd's retry budget uses the same ratio).
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// Default `retry.budget_min_retries`: 10 per window, so a quiet gateway, whose 20 % may be less
+/// than one request, can still retry.
+pub const DEFAULT_RETRY_BUDGET_MIN_RETRIES: u32 = 10;
+/// Allowed `retry.budget_min_retries`: 0 to 1,000,000 per window; a larger floor is no budget.
+pub const RETRY_BUDGET_MIN_RETRIES_RANGE: RangeInclusive<u32> = 0..=1_000_000;
+/// Default `retry.budget_window`: 10 s, as Linkerd's retry budget: long enough to hold a
+/// meaningful number of requests, short enough to recover soon after an outage.
+pub const DEFAULT_RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Allowed percentages (`retry.budget_percent`, `breaker.failure_percent`): 0 to 100.
+pub const PERCENT_RANGE: RangeInclusive<u32> = 0..=100;
+/// Shortest `retry.budget_window` and `breaker.window`: 1 s. A shorter window holds too few
+/// requests for a ratio over it to mean anything.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// Default `breaker.consecutive_failures`: 5 failures in a row open an upstream's breaker: an
+/// upstream that is down is noticed within a handful of requests.
+pub const DEFAULT_BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
+/// Allowed `breaker.consecutive_failures`: 0 (this trigger off) to 1000.
+pub const BREAKER_CONSECUTIVE_FAILURES_RANGE: RangeInclusive<u32> = 0..=1000;
+/// Default `breaker.failure_percent`: 50, an upstream failing half of its requests is taken out;
+/// a few failures among many successes are left to retries.
+pub const DEFAULT_BREAKER_FAILURE_PERCENT: u32 = 50;
+/// Default `breaker.min_requests`: 20 requests in the window before `failure_percent` is judged,
+/// so two failures out of three requests do not open a breaker.
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u32 = 20;
+/// Allowed `breaker.min_requests`: 1 to 1,000,000 (0 would mean the same as 1: any failure in an
+/// empty window is 100 %).
+pub const BREAKER_MIN_REQUESTS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+/// Default `breaker.window`: 30 s of requests count towards `failure_percent`, long enough to
+/// reach `min_requests` on a modest load.
+pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
+/// Default `breaker.open_for`: 10 s an open breaker keeps its upstream out before one probe
+/// request decides whether it closes: short enough that a recovered upstream is back quickly.
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 /// Default log output format.
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Default log filter directive.
@@ -143,8 +238,27 @@ pub struct Config {
     pub worker_threads: usize,
     /// The optional admin listener (`[admin]`).
     pub admin: AdminConfig,
-    /// Where requests are relayed to (`[upstream]`).
+    /// Where requests are relayed to, when there is one upstream (`[upstream]`).
     pub upstream: UpstreamConfig,
+    /// Several named upstreams (`[[upstreams]]`), each a table with the keys of `[upstream]` and
+    /// a `name` of its own. Default: none, and `[upstream]` is the one upstream.
+    ///
+    /// The two forms are exclusive: [`Config::validate`] rejects `[[upstreams]]` together with
+    /// an `[upstream]` that differs from [`UpstreamConfig::default`]. Values are compared rather
+    /// than whether the table was in the file, so the rule also holds for a config built in code
+    /// or changed after loading, and an `[upstream]` that only restates defaults changes nothing
+    /// and is accepted. Use [`Config::upstream_list`] for the upstreams in effect.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Which upstreams serve which models (`[[routes]]`). A request goes to the FIRST route, in
+    /// file order, with an entry in `models` that matches its model (see [`Config::route_for`]),
+    /// so specific routes go before broad patterns. Default: none, and every upstream serves every
+    /// model. When there are routes, a model no route matches has no upstream (end the list with
+    /// a route for `"*"` to catch the rest), and an upstream that is in no route receives nothing.
+    pub routes: Vec<RouteConfig>,
+    /// How failed upstream attempts are retried (`[retry]`).
+    pub retry: RetryConfig,
+    /// When an upstream is taken out of rotation after failures (`[breaker]`).
+    pub breaker: BreakerConfig,
     /// Size and time limits (`[limits]`).
     pub limits: Limits,
     /// Heartbeats and backpressure for streaming responses (`[streams]`).
@@ -180,10 +294,22 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
-/// `[upstream]`: the OpenAI-compatible server requests are relayed to.
+/// `[upstream]`, or one `[[upstreams]]` element: an OpenAI-compatible server requests are
+/// relayed to. Key paths below are written for `[upstream]`; in `[[upstreams]]` they read
+/// `upstreams[1].weight`.
 #[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
-#[serde(default, expecting = "a table (an [upstream] section)")]
+#[serde(
+    default,
+    expecting = "a table (an [upstream] section or an [[upstreams]] element)"
+)]
 pub struct UpstreamConfig {
+    /// What the upstream is called (`upstream.name`) in logs, the admin API, the
+    /// `x-tidegate-upstream` response header, metrics labels and `[[routes]]`: 1 to
+    /// [`MAX_UPSTREAM_NAME_CHARS`] characters of `a-z`, `0-9`, `_`, `.` and `-` (lower case, so
+    /// a label or header never differs from the file by case alone), unique among
+    /// `[[upstreams]]`. Default [`DEFAULT_UPSTREAM_NAME`].
+    #[default(DEFAULT_UPSTREAM_NAME.to_owned())]
+    pub name: String,
     /// Base URL request paths are appended to (`upstream.base_url`), e.g.
     /// `/chat/completions`. Default [`DEFAULT_UPSTREAM_BASE_URL`]. Must be
     /// http or https with a host and without query or fragment, so joining
@@ -210,14 +336,292 @@ pub struct UpstreamConfig {
     /// sets itself are refused. Default: none. The demo sets `["x-mock-*"]`
     /// so the mock's per-request overrides reach it.
     pub forward_headers: Vec<String>,
-    /// Speak only HTTP/2 to the upstream (`upstream.http2`): prior knowledge
-    /// for `http://`, ALPN `h2` for `https://`. All streams then share one
-    /// connection instead of holding one each, which is most of a stream's
-    /// memory and half of its sockets at 10,000 streams. The upstream must
-    /// allow that many concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS);
-    /// requests beyond its limit wait for a free stream. Default `false`:
-    /// HTTP/1.1 for `http://`, either by ALPN for `https://`.
+    /// Which HTTP version to speak to the upstream (`upstream.protocol`); see
+    /// [`UpstreamProtocol`]. With HTTP/2 all streams share a few connections instead of holding
+    /// one each, which is most of a stream's memory and half of its sockets at 10,000 streams.
+    /// Default [`DEFAULT_UPSTREAM_PROTOCOL`]. Use [`UpstreamConfig::effective_protocol`], which
+    /// also reads the legacy `http2`.
+    #[default(DEFAULT_UPSTREAM_PROTOCOL)]
+    pub protocol: UpstreamProtocol,
+    /// Legacy spelling of `protocol = "http2"` (`upstream.http2`), still accepted so existing
+    /// files keep working: `true` means HTTP/2 only, prior knowledge for `http://`, ALPN `h2` for
+    /// `https://`. Default `false` (then `protocol` decides). `true` together with
+    /// `protocol = "http1"` is an error.
     pub http2: bool,
+    /// This upstream's share of a route's traffic, relative to the other upstreams of the route
+    /// (`upstream.weight`): weights 3 and 1 send three quarters to the first. Default
+    /// [`DEFAULT_UPSTREAM_WEIGHT`], allowed [`UPSTREAM_WEIGHT_RANGE`].
+    #[default(DEFAULT_UPSTREAM_WEIGHT)]
+    pub weight: u32,
+    /// The most concurrent requests this gateway sends this upstream, over the whole process
+    /// (`upstream.max_streams`), for an upstream that can only serve so many at once (a local
+    /// model server) or whose account limits concurrency. While it is reached the upstream counts
+    /// as full. 0 means no cap. Default [`DEFAULT_MAX_STREAMS`], allowed [`MAX_STREAMS_RANGE`].
+    #[default(DEFAULT_MAX_STREAMS)]
+    pub max_streams: u32,
+    /// The most concurrent streams the gateway opens on one HTTP/2 connection to this upstream
+    /// (`upstream.max_streams_per_connection`); more streams open more connections. The peer's
+    /// own SETTINGS_MAX_CONCURRENT_STREAMS is respected when it is lower. It also bounds how many
+    /// streams one lost connection takes down. Default [`DEFAULT_MAX_STREAMS_PER_CONNECTION`],
+    /// allowed [`MAX_STREAMS_PER_CONNECTION_RANGE`]. Not used over HTTP/1.1 (one stream per
+    /// connection).
+    #[default(DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+    /// How long a connection to this upstream may carry no stream before it is closed
+    /// (`upstream.idle_connection_timeout`). Kept shorter than the server's own keep-alive, so
+    /// the gateway never sends a request on a connection the server is closing. Must be > 0 and
+    /// at most [`MAX_DURATION`]. Default [`DEFAULT_IDLE_CONNECTION_TIMEOUT`].
+    #[default(DEFAULT_IDLE_CONNECTION_TIMEOUT)]
+    #[serde(with = "formats::duration")]
+    pub idle_connection_timeout: Duration,
+    /// This upstream's own `limits.upstream_connect_timeout` (`upstream.connect_timeout`), for
+    /// an upstream nearer or farther than the rest. Absent by default: the `[limits]` value
+    /// applies. Use [`UpstreamConfig::connect_timeout`]. Rules as for the `[limits]` key.
+    #[serde(with = "formats::duration::option")]
+    pub connect_timeout: Option<Duration>,
+    /// This upstream's own `limits.first_byte_timeout` (`upstream.first_byte_timeout`), for a
+    /// model that is slower (or faster) to start than the rest. Absent by default: the `[limits]`
+    /// value applies. Use [`UpstreamConfig::first_byte_timeout`].
+    #[serde(with = "formats::duration::option")]
+    pub first_byte_timeout: Option<Duration>,
+    /// This upstream's own `limits.upstream_idle_timeout` (`upstream.idle_timeout`): the longest
+    /// silence between its body bytes mid-response. Absent by default: the `[limits]` value
+    /// applies. Use [`UpstreamConfig::idle_timeout`].
+    #[serde(with = "formats::duration::option")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl UpstreamConfig {
+    /// The protocol in effect: `protocol`, except that the legacy `http2 = true` turns `auto`
+    /// into `http2`. (`http2 = true` with `protocol = "http1"` is rejected by
+    /// [`Config::validate`]; should it get here, `protocol` wins.)
+    pub fn effective_protocol(&self) -> UpstreamProtocol {
+        match (self.protocol, self.http2) {
+            (UpstreamProtocol::Auto, true) => UpstreamProtocol::Http2,
+            (protocol, _) => protocol,
+        }
+    }
+
+    /// TCP (+TLS) connect timeout towards this upstream: its `connect_timeout`, else
+    /// `limits.upstream_connect_timeout`.
+    pub fn connect_timeout(&self, limits: &Limits) -> Duration {
+        self.connect_timeout
+            .unwrap_or(limits.upstream_connect_timeout)
+    }
+
+    /// How long this upstream's response headers may take: its `first_byte_timeout`, else
+    /// `limits.first_byte_timeout`.
+    pub fn first_byte_timeout(&self, limits: &Limits) -> Duration {
+        self.first_byte_timeout.unwrap_or(limits.first_byte_timeout)
+    }
+
+    /// Longest silence between this upstream's body bytes: its `idle_timeout`, else
+    /// `limits.upstream_idle_timeout`.
+    pub fn idle_timeout(&self, limits: &Limits) -> Duration {
+        self.idle_timeout.unwrap_or(limits.upstream_idle_timeout)
+    }
+}
+
+/// Which HTTP version the gateway speaks to an upstream (`upstream.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// `"auto"`: on `https://`, HTTP/2 when the server offers `h2` by ALPN, else HTTP/1.1; on
+    /// `http://`, HTTP/1.1 (nothing negotiates there, and HTTP/2 without TLS needs prior
+    /// knowledge).
+    Auto,
+    /// `"http1"`: HTTP/1.1 only, one stream per connection.
+    Http1,
+    /// `"http2"`: HTTP/2 only: prior knowledge on `http://`, ALPN `h2` required on `https://`.
+    /// The server must allow enough concurrent streams per connection
+    /// (`max_streams_per_connection`).
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// `"auto"`, `"http1"` or `"http2"`, as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+        }
+    }
+}
+
+impl Default for UpstreamProtocol {
+    fn default() -> Self {
+        DEFAULT_UPSTREAM_PROTOCOL
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for UpstreamProtocol {
+    type Err = String;
+
+    /// Accepts exactly `"auto"`, `"http1"` or `"http2"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(UpstreamProtocol::Auto),
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "http2" => Ok(UpstreamProtocol::Http2),
+            _ => Err(format!(r#"expected "auto", "http1" or "http2", got {s:?}"#)),
+        }
+    }
+}
+
+/// One `[[routes]]` element: the models it serves and the upstreams that serve them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [[routes]] element)")]
+pub struct RouteConfig {
+    /// The models this route serves (`routes[].models`): exact names (`"gpt-4o"`) or patterns
+    /// where `*` matches any run of characters, none included (`"gpt-4o*"`, `"*"`). Matching is
+    /// case-sensitive, as model names are. At least one entry, none empty. See
+    /// [`RouteConfig::matches`].
+    pub models: Vec<String>,
+    /// The upstreams that serve them (`routes[].upstreams`), by `name` (`"default"` for a
+    /// single `[upstream]`), sharing the traffic by their `weight`. At least one, each at most
+    /// once, each the name of an upstream.
+    pub upstreams: Vec<String>,
+    /// The model name sent to some of the route's upstreams instead of the requested one
+    /// (`routes[].rename`), keyed by upstream name: with `rename = { local =
+    /// "meta-llama/Llama-3.1-70B-Instruct" }` a request for `"llama-70b"` reaches upstream
+    /// `local` under that name. Keys must be upstreams of this route, values non-empty. Default:
+    /// none, every upstream gets the model as requested. See [`RouteConfig::upstream_model`].
+    pub rename: BTreeMap<String, String>,
+}
+
+impl RouteConfig {
+    /// Whether this route serves `model`: any entry of `models` matches it, exactly or as a
+    /// `*` pattern. Which route wins when several match is [`Config::route_for`]'s rule: the
+    /// first in file order.
+    pub fn matches(&self, model: &str) -> bool {
+        self.models
+            .iter()
+            .any(|pattern| wildcard_match(pattern, model))
+    }
+
+    /// The model name to send to `upstream` for a request for `model`: its `rename` entry, else
+    /// `model` itself.
+    pub fn upstream_model<'a>(&'a self, upstream: &str, model: &'a str) -> &'a str {
+        self.rename.get(upstream).map_or(model, String::as_str)
+    }
+}
+
+/// `*` matches any run of characters (none included), every other character itself. Bytes are
+/// compared, which is exact for UTF-8: a literal character matches only its own bytes.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was (pattern index after it) and the text index it has swallowed up to.
+    let mut star: Option<(usize, usize)> = None;
+    // Bounded: each pass advances `t`, or advances `p` with `t` unchanged (at most
+    // pattern.len() times in a row), or moves the last star's text index one further, so the
+    // loop ends within (pattern.len() + 1) * (text.len() + 1) passes.
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                p += 1;
+                star = Some((p, t));
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((after_star, swallowed)) => {
+                    p = after_star;
+                    t = swallowed + 1;
+                    star = Some((after_star, swallowed + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// `[retry]`: how a failed upstream attempt is retried, on the same or another upstream of the
+/// route, before the client sees the failure. (A response the client has already received part
+/// of cannot be retried.)
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [retry] section)")]
+pub struct RetryConfig {
+    /// Attempts per request, the first included (`retry.max_attempts`); 1 turns retries off.
+    /// Default [`DEFAULT_RETRY_MAX_ATTEMPTS`], allowed [`RETRY_MAX_ATTEMPTS_RANGE`].
+    #[default(DEFAULT_RETRY_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// Wait before the first retry (`retry.initial_backoff`); later retries back off further,
+    /// up to `max_backoff`. Must be > 0 (retrying at once only hits a failing upstream again)
+    /// and at most [`MAX_DURATION`]. Default [`DEFAULT_RETRY_INITIAL_BACKOFF`].
+    #[default(DEFAULT_RETRY_INITIAL_BACKOFF)]
+    #[serde(with = "formats::duration")]
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts (`retry.max_backoff`); at least `initial_backoff`.
+    /// Default [`DEFAULT_RETRY_MAX_BACKOFF`].
+    #[default(DEFAULT_RETRY_MAX_BACKOFF)]
+    #[serde(with = "formats::duration")]
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` the gateway waits out (`retry.max_retry_after`). An upstream asking
+    /// for a longer wait is not retried: its answer is relayed, so the client's SDK backs off
+    /// rather than the gateway holding the request. `0s` waits out none. At most
+    /// [`MAX_DURATION`]. Default [`DEFAULT_RETRY_MAX_RETRY_AFTER`].
+    #[default(DEFAULT_RETRY_MAX_RETRY_AFTER)]
+    #[serde(with = "formats::duration")]
+    pub max_retry_after: Duration,
+    /// Retries may add at most this percentage of the requests in `budget_window`
+    /// (`retry.budget_percent`), so that retries cannot turn an outage into a flood. Default
+    /// [`DEFAULT_RETRY_BUDGET_PERCENT`], allowed [`PERCENT_RANGE`].
+    #[default(DEFAULT_RETRY_BUDGET_PERCENT)]
+    pub budget_percent: u32,
+    /// Retries allowed per `budget_window` whatever the percentage
+    /// (`retry.budget_min_retries`), so a quiet gateway can still retry. Default
+    /// [`DEFAULT_RETRY_BUDGET_MIN_RETRIES`], allowed [`RETRY_BUDGET_MIN_RETRIES_RANGE`].
+    #[default(DEFAULT_RETRY_BUDGET_MIN_RETRIES)]
+    pub budget_min_retries: u32,
+    /// The window the budget counts requests and retries over (`retry.budget_window`). At
+    /// least [`MIN_WINDOW`], at most [`MAX_DURATION`]. Default [`DEFAULT_RETRY_BUDGET_WINDOW`].
+    #[default(DEFAULT_RETRY_BUDGET_WINDOW)]
+    #[serde(with = "formats::duration")]
+    pub budget_window: Duration,
+}
+
+/// `[breaker]`: each upstream's circuit breaker. An open breaker keeps its upstream out of
+/// rotation for `open_for`; then one probe request decides whether it closes or stays open. The
+/// settings apply to every upstream, each with its own counts.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [breaker] section)")]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker (`breaker.consecutive_failures`); 0 turns this
+    /// trigger off. Default [`DEFAULT_BREAKER_CONSECUTIVE_FAILURES`], allowed
+    /// [`BREAKER_CONSECUTIVE_FAILURES_RANGE`].
+    #[default(DEFAULT_BREAKER_CONSECUTIVE_FAILURES)]
+    pub consecutive_failures: u32,
+    /// Percentage of failed requests in `window` that opens the breaker, once the window holds
+    /// `min_requests` (`breaker.failure_percent`); 0 turns this trigger off. Default
+    /// [`DEFAULT_BREAKER_FAILURE_PERCENT`], allowed [`PERCENT_RANGE`]. With both triggers off the
+    /// breaker never opens.
+    #[default(DEFAULT_BREAKER_FAILURE_PERCENT)]
+    pub failure_percent: u32,
+    /// Requests `window` must hold before `failure_percent` is judged (`breaker.min_requests`).
+    /// Default [`DEFAULT_BREAKER_MIN_REQUESTS`], allowed [`BREAKER_MIN_REQUESTS_RANGE`].
+    #[default(DEFAULT_BREAKER_MIN_REQUESTS)]
+    pub min_requests: u32,
+    /// The window `failure_percent` is computed over (`breaker.window`). At least
+    /// [`MIN_WINDOW`], at most [`MAX_DURATION`]. Default [`DEFAULT_BREAKER_WINDOW`].
+    #[default(DEFAULT_BREAKER_WINDOW)]
+    #[serde(with = "formats::duration")]
+    pub window: Duration,
+    /// How long an open breaker keeps its upstream out before one probe request decides
+    /// (`breaker.open_for`). Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_BREAKER_OPEN_FOR`].
+    #[default(DEFAULT_BREAKER_OPEN_FOR)]
+    #[serde(with = "formats::duration")]
+    pub open_for: Duration,
 }
 
 /// `[limits]`: every bound that protects the gateway from slow, large or
@@ -497,6 +901,34 @@ impl Config {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
+    /// The upstreams in effect, never empty: the `[[upstreams]]` when there are any, else the
+    /// one `[upstream]` (named [`DEFAULT_UPSTREAM_NAME`] unless it sets `name`).
+    pub fn upstream_list(&self) -> &[UpstreamConfig] {
+        if self.upstreams.is_empty() {
+            std::slice::from_ref(&self.upstream)
+        } else {
+            &self.upstreams
+        }
+    }
+
+    /// The route that serves `model`: the FIRST of `[[routes]]`, in file order, with a `models`
+    /// entry that matches it ([`RouteConfig::matches`]); an exact entry in a later route does
+    /// not beat a pattern in an earlier one. `None` when no route matches: with no routes at all
+    /// every upstream serves every model, otherwise no upstream serves this one.
+    pub fn route_for(&self, model: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|route| route.matches(model))
+    }
+
+    /// Whether `[upstream]` sets anything: it differs from [`UpstreamConfig::default`] in a
+    /// value a file can hold (a resolved key is not one).
+    fn upstream_table_used(&self) -> bool {
+        let defaults = UpstreamConfig {
+            api_key: self.upstream.api_key.clone(),
+            ..UpstreamConfig::default()
+        };
+        self.upstream != defaults
+    }
+
     /// Parses and validates one TOML document (does not read the
     /// environment). On failure, returns every problem found, each with its
     /// key path: a TOML syntax error alone; else every type error and
@@ -520,52 +952,120 @@ impl Config {
     /// Every semantic rule of the schema (ranges, cross-field rules), on the
     /// final config: [`Config::from_toml_str`] runs it after deserializing,
     /// and the command line again after its overrides. Reports every problem
-    /// with its dotted key path.
+    /// with its dotted key path, in schema order.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let mut errors = Vec::new();
-        let mut check = |path: &str, result: Result<(), String>| {
-            if let Err(message) = result {
-                errors.push(ConfigError {
-                    path: path.to_owned(),
-                    message,
-                });
-            }
-        };
+        let mut c = Checks::default();
 
-        check(
+        c.check(
             "worker_threads",
             check_size(usize_to_u64(self.worker_threads), &WORKER_THREADS_RANGE),
         );
         if let Some(admin) = self.admin.listen {
-            check("admin.listen", check_listeners_apart(self.listen, admin));
+            c.check("admin.listen", check_listeners_apart(self.listen, admin));
         }
         match &self.admin.token_env {
-            Some(name) => check(
+            Some(name) => c.check(
                 ADMIN_TOKEN_ENV_PATH,
                 check_env_name(name, EnvVar::AdminToken),
             ),
-            None => check(
+            None => c.check(
                 ADMIN_TOKEN_ENV_PATH,
                 check_admin_needs_no_token(self.admin.listen),
             ),
         }
-        if let Some(name) = &self.upstream.api_key_env {
-            check(API_KEY_ENV_PATH, check_env_name(name, EnvVar::ApiKey));
+
+        // `[upstream]` is checked even next to `[[upstreams]]`: that is an error too, but what
+        // else is wrong with it is worth knowing at the same time.
+        validate_upstream(&mut c, "upstream", &self.upstream);
+        if !self.upstreams.is_empty() && self.upstream_table_used() {
+            c.check(
+                "upstream",
+                Err(
+                    "use either [upstream] for one upstream or [[upstreams]] for several, \
+                     not both: move these settings into an [[upstreams]] element"
+                        .to_owned(),
+                ),
+            );
         }
-        for name in &self.upstream.forward_headers {
-            check("upstream.forward_headers", check_forward_header(name));
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            validate_upstream(&mut c, &path, upstream);
+            if let Some(first) = self.upstreams[..i]
+                .iter()
+                .position(|other| other.name == upstream.name)
+            {
+                c.check(
+                    format!("{path}.name"),
+                    Err(format!(
+                        "{:?} is already the name of upstreams[{first}]; every upstream needs a \
+                         name of its own",
+                        upstream.name
+                    )),
+                );
+            }
         }
+        self.validate_routes(&mut c);
+
+        let r = &self.retry;
+        c.check(
+            "retry.max_attempts",
+            check_count(r.max_attempts, &RETRY_MAX_ATTEMPTS_RANGE),
+        );
+        c.check("retry.initial_backoff", check_timeout(r.initial_backoff));
+        c.check(
+            "retry.max_backoff",
+            check_timeout(r.max_backoff).and_then(|()| {
+                if r.max_backoff >= r.initial_backoff {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "must be at least retry.initial_backoff ({:?}), got {:?}",
+                        r.initial_backoff, r.max_backoff
+                    ))
+                }
+            }),
+        );
+        c.check(
+            "retry.max_retry_after",
+            check_at_most_max(r.max_retry_after)
+                .and_then(|()| check_whole_millis(r.max_retry_after)),
+        );
+        c.check(
+            "retry.budget_percent",
+            check_count(r.budget_percent, &PERCENT_RANGE),
+        );
+        c.check(
+            "retry.budget_min_retries",
+            check_count(r.budget_min_retries, &RETRY_BUDGET_MIN_RETRIES_RANGE),
+        );
+        c.check("retry.budget_window", check_window(r.budget_window));
+
+        let b = &self.breaker;
+        c.check(
+            "breaker.consecutive_failures",
+            check_count(b.consecutive_failures, &BREAKER_CONSECUTIVE_FAILURES_RANGE),
+        );
+        c.check(
+            "breaker.failure_percent",
+            check_count(b.failure_percent, &PERCENT_RANGE),
+        );
+        c.check(
+            "breaker.min_requests",
+            check_count(b.min_requests, &BREAKER_MIN_REQUESTS_RANGE),
+        );
+        c.check("breaker.window", check_window(b.window));
+        c.check("breaker.open_for", check_timeout(b.open_for));
 
         let l = &self.limits;
-        check(
+        c.check(
             "limits.max_body_bytes",
             check_size(l.max_body_bytes, &MAX_BODY_BYTES_RANGE),
         );
-        check(
+        c.check(
             "limits.max_header_bytes",
             check_size(usize_to_u64(l.max_header_bytes), &MAX_HEADER_BYTES_RANGE),
         );
-        check(
+        c.check(
             "limits.max_event_bytes",
             check_size(usize_to_u64(l.max_event_bytes), &MAX_EVENT_BYTES_RANGE),
         );
@@ -580,57 +1080,129 @@ impl Config {
             ("limits.upstream_idle_timeout", l.upstream_idle_timeout),
             ("limits.max_stream_duration", l.max_stream_duration),
         ] {
-            check(path, check_timeout(timeout));
+            c.check(path, check_timeout(timeout));
         }
         let s = &self.streams;
-        check(
+        c.check(
             "streams.heartbeat_interval",
             check_heartbeat_interval(s.heartbeat_interval)
                 .and_then(|()| check_whole_millis(s.heartbeat_interval)),
         );
-        check(
+        c.check(
             "streams.max_buffered_bytes",
             check_size(
                 usize_to_u64(s.max_buffered_bytes),
                 &MAX_BUFFERED_BYTES_RANGE,
             ),
         );
-        check(
+        c.check(
             "streams.client_stall_timeout",
             check_timeout(s.client_stall_timeout),
         );
         let drain = self.shutdown.drain_timeout;
-        check(
+        c.check(
             "shutdown.drain_timeout",
             check_at_most_max(drain).and_then(|()| check_whole_millis(drain)),
         );
-        check("log.level", check_log_level(&self.log.level));
+        c.check("log.level", check_log_level(&self.log.level));
 
-        if errors.is_empty() {
+        if c.0.is_empty() {
             Ok(())
         } else {
-            Err(ConfigErrors(errors))
+            Err(ConfigErrors(c.0))
+        }
+    }
+
+    /// The rules of `[[routes]]`: each lists models (none empty) and upstreams (each an
+    /// upstream's name, none twice), and renames only for its own upstreams.
+    fn validate_routes(&self, c: &mut Checks) {
+        let mut names: Vec<&str> = Vec::new();
+        for upstream in self.upstream_list() {
+            // Duplicates are reported at their own path; listed once here.
+            if !names.contains(&upstream.name.as_str()) {
+                names.push(&upstream.name);
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if route.models.is_empty() {
+                c.check(
+                    format!("{path}.models"),
+                    Err(r#"must list at least one model name or pattern, such as "gpt-4o" or "gpt-4o*""#
+                        .to_owned()),
+                );
+            }
+            for (j, model) in route.models.iter().enumerate() {
+                if model.is_empty() {
+                    c.check(
+                        format!("{path}.models[{j}]"),
+                        Err(r#"must not be empty ("*" matches every model)"#.to_owned()),
+                    );
+                }
+            }
+            if route.upstreams.is_empty() {
+                c.check(
+                    format!("{path}.upstreams"),
+                    Err(format!(
+                        "must list at least one upstream by name (the upstreams are {})",
+                        quoted_list(&names)
+                    )),
+                );
+            }
+            for (j, name) in route.upstreams.iter().enumerate() {
+                let result = if route.upstreams[..j].contains(name) {
+                    Err(format!("{name:?} is listed twice"))
+                } else {
+                    check_upstream_known(name, &names)
+                };
+                c.check(format!("{path}.upstreams[{j}]"), result);
+            }
+            for (upstream, model) in &route.rename {
+                let at = load::join_path(&format!("{path}.rename"), upstream);
+                if !route.upstreams.contains(upstream) {
+                    c.check(
+                        at.clone(),
+                        Err(format!(
+                            "{upstream:?} is not one of this route's upstreams ({}); a rename \
+                             applies to an upstream of its own route",
+                            quoted_list(&route.upstreams)
+                        )),
+                    );
+                }
+                if model.is_empty() {
+                    c.check(
+                        at,
+                        Err(format!(
+                            "must not be empty: it is the model name sent to upstream {upstream:?}"
+                        )),
+                    );
+                }
+            }
         }
     }
 
     /// Reads the secrets the file names through `lookup`
     /// (`|name| std::env::var(name).ok()` in production, a closure in tests):
-    /// the key named by `upstream.api_key_env` into `upstream.api_key`, and
-    /// the token named by `admin.token_env` into `admin.token`. A secret
-    /// whose `*_env` key is absent is cleared and nothing is looked up for
-    /// it; on any error neither secret is stored.
+    /// the key named by each upstream's `api_key_env` (`[upstream]` and every
+    /// `[[upstreams]]` element) into its `api_key`, and the token named by
+    /// `admin.token_env` into `admin.token`. A secret whose `*_env` key is
+    /// absent is cleared and nothing is looked up for it; on any error no
+    /// secret is stored.
     ///
-    /// Errors (at path `upstream.api_key_env` or `admin.token_env`, never
-    /// containing the value; both are checked, so every problem is reported
-    /// at once): the variable is unset or empty, or the value cannot be sent
-    /// in an HTTP header (surrounding whitespace, control or non-ASCII
-    /// characters), or an admin token is shorter than
-    /// [`MIN_ADMIN_TOKEN_BYTES`].
+    /// Errors (at the `*_env` key's path, such as `upstream.api_key_env`,
+    /// `upstreams[1].api_key_env` or `admin.token_env`, never containing the
+    /// value; all are checked, so every problem is reported at once): the
+    /// variable is unset or empty, or the value cannot be sent in an HTTP
+    /// header (surrounding whitespace, control or non-ASCII characters), or an
+    /// admin token is shorter than [`MIN_ADMIN_TOKEN_BYTES`].
     pub fn resolve_secrets(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigErrors> {
         self.upstream.api_key = None;
+        for upstream in &mut self.upstreams {
+            upstream.api_key = None;
+        }
         self.admin.token = None;
         let mut errors = Vec::new();
         let mut resolve = |path: &str, name: Option<&String>, var: EnvVar| {
@@ -649,6 +1221,18 @@ impl Config {
             self.upstream.api_key_env.as_ref(),
             EnvVar::ApiKey,
         );
+        let api_keys: Vec<Option<Secret>> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, upstream)| {
+                resolve(
+                    &format!("upstreams[{i}].api_key_env"),
+                    upstream.api_key_env.as_ref(),
+                    EnvVar::ApiKey,
+                )
+            })
+            .collect();
         let token = resolve(
             ADMIN_TOKEN_ENV_PATH,
             self.admin.token_env.as_ref(),
@@ -656,6 +1240,9 @@ impl Config {
         );
         if errors.is_empty() {
             self.upstream.api_key = api_key;
+            for (upstream, key) in self.upstreams.iter_mut().zip(api_keys) {
+                upstream.api_key = key;
+            }
             self.admin.token = token;
             Ok(())
         } else {
@@ -666,23 +1253,29 @@ impl Config {
     /// The effective configuration as TOML, by serializing the structs: every
     /// key with a value is present (defaults included; absent optional keys
     /// such as `admin.listen` are named in a `# not set:` comment), durations
-    /// as humantime strings (`"1m 30s"`), sizes as integers in bytes.
+    /// as humantime strings (`"1m 30s"`), sizes as integers in bytes. With
+    /// `[[upstreams]]`, the unused default `[upstream]` table is left out, and
+    /// a route's `rename` is written inline in its `[[routes]]` element.
     ///
     /// Secrets are never printed: the secret fields are skipped by serde, and
     /// a header comment says when one was resolved,
-    /// `# upstream key: <redacted> (read from $NAME)` or
-    /// `# admin token: <redacted> (read from $NAME)`. So for a valid config
-    /// the output parses back with [`Config::from_toml_str`] into an equal
-    /// config, except that `upstream.api_key` and `admin.token` must be
-    /// resolved again.
+    /// `# upstream key: <redacted> (read from $NAME)` (for `[upstream]`),
+    /// `# upstream "openai" key: <redacted> (read from $NAME)` (for an
+    /// `[[upstreams]]` element) or `# admin token: <redacted> (read from $NAME)`.
+    /// So for a valid config the output parses back with
+    /// [`Config::from_toml_str`] into an equal config, except that the
+    /// upstream keys and `admin.token` must be resolved again.
     ///
     /// Fails only for a config [`Config::validate`] rejects (e.g. a size
     /// beyond what TOML's signed integers hold).
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
-        let body = toml::to_string(self).map_err(|e| ConfigError {
+        let cannot_print = |e: &dyn fmt::Display| ConfigError {
             path: "(config)".to_owned(),
             message: format!("cannot print as TOML: {e}"),
-        })?;
+        };
+        let drop_upstream = !self.upstreams.is_empty() && !self.upstream_table_used();
+        let body = toml::to_string(self).map_err(|e| cannot_print(&e))?;
+        let body = tidy_printed_toml(&body, drop_upstream).map_err(|e| cannot_print(&e))?;
         let mut out =
             String::from("# Effective tidegate configuration. Secrets are never printed.\n");
         out.push_str(&format!(
@@ -690,25 +1283,29 @@ impl Config {
             self.worker_threads,
             self.worker_count()
         ));
-        let unset = load::unset_keys(self);
+        let unset: Vec<String> = load::unset_keys(self)
+            .into_iter()
+            .filter(|path| !(drop_upstream && path.starts_with("upstream.")))
+            .collect();
         if !unset.is_empty() {
             out.push_str(&format!("# not set: {}\n", unset.join(", ")));
         }
-        for comment in [
-            secret_comment(
-                "upstream key",
-                self.upstream.api_key.as_ref(),
-                self.upstream.api_key_env.as_deref(),
-            ),
-            secret_comment(
-                "admin token",
-                self.admin.token.as_ref(),
-                self.admin.token_env.as_deref(),
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        let upstream_keys = std::iter::once(("upstream key".to_owned(), &self.upstream)).chain(
+            self.upstreams
+                .iter()
+                .map(|u| (format!("upstream {:?} key", u.name), u)),
+        );
+        let mut comments: Vec<String> = upstream_keys
+            .filter_map(|(what, u)| {
+                secret_comment(&what, u.api_key.as_ref(), u.api_key_env.as_deref())
+            })
+            .collect();
+        comments.extend(secret_comment(
+            "admin token",
+            self.admin.token.as_ref(),
+            self.admin.token_env.as_deref(),
+        ));
+        for comment in comments {
             out.push_str(&comment);
             out.push('\n');
         }
@@ -719,6 +1316,167 @@ impl Config {
 }
 
 // ---- the rules validate applies ----------------------------------------------
+
+/// The errors [`Config::validate`] collects, each at its key path, in the order found.
+#[derive(Default)]
+struct Checks(Vec<ConfigError>);
+
+impl Checks {
+    fn check(&mut self, path: impl Into<String>, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.0.push(ConfigError {
+                path: path.into(),
+                message,
+            });
+        }
+    }
+}
+
+/// The rules of one upstream, `[upstream]` or an `[[upstreams]]` element at `path`, in field
+/// order. (Unique names and route references need the whole config: see [`Config::validate`].)
+fn validate_upstream(c: &mut Checks, path: &str, u: &UpstreamConfig) {
+    let at = |key: &str| format!("{path}.{key}");
+    c.check(at("name"), check_upstream_name(&u.name));
+    if let Some(name) = &u.api_key_env {
+        c.check(at("api_key_env"), check_env_name(name, EnvVar::ApiKey));
+    }
+    for name in &u.forward_headers {
+        c.check(at("forward_headers"), check_forward_header(name));
+    }
+    if u.http2 && u.protocol == UpstreamProtocol::Http1 {
+        c.check(
+            at("http2"),
+            Err(r#"http2 = true (the old spelling of protocol = "http2") contradicts protocol = "http1"; remove http2"#
+                .to_owned()),
+        );
+    }
+    c.check(at("weight"), check_count(u.weight, &UPSTREAM_WEIGHT_RANGE));
+    c.check(
+        at("max_streams"),
+        check_count(u.max_streams, &MAX_STREAMS_RANGE),
+    );
+    c.check(
+        at("max_streams_per_connection"),
+        check_count(
+            u.max_streams_per_connection,
+            &MAX_STREAMS_PER_CONNECTION_RANGE,
+        ),
+    );
+    c.check(
+        at("idle_connection_timeout"),
+        check_timeout(u.idle_connection_timeout),
+    );
+    for (key, timeout) in [
+        ("connect_timeout", u.connect_timeout),
+        ("first_byte_timeout", u.first_byte_timeout),
+        ("idle_timeout", u.idle_timeout),
+    ] {
+        if let Some(timeout) = timeout {
+            c.check(at(key), check_timeout(timeout));
+        }
+    }
+}
+
+/// An upstream name: 1 to [`MAX_UPSTREAM_NAME_CHARS`] of `a-z`, `0-9`, `_`, `.`, `-`. It goes
+/// as is into log fields, metric labels and a response header, where nothing must need quoting.
+fn check_upstream_name(name: &str) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b);
+    if name.is_empty() {
+        return Err(
+            r#"must not be empty; name the upstream, such as "openai" or "local""#.to_owned(),
+        );
+    }
+    if !name.bytes().all(allowed) {
+        return Err(format!(
+            "{name:?} is not a valid upstream name: use lower-case letters a-z, digits, '_', '.' \
+             and '-'"
+        ));
+    }
+    if name.len() > MAX_UPSTREAM_NAME_CHARS {
+        return Err(format!(
+            "must be at most {MAX_UPSTREAM_NAME_CHARS} characters, got {}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A route's upstream must be one of `names`; the error suggests a close name, or lists them.
+fn check_upstream_known(name: &str, names: &[&str]) -> Result<(), String> {
+    if names.contains(&name) {
+        return Ok(());
+    }
+    let hint = match load::closest(names.iter().copied(), name) {
+        Some(close) => format!(" (did you mean {close:?}?)"),
+        None => format!("; the upstreams are {}", quoted_list(names)),
+    };
+    Err(format!("no upstream is named {name:?}{hint}"))
+}
+
+/// `"a", "b"`: names as they are written in the file.
+fn quoted_list(names: &[impl AsRef<str>]) -> String {
+    names
+        .iter()
+        .map(|name| format!("{:?}", name.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A count against its allowed range.
+fn check_count(value: u32, range: &RangeInclusive<u32>) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// A window that rates are computed over: at least [`MIN_WINDOW`], at most [`MAX_DURATION`],
+/// whole milliseconds.
+fn check_window(window: Duration) -> Result<(), String> {
+    if window < MIN_WINDOW {
+        return Err(format!(
+            "must be at least {}, got {window:?}",
+            humantime::format_duration(MIN_WINDOW)
+        ));
+    }
+    check_at_most_max(window).and_then(|()| check_whole_millis(window))
+}
+
+/// Two touches to serde's TOML that the structs cannot express, made with toml_edit, which
+/// keeps the rest of the text byte for byte: the `[upstream]` table is left out when
+/// `drop_upstream` (`[[upstreams]]` replace it, and its defaults would read as if they were
+/// used), and each route's `rename` is written inline in its `[[routes]]` element
+/// (`rename = { local = "..." }`) or, when empty, not at all, instead of as a
+/// `[routes.rename]` table after it.
+fn tidy_printed_toml(body: &str, drop_upstream: bool) -> Result<String, String> {
+    use toml_edit::{DocumentMut, Item};
+    let mut doc: DocumentMut = body.parse().map_err(|e| format!("{e}"))?;
+    if drop_upstream {
+        doc.remove("upstream");
+    }
+    if let Some(routes) = doc.get_mut("routes").and_then(Item::as_array_of_tables_mut) {
+        for route in routes.iter_mut() {
+            match route.remove("rename") {
+                Some(Item::Table(rename)) if rename.is_empty() => {}
+                Some(Item::Table(rename)) => {
+                    let mut inline = rename.into_inline_table();
+                    inline.fmt();
+                    route.insert("rename", toml_edit::value(inline));
+                }
+                Some(other) => {
+                    route.insert("rename", other);
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
 
 /// The comment `to_redacted_toml` prints for a resolved secret (never its
 /// value), or `None` when there is none.

@@ -14,10 +14,40 @@ listen = "127.0.0.1:9100"
 token_env = "TIDEGATE_TEST_ADMIN_TOKEN"
 
 [upstream]
+name = "local"
 base_url = "http://127.0.0.1:8081/v1/"
 api_key_env = "TIDEGATE_TEST_KEY"
 forward_headers = ["x-stainless-*"]
+protocol = "auto"
 http2 = true
+weight = 7
+max_streams = 500
+max_streams_per_connection = 250
+idle_connection_timeout = "45s"
+connect_timeout = "2s"
+first_byte_timeout = "3m"
+idle_timeout = "4m"
+
+[[routes]]
+models = ["llama-70b", "llama-3*"]
+upstreams = ["local"]
+rename = { local = "meta-llama/Llama-3.1-70B-Instruct" }
+
+[retry]
+max_attempts = 4
+initial_backoff = "100ms"
+max_backoff = "1s"
+max_retry_after = "0s"
+budget_percent = 0
+budget_min_retries = 3
+budget_window = "1m"
+
+[breaker]
+consecutive_failures = 0
+failure_percent = 25
+min_requests = 40
+window = "1m"
+open_for = "5s"
 
 [limits]
 max_body_bytes = 2097152
@@ -124,11 +154,46 @@ fn full_file_sets_every_key() {
             token: None,
         },
         upstream: UpstreamConfig {
+            name: "local".to_owned(),
             base_url: UpstreamUrl::parse("http://127.0.0.1:8081/v1").unwrap(),
             api_key_env: Some("TIDEGATE_TEST_KEY".to_owned()),
             api_key: None,
             forward_headers: vec!["x-stainless-*".to_owned()],
+            protocol: UpstreamProtocol::Auto,
             http2: true,
+            weight: 7,
+            max_streams: 500,
+            max_streams_per_connection: 250,
+            idle_connection_timeout: Duration::from_secs(45),
+            connect_timeout: Some(Duration::from_secs(2)),
+            first_byte_timeout: Some(Duration::from_secs(180)),
+            idle_timeout: Some(Duration::from_secs(240)),
+        },
+        upstreams: Vec::new(),
+        routes: vec![RouteConfig {
+            models: vec!["llama-70b".to_owned(), "llama-3*".to_owned()],
+            upstreams: vec!["local".to_owned()],
+            rename: [(
+                "local".to_owned(),
+                "meta-llama/Llama-3.1-70B-Instruct".to_owned(),
+            )]
+            .into(),
+        }],
+        retry: RetryConfig {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::ZERO,
+            budget_percent: 0,
+            budget_min_retries: 3,
+            budget_window: Duration::from_secs(60),
+        },
+        breaker: BreakerConfig {
+            consecutive_failures: 0,
+            failure_percent: 25,
+            min_requests: 40,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_secs(5),
         },
         limits: Limits {
             max_body_bytes: 2 * 1024 * 1024,
@@ -904,9 +969,9 @@ fn default_config_prints_every_key_and_round_trips() {
     );
     // Absent optional keys are named in a comment, straight from the schema.
     assert!(
-        printed
-            .lines()
-            .any(|l| l == "# not set: admin.listen, admin.token_env, upstream.api_key_env"),
+        printed.lines().any(|l| l
+            == "# not set: admin.listen, admin.token_env, upstream.api_key_env, \
+                upstream.connect_timeout, upstream.first_byte_timeout, upstream.idle_timeout"),
         "{printed}"
     );
     assert!(
@@ -1524,13 +1589,25 @@ fn durations_print_in_a_form_that_reads_back() {
 
 /// Every key of the schema has a row in README.md's configuration table and
 /// every row names a key of the schema, so the reference cannot drift.
+///
+/// Keys inside arrays of tables are named with `[]` for any element
+/// (`routes[].models`), and the array itself has a row too (`routes`). The
+/// elements of `upstreams` are the same struct as `upstream`, so their keys are
+/// documented once, as the `upstream.*` rows (checked equal here).
 #[test]
 fn readme_config_table_lists_exactly_the_schema_keys() {
     fn leaves(parent: &str, value: &serde_json::Value, out: &mut Vec<String>) {
         match value {
-            serde_json::Value::Object(map) => {
+            // A free-form table such as `routes[].rename` is empty in the sample: one key.
+            serde_json::Value::Object(map) if !map.is_empty() => {
                 for (key, value) in map {
                     leaves(&load::join_path(parent, key), value, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                out.push(parent.to_owned());
+                if let Some(first @ serde_json::Value::Object(_)) = items.first() {
+                    leaves(&format!("{parent}[]"), first, out);
                 }
             }
             _ => out.push(parent.to_owned()),
@@ -1539,10 +1616,24 @@ fn readme_config_table_lists_exactly_the_schema_keys() {
     let mut schema = Vec::new();
     leaves(
         "",
-        &serde_json::to_value(Config::default()).unwrap(),
+        &serde_json::to_value(load::schema_sample()).unwrap(),
         &mut schema,
     );
     schema.sort();
+    let single: Vec<&str> = schema
+        .iter()
+        .filter_map(|k| k.strip_prefix("upstream."))
+        .collect();
+    let element: Vec<&str> = schema
+        .iter()
+        .filter_map(|k| k.strip_prefix("upstreams[]."))
+        .collect();
+    assert_eq!(element, single);
+    assert!(single.contains(&"weight"), "{single:?}");
+    schema.retain(|k| !k.starts_with("upstreams[]."));
+    for key in ["upstreams", "routes", "routes[].models", "routes[].rename"] {
+        assert!(schema.iter().any(|k| k == key), "{key} in {schema:?}");
+    }
 
     let readme = include_str!("../../README.md");
     let section = readme
@@ -1588,4 +1679,798 @@ heartbeat_intervl = "5s"
         .join("\n")
     );
     assert!(!shown.contains(ADMIN_TOKEN));
+}
+
+// ---- several upstreams, routes, retries, breakers ------------------------------------
+
+const MULTI: &str = r#"
+[[upstreams]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "TIDEGATE_TEST_KEY"
+weight = 3
+max_streams = 200
+
+[[upstreams]]
+name = "local"
+base_url = "http://127.0.0.1:8000/v1"
+api_key_env = "TIDEGATE_TEST_LOCAL_KEY"
+protocol = "http2"
+max_streams_per_connection = 500
+idle_connection_timeout = "30s"
+first_byte_timeout = "5m"
+
+[[upstreams]]
+name = "openai.eu"
+base_url = "https://eu.example.com/v1"
+forward_headers = ["x-stainless-*"]
+
+[[routes]]
+models = ["llama-70b"]
+upstreams = ["local"]
+rename = { local = "meta-llama/Llama-3.1-70B-Instruct" }
+
+[[routes]]
+models = ["gpt-4o*", "o1"]
+upstreams = ["openai", "openai.eu"]
+rename = { "openai.eu" = "gpt-4o-eu" }
+
+[[routes]]
+models = ["*"]
+upstreams = ["openai"]
+
+[retry]
+max_attempts = 2
+
+[breaker]
+failure_percent = 0
+"#;
+
+const LOCAL_KEY: &str = "sk-local-0123456789abcdefLOCAL";
+
+fn lookup_multi(name: &str) -> Option<String> {
+    match name {
+        "TIDEGATE_TEST_LOCAL_KEY" => Some(LOCAL_KEY.to_owned()),
+        _ => lookup_key(name),
+    }
+}
+
+fn names(config: &Config) -> Vec<&str> {
+    config
+        .upstream_list()
+        .iter()
+        .map(|u| u.name.as_str())
+        .collect()
+}
+
+#[test]
+fn several_upstreams_and_routes_parse() {
+    let c = Config::from_toml_str(MULTI).unwrap();
+    assert_eq!(names(&c), ["openai", "local", "openai.eu"]);
+    assert_eq!(
+        c.upstream,
+        UpstreamConfig::default(),
+        "[upstream] is unused"
+    );
+    let [openai, local, eu] = c.upstream_list() else {
+        panic!("three upstreams: {:?}", c.upstreams);
+    };
+    assert_eq!(openai.base_url.as_str(), "https://api.openai.com/v1");
+    assert_eq!(openai.weight, 3);
+    assert_eq!(openai.max_streams, 200);
+    assert_eq!(openai.effective_protocol(), UpstreamProtocol::Auto);
+    assert_eq!(local.protocol, UpstreamProtocol::Http2);
+    assert_eq!(local.max_streams_per_connection, 500);
+    assert_eq!(local.idle_connection_timeout, Duration::from_secs(30));
+    assert_eq!(local.first_byte_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(eu.weight, DEFAULT_UPSTREAM_WEIGHT);
+    assert_eq!(eu.forward_headers, ["x-stainless-*"]);
+    assert_eq!(c.routes.len(), 3);
+    assert_eq!(c.routes[0].upstreams, ["local"]);
+    assert_eq!(
+        c.routes[1].rename.get("openai.eu").map(String::as_str),
+        Some("gpt-4o-eu")
+    );
+    assert_eq!(c.retry.max_attempts, 2);
+    assert_eq!(c.retry.initial_backoff, DEFAULT_RETRY_INITIAL_BACKOFF);
+    assert_eq!(c.breaker.failure_percent, 0);
+    assert_eq!(c.breaker.consecutive_failures, 5);
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn the_single_form_is_one_upstream_named_default() {
+    let c = Config::from_toml_str("[upstream]\nbase_url = \"http://127.0.0.1:8081/v1\"\n").unwrap();
+    assert!(c.upstreams.is_empty());
+    assert!(c.routes.is_empty());
+    assert_eq!(c.upstream_list(), std::slice::from_ref(&c.upstream));
+    assert_eq!(names(&c), ["default"]);
+    assert_eq!(names(&Config::default()), [DEFAULT_UPSTREAM_NAME]);
+
+    // Routes name it "default", or its own name when it sets one.
+    let c = Config::from_toml_str(
+        "[[routes]]\nmodels = [\"gpt-4o\"]\nupstreams = [\"default\"]\nrename = { default = \"gpt-4o-2024-08-06\" }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.route_for("gpt-4o")
+            .map(|r| r.upstream_model("default", "gpt-4o")),
+        Some("gpt-4o-2024-08-06")
+    );
+    let c = Config::from_toml_str(
+        "[upstream]\nname = \"local\"\n[[routes]]\nmodels = [\"*\"]\nupstreams = [\"local\"]\n",
+    )
+    .unwrap();
+    assert_eq!(names(&c), ["local"]);
+    assert_eq!(
+        only_error("[upstream]\nname = \"local\"\n[[routes]]\nmodels = [\"*\"]\nupstreams = [\"default\"]\n"),
+        r#"routes[0].upstreams[0]: no upstream is named "default"; the upstreams are "local""#
+    );
+}
+
+#[test]
+fn upstream_and_upstreams_together_are_an_error() {
+    let text = "[upstream]\nbase_url = \"http://127.0.0.1:8081/v1\"\n[[upstreams]]\nname = \"a\"\n";
+    assert_eq!(
+        only_error(text),
+        "upstream: use either [upstream] for one upstream or [[upstreams]] for several, not \
+         both: move these settings into an [[upstreams]] element"
+    );
+    // Any key of [upstream] counts, even one that only the legacy form has.
+    let errors = errors_of("[upstream]\nhttp2 = true\n[[upstreams]]\nname = \"a\"\n");
+    assert_eq!(errors[0].path, "upstream");
+    // An [upstream] that only restates defaults changes nothing: accepted.
+    let c = Config::from_toml_str(
+        "[upstream]\nname = \"default\"\nweight = 1\n[[upstreams]]\nname = \"a\"\n",
+    )
+    .unwrap();
+    assert_eq!(names(&c), ["a"]);
+
+    // The rule holds for changes made after loading, which only validate() sees.
+    let mut c = Config::from_toml_str(MULTI).unwrap();
+    c.upstream.base_url = UpstreamUrl::parse("http://127.0.0.1:9/v1").unwrap();
+    let ConfigErrors(errors) = c.validate().unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "upstream");
+}
+
+#[test]
+fn upstream_names_are_checked_and_unique() {
+    for good in [
+        "a",
+        "openai",
+        "openai.eu-1_x",
+        &"x".repeat(MAX_UPSTREAM_NAME_CHARS),
+    ] {
+        let text = format!("[[upstreams]]\nname = \"{good}\"\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    for (bad, message) in [
+        (
+            "",
+            r#"must not be empty; name the upstream, such as "openai" or "local""#.to_owned(),
+        ),
+        (
+            "OpenAI",
+            r#""OpenAI" is not a valid upstream name: use lower-case letters a-z, digits, '_', '.' and '-'"#.to_owned(),
+        ),
+        (
+            "a b",
+            r#""a b" is not a valid upstream name: use lower-case letters a-z, digits, '_', '.' and '-'"#.to_owned(),
+        ),
+        (
+            "caf\u{e9}",
+            "\"caf\u{e9}\" is not a valid upstream name: use lower-case letters a-z, digits, '_', '.' and '-'".to_owned(),
+        ),
+        (
+            &"x".repeat(MAX_UPSTREAM_NAME_CHARS + 1),
+            "must be at most 64 characters, got 65".to_owned(),
+        ),
+    ] {
+        let text = format!("[[upstreams]]\nname = \"{bad}\"\n");
+        assert_eq!(only_error(&text), format!("upstreams[0].name: {message}"));
+        // The single form's name follows the same rules.
+        let text = format!("[upstream]\nname = \"{bad}\"\n");
+        assert_eq!(only_error(&text), format!("upstream.name: {message}"));
+    }
+
+    let errors = errors_of(
+        "[[upstreams]]\nname = \"a\"\n[[upstreams]]\nname = \"b\"\n[[upstreams]]\nname = \"a\"\n",
+    );
+    assert_eq!(
+        errors,
+        [error(
+            "upstreams[2].name",
+            r#""a" is already the name of upstreams[0]; every upstream needs a name of its own"#
+        )]
+    );
+    // Two elements without a name are both "default".
+    let errors = errors_of("[[upstreams]]\nweight = 2\n[[upstreams]]\nweight = 3\n");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "upstreams[1].name");
+    assert!(errors[0].message.starts_with(r#""default" is already"#));
+}
+
+#[test]
+fn upstream_counts_enforce_their_ranges() {
+    for line in [
+        "weight = 1",
+        "weight = 1000",
+        "max_streams = 0",
+        "max_streams = 1000000",
+        "max_streams_per_connection = 1",
+        "max_streams_per_connection = 10000",
+    ] {
+        let text = format!("[[upstreams]]\nname = \"a\"\n{line}\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    for (line, expected) in [
+        ("weight = 0", "weight: must be between 1 and 1000, got 0"),
+        (
+            "weight = 1001",
+            "weight: must be between 1 and 1000, got 1001",
+        ),
+        (
+            "max_streams = 1000001",
+            "max_streams: must be between 0 and 1000000, got 1000001",
+        ),
+        (
+            "max_streams_per_connection = 0",
+            "max_streams_per_connection: must be between 1 and 10000, got 0",
+        ),
+        (
+            "max_streams_per_connection = 10001",
+            "max_streams_per_connection: must be between 1 and 10000, got 10001",
+        ),
+        (
+            "weight = -1",
+            "weight: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            "idle_connection_timeout = \"0s\"",
+            "idle_connection_timeout: must be greater than 0s",
+        ),
+    ] {
+        let text = format!("[[upstreams]]\nname = \"a\"\n[[upstreams]]\nname = \"b\"\n{line}\n");
+        assert_eq!(
+            only_error(&text),
+            format!("upstreams[1].{expected}"),
+            "{line}"
+        );
+        let text = format!("[upstream]\n{line}\n");
+        assert_eq!(only_error(&text), format!("upstream.{expected}"), "{line}");
+    }
+}
+
+#[test]
+fn the_legacy_http2_key_means_protocol_http2() {
+    for (lines, protocol) in [
+        ("", UpstreamProtocol::Auto),
+        ("http2 = true", UpstreamProtocol::Http2),
+        (
+            "http2 = false\nprotocol = \"http1\"",
+            UpstreamProtocol::Http1,
+        ),
+        ("protocol = \"http2\"", UpstreamProtocol::Http2),
+        (
+            "http2 = true\nprotocol = \"http2\"",
+            UpstreamProtocol::Http2,
+        ),
+        ("http2 = true\nprotocol = \"auto\"", UpstreamProtocol::Http2),
+    ] {
+        let c = Config::from_toml_str(&format!("[upstream]\n{lines}\n")).unwrap();
+        assert_eq!(c.upstream.effective_protocol(), protocol, "{lines}");
+    }
+    let conflict = r#"http2 = true (the old spelling of protocol = "http2") contradicts protocol = "http1"; remove http2"#;
+    assert_eq!(
+        only_error("[upstream]\nhttp2 = true\nprotocol = \"http1\"\n"),
+        format!("upstream.http2: {conflict}")
+    );
+    assert_eq!(
+        only_error("[[upstreams]]\nname = \"a\"\nprotocol = \"http1\"\nhttp2 = true\n"),
+        format!("upstreams[0].http2: {conflict}")
+    );
+    assert_eq!(
+        only_error("[upstream]\nprotocol = \"h2\"\n"),
+        r#"upstream.protocol: expected "auto", "http1" or "http2", got "h2""#
+    );
+    assert_eq!(
+        only_error("[upstream]\nprotocol = 2\n"),
+        r#"upstream.protocol: invalid type: integer `2`, expected "auto", "http1" or "http2""#
+    );
+    for protocol in [
+        UpstreamProtocol::Auto,
+        UpstreamProtocol::Http1,
+        UpstreamProtocol::Http2,
+    ] {
+        assert_eq!(protocol.as_str().parse(), Ok(protocol));
+        assert_eq!(protocol.to_string(), protocol.as_str());
+    }
+    assert_eq!(UpstreamProtocol::default(), UpstreamProtocol::Auto);
+}
+
+#[test]
+fn per_upstream_timeouts_fall_back_to_limits() {
+    let c = Config::from_toml_str(
+        "[limits]\nupstream_connect_timeout = \"3s\"\nfirst_byte_timeout = \"90s\"\nupstream_idle_timeout = \"100s\"\n\
+         [[upstreams]]\nname = \"plain\"\n\
+         [[upstreams]]\nname = \"own\"\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"10m\"\nidle_timeout = \"20s\"\n",
+    )
+    .unwrap();
+    let [plain, own] = c.upstream_list() else {
+        panic!("two upstreams");
+    };
+    assert_eq!(plain.connect_timeout, None);
+    assert_eq!(plain.connect_timeout(&c.limits), Duration::from_secs(3));
+    assert_eq!(plain.first_byte_timeout(&c.limits), Duration::from_secs(90));
+    assert_eq!(plain.idle_timeout(&c.limits), Duration::from_secs(100));
+    assert_eq!(own.connect_timeout(&c.limits), Duration::from_secs(1));
+    assert_eq!(own.first_byte_timeout(&c.limits), Duration::from_secs(600));
+    assert_eq!(own.idle_timeout(&c.limits), Duration::from_secs(20));
+    assert_eq!(
+        UpstreamConfig::default().idle_connection_timeout,
+        Duration::from_secs(60)
+    );
+
+    let errors = errors_of(
+        "[upstream]\nconnect_timeout = \"0s\"\nfirst_byte_timeout = \"1500us\"\nidle_timeout = \"8761h\"\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            error("upstream.connect_timeout", "must be greater than 0s"),
+            error(
+                "upstream.first_byte_timeout",
+                "must be a whole number of milliseconds, got 1.5ms"
+            ),
+            error(
+                "upstream.idle_timeout",
+                "must be at most 8760h (365 days), got 31539600s"
+            ),
+        ]
+    );
+    assert_eq!(
+        only_error("[upstream]\nconnect_timeout = 5\n"),
+        r#"upstream.connect_timeout: invalid type: integer `5`, expected a duration such as "500ms", "15s" or "1h 30m""#
+    );
+}
+
+#[test]
+fn routes_name_existing_upstreams_with_hints() {
+    let upstreams = "[[upstreams]]\nname = \"openai\"\n[[upstreams]]\nname = \"local\"\n";
+    assert_eq!(
+        only_error(&format!(
+            "{upstreams}[[routes]]\nmodels = [\"*\"]\nupstreams = [\"local\", \"opnai\"]\n"
+        )),
+        r#"routes[0].upstreams[1]: no upstream is named "opnai" (did you mean "openai"?)"#
+    );
+    assert_eq!(
+        only_error(&format!(
+            "{upstreams}[[routes]]\nmodels = [\"*\"]\nupstreams = [\"anthropic\"]\n"
+        )),
+        r#"routes[0].upstreams[0]: no upstream is named "anthropic"; the upstreams are "openai", "local""#
+    );
+    assert_eq!(
+        only_error(&format!(
+            "{upstreams}[[routes]]\nmodels = [\"*\"]\nupstreams = [\"local\", \"openai\", \"local\"]\n"
+        )),
+        r#"routes[0].upstreams[2]: "local" is listed twice"#
+    );
+    assert_eq!(
+        only_error(&format!("{upstreams}[[routes]]\nmodels = [\"*\"]\n")),
+        r#"routes[0].upstreams: must list at least one upstream by name (the upstreams are "openai", "local")"#
+    );
+}
+
+#[test]
+fn routes_need_models_and_rename_only_their_own_upstreams() {
+    let upstreams = "[[upstreams]]\nname = \"openai\"\n[[upstreams]]\nname = \"openai.eu\"\n";
+    let errors = errors_of(&format!(
+        "{upstreams}[[routes]]\nupstreams = [\"openai\"]\n\
+         [[routes]]\nmodels = []\nupstreams = [\"openai\"]\n\
+         [[routes]]\nmodels = [\"gpt-4o\", \"\"]\nupstreams = [\"openai\"]\n\
+         rename = {{ \"openai.eu\" = \"x\", openai = \"\" }}\n"
+    ));
+    assert_eq!(
+        errors,
+        [
+            error(
+                "routes[0].models",
+                r#"must list at least one model name or pattern, such as "gpt-4o" or "gpt-4o*""#
+            ),
+            error(
+                "routes[1].models",
+                r#"must list at least one model name or pattern, such as "gpt-4o" or "gpt-4o*""#
+            ),
+            error(
+                "routes[2].models[1]",
+                r#"must not be empty ("*" matches every model)"#
+            ),
+            error(
+                "routes[2].rename.openai",
+                r#"must not be empty: it is the model name sent to upstream "openai""#
+            ),
+            error(
+                r#"routes[2].rename."openai.eu""#,
+                r#""openai.eu" is not one of this route's upstreams ("openai"); a rename applies to an upstream of its own route"#
+            ),
+        ]
+    );
+    // Routes are optional, and with none every upstream serves every model.
+    let c = Config::from_toml_str(upstreams).unwrap();
+    assert_eq!(c.route_for("gpt-4o"), None);
+    assert_eq!(
+        only_error("[[routes]]\nmodels = \"gpt-4o\"\nupstreams = [\"default\"]\n"),
+        r#"routes[0].models: invalid type: string "gpt-4o", expected a sequence"#
+    );
+}
+
+#[test]
+fn model_patterns_match_with_stars_and_the_first_route_wins() {
+    for (pattern, model, matches) in [
+        ("gpt-4o", "gpt-4o", true),
+        ("gpt-4o", "gpt-4o-mini", false),
+        ("gpt-4o", "GPT-4o", false),
+        ("gpt-4o*", "gpt-4o", true),
+        ("gpt-4o*", "gpt-4o-mini", true),
+        ("gpt-4o*", "gpt-4", false),
+        ("*", "", true),
+        ("*", "anything at all", true),
+        ("*-mini", "gpt-4o-mini", true),
+        ("*-mini", "gpt-4o-mini-2024", false),
+        ("gpt-*-mini", "gpt-4o-mini", true),
+        ("gpt-*-mini", "gpt--mini", true),
+        ("gpt-*-mini", "gpt-mini", false),
+        ("a*b*c", "aXbYbZc", true),
+        ("a*b*c", "aXbYc-", false),
+        ("a**c", "ac", true),
+        ("*a*a*a*a*b", &"a".repeat(64), false),
+        ("llama-?", "llama-3", false),
+        ("llama-?", "llama-?", true),
+        ("caf\u{e9}*", "caf\u{e9}-1", true),
+        ("*\u{e9}", "caf\u{e9}", true),
+        ("*\u{e9}", "cafe", false),
+    ] {
+        assert_eq!(
+            wildcard_match(pattern, model),
+            matches,
+            "{pattern:?} {model:?}"
+        );
+    }
+
+    let c = Config::from_toml_str(MULTI).unwrap();
+    let route_of = |model: &str| {
+        c.route_for(model)
+            .map(|route| c.routes.iter().position(|r| r == route))
+    };
+    assert_eq!(route_of("llama-70b"), Some(Some(0)));
+    assert_eq!(route_of("gpt-4o-mini"), Some(Some(1)));
+    assert_eq!(route_of("o1"), Some(Some(1)));
+    assert_eq!(route_of("o1-mini"), Some(Some(2)), "caught by \"*\"");
+    assert!(c.routes[0].matches("llama-70b"));
+    assert!(!c.routes[0].matches("llama-70b-instruct"));
+    assert_eq!(
+        c.routes[0].upstream_model("local", "llama-70b"),
+        "meta-llama/Llama-3.1-70B-Instruct"
+    );
+    assert_eq!(c.routes[1].upstream_model("openai", "o1"), "o1");
+
+    // An earlier pattern beats a later exact name: file order decides, not specificity.
+    let c = Config::from_toml_str(
+        "[[upstreams]]\nname = \"a\"\n[[upstreams]]\nname = \"b\"\n\
+         [[routes]]\nmodels = [\"gpt-*\"]\nupstreams = [\"a\"]\n\
+         [[routes]]\nmodels = [\"gpt-4o\"]\nupstreams = [\"b\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.route_for("gpt-4o").map(|r| r.upstreams.clone()),
+        Some(vec!["a".to_owned()])
+    );
+    assert_eq!(c.route_for("o1"), None, "no route matches: no upstream");
+}
+
+#[test]
+fn retry_and_breaker_defaults() {
+    let r = RetryConfig::default();
+    assert_eq!(r.max_attempts, 3);
+    assert_eq!(r.initial_backoff, Duration::from_millis(250));
+    assert_eq!(r.max_backoff, Duration::from_secs(2));
+    assert_eq!(r.max_retry_after, Duration::from_secs(5));
+    assert_eq!(r.budget_percent, 20);
+    assert_eq!(r.budget_min_retries, 10);
+    assert_eq!(r.budget_window, Duration::from_secs(10));
+    let b = BreakerConfig::default();
+    assert_eq!(b.consecutive_failures, 5);
+    assert_eq!(b.failure_percent, 50);
+    assert_eq!(b.min_requests, 20);
+    assert_eq!(b.window, Duration::from_secs(30));
+    assert_eq!(b.open_for, Duration::from_secs(10));
+    let u = UpstreamConfig::default();
+    assert_eq!(u.name, "default");
+    assert_eq!(u.protocol, UpstreamProtocol::Auto);
+    assert_eq!(u.weight, 1);
+    assert_eq!(u.max_streams, 0);
+    assert_eq!(u.max_streams_per_connection, 100);
+    assert_eq!(
+        (u.connect_timeout, u.first_byte_timeout, u.idle_timeout),
+        (None, None, None)
+    );
+    let c = Config::from_toml_str("[retry]\n[breaker]\n").unwrap();
+    assert_eq!((c.retry, c.breaker), (r, b));
+}
+
+#[test]
+fn retry_and_breaker_keys_enforce_their_ranges() {
+    let accepted = [
+        "[retry]\nmax_attempts = 1",
+        "[retry]\nmax_attempts = 10",
+        "[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"2s\"",
+        "[retry]\nmax_retry_after = \"0s\"",
+        "[retry]\nbudget_percent = 0\nbudget_min_retries = 0",
+        "[retry]\nbudget_percent = 100",
+        "[retry]\nbudget_window = \"1s\"",
+        "[breaker]\nconsecutive_failures = 0\nfailure_percent = 0",
+        "[breaker]\nconsecutive_failures = 1000\nfailure_percent = 100",
+        "[breaker]\nmin_requests = 1\nwindow = \"1s\"\nopen_for = \"1ms\"",
+    ];
+    for text in accepted {
+        assert!(Config::from_toml_str(text).is_ok(), "{text}");
+    }
+    let rejected = [
+        (
+            "[retry]\nmax_attempts = 0",
+            "retry.max_attempts: must be between 1 and 10, got 0",
+        ),
+        (
+            "[retry]\nmax_attempts = 11",
+            "retry.max_attempts: must be between 1 and 10, got 11",
+        ),
+        (
+            "[retry]\ninitial_backoff = \"0s\"",
+            "retry.initial_backoff: must be greater than 0s",
+        ),
+        (
+            "[retry]\ninitial_backoff = \"3s\"",
+            "retry.max_backoff: must be at least retry.initial_backoff (3s), got 2s",
+        ),
+        (
+            "[retry]\nmax_backoff = \"100ms\"",
+            "retry.max_backoff: must be at least retry.initial_backoff (250ms), got 100ms",
+        ),
+        (
+            "[retry]\nmax_retry_after = \"1500us\"",
+            "retry.max_retry_after: must be a whole number of milliseconds, got 1.5ms",
+        ),
+        (
+            "[retry]\nbudget_percent = 101",
+            "retry.budget_percent: must be between 0 and 100, got 101",
+        ),
+        (
+            "[retry]\nbudget_min_retries = 1000001",
+            "retry.budget_min_retries: must be between 0 and 1000000, got 1000001",
+        ),
+        (
+            "[retry]\nbudget_window = \"999ms\"",
+            "retry.budget_window: must be at least 1s, got 999ms",
+        ),
+        (
+            "[breaker]\nconsecutive_failures = 1001",
+            "breaker.consecutive_failures: must be between 0 and 1000, got 1001",
+        ),
+        (
+            "[breaker]\nfailure_percent = 101",
+            "breaker.failure_percent: must be between 0 and 100, got 101",
+        ),
+        (
+            "[breaker]\nmin_requests = 0",
+            "breaker.min_requests: must be between 1 and 1000000, got 0",
+        ),
+        (
+            "[breaker]\nwindow = \"0s\"",
+            "breaker.window: must be at least 1s, got 0ns",
+        ),
+        (
+            "[breaker]\nwindow = \"8761h\"",
+            "breaker.window: must be at most 8760h (365 days), got 31539600s",
+        ),
+        (
+            "[breaker]\nopen_for = \"0s\"",
+            "breaker.open_for: must be greater than 0s",
+        ),
+        (
+            "[breaker]\nmin_requests = \"20\"",
+            r#"breaker.min_requests: invalid type: string "20", expected u32"#,
+        ),
+    ];
+    for (text, expected) in rejected {
+        assert_eq!(only_error(text), expected, "{text}");
+    }
+    // Both [retry] and [breaker] errors, with every other error, at once.
+    let errors =
+        errors_of("[retry]\nmax_attempts = 0\n[breaker]\nwindow = \"1ms\"\n[log]\nlevel = \"\"\n");
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["retry.max_attempts", "breaker.window", "log.level"]);
+}
+
+#[test]
+fn unknown_keys_in_array_elements_have_indexed_paths_and_hints() {
+    let text = r#"
+[[upstreams]]
+name = "a"
+[[upstreams]]
+name = "b"
+wieght = 2
+api_key = "sk-test-0123456789abcdefSECRET"
+max_attempts = 3
+[upstreams.tls]
+x = 1
+[[routes]]
+modles = ["*"]
+upstreams = ["a"]
+[retry]
+weight = 1
+"#;
+    let shown = ConfigErrors(errors_of(text)).to_string();
+    assert_eq!(
+        shown,
+        [
+            r#"retry.weight: unknown key (did you mean "upstream.weight"?)"#,
+            r#"routes[0].modles: unknown key (did you mean "models"?)"#,
+            r#"upstreams[1].api_key: unknown key (the key is never read from the file; set api_key_env to the name of an environment variable holding it)"#,
+            r#"upstreams[1].max_attempts: unknown key (did you mean "retry.max_attempts"?)"#,
+            r#"upstreams[1].tls: unknown section"#,
+            r#"upstreams[1].wieght: unknown key (did you mean "weight"?)"#,
+            // Unknown keys first (ordered by path), then the rules the config breaks.
+            r#"routes[0].models: must list at least one model name or pattern, such as "gpt-4o" or "gpt-4o*""#,
+        ]
+        .join("\n")
+    );
+    assert!(!shown.contains(SECRET));
+}
+
+#[test]
+fn type_errors_in_several_array_elements_are_all_reported() {
+    let errors = errors_of(
+        "[[upstreams]]\nname = \"a\"\nweight = \"3\"\nforward_headers = [\"x-a\", 5]\n\
+         [[upstreams]]\nname = \"b\"\n\
+         [[upstreams]]\nname = 7\nmax_streams = -1\n\
+         [[routes]]\nmodels = [\"*\"]\nupstreams = [\"a\"]\nrename = { a = 5 }\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].rename.a",
+            "upstreams[0].forward_headers[1]",
+            "upstreams[0].weight",
+            "upstreams[2].max_streams",
+            "upstreams[2].name",
+        ],
+        "{errors:#?}"
+    );
+    assert_eq!(
+        errors[0].message,
+        "invalid type: integer `5`, expected a string"
+    );
+}
+
+#[test]
+fn upstream_and_upstreams_given_in_the_wrong_shape_get_hints() {
+    assert_eq!(
+        only_error("[[upstream]]\nname = \"a\"\n"),
+        "upstream: expected a table (a [upstream] section), got an array (for several upstreams, write [[upstreams]])"
+    );
+    assert_eq!(
+        only_error("[upstreams]\nname = \"a\"\n"),
+        "upstreams: expected an array of tables ([[upstreams]] sections), got a table (for one upstream, write [upstream])"
+    );
+    assert_eq!(
+        only_error("[routes]\nmodels = [\"*\"]\n"),
+        "routes: expected an array of tables ([[routes]] sections), got a table"
+    );
+    assert_eq!(
+        only_error("upstreams = [{ name = \"a\" }, \"b\"]\n"),
+        "upstreams[1]: expected a table (a [[upstreams]] element), got string \"b\""
+    );
+    assert_eq!(
+        only_error("routes = [[\"*\"], [\"default\"]]\n"),
+        "routes[0]: expected a table (a [[routes]] element), got an array"
+    );
+}
+
+#[test]
+fn resolve_secrets_reads_every_upstreams_key() {
+    let mut c = Config::from_toml_str(MULTI).unwrap();
+    c.resolve_secrets(lookup_multi).unwrap();
+    let keys: Vec<Option<&str>> = c
+        .upstream_list()
+        .iter()
+        .map(|u| u.api_key.as_ref().map(Secret::expose))
+        .collect();
+    assert_eq!(keys, [Some(SECRET), Some(LOCAL_KEY), None]);
+    assert_eq!(c.upstream.api_key, None);
+
+    // Every problem, each at its element's path; nothing stored, stale keys cleared.
+    let mut c = Config::from_toml_str(MULTI).unwrap();
+    c.upstreams[2].api_key = Some(Secret::new("stale"));
+    c.admin.token_env = Some("TIDEGATE_TEST_ADMIN_TOKEN".to_owned());
+    let ConfigErrors(errors) = c
+        .resolve_secrets(|name| match name {
+            "TIDEGATE_TEST_KEY" => Some(SECRET.to_owned()),
+            "TIDEGATE_TEST_LOCAL_KEY" => Some(format!("{LOCAL_KEY}\n")),
+            _ => None,
+        })
+        .unwrap_err();
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["upstreams[1].api_key_env", "admin.token_env"]);
+    assert!(errors[0].message.contains("leading or trailing whitespace"));
+    assert!(!errors[0].message.contains(LOCAL_KEY));
+    assert!(c.upstream_list().iter().all(|u| u.api_key.is_none()));
+    assert_eq!(c.admin.token, None);
+
+    // Validation checks every element's api_key_env and forward_headers too.
+    let errors = errors_of(
+        "[[upstreams]]\nname = \"a\"\n[[upstreams]]\nname = \"b\"\napi_key_env = \"sk-oops\"\nforward_headers = [\"cookie\"]\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["upstreams[1].api_key_env", "upstreams[1].forward_headers"]
+    );
+    assert!(!errors[0].message.contains("sk-oops"));
+}
+
+#[test]
+fn redacted_toml_prints_every_upstream_and_route_and_round_trips() {
+    let mut c = Config::from_toml_str(MULTI).unwrap();
+    c.resolve_secrets(lookup_multi).unwrap();
+    let printed = c.to_redacted_toml().unwrap();
+    assert!(!printed.contains(SECRET), "{printed}");
+    assert!(!printed.contains(LOCAL_KEY), "{printed}");
+    for line in [
+        r#"# upstream "openai" key: <redacted> (read from $TIDEGATE_TEST_KEY)"#,
+        r#"# upstream "local" key: <redacted> (read from $TIDEGATE_TEST_LOCAL_KEY)"#,
+        "name = \"openai.eu\"",
+        "protocol = \"http2\"",
+        "first_byte_timeout = \"5m\"",
+        "rename = { local = \"meta-llama/Llama-3.1-70B-Instruct\" }",
+        "rename = { \"openai.eu\" = \"gpt-4o-eu\" }",
+        "models = [\"gpt-4o*\", \"o1\"]",
+        "[retry]",
+        "max_attempts = 2",
+        "[breaker]",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "{line} missing:\n{printed}"
+        );
+    }
+    let count = |line: &str| printed.lines().filter(|l| *l == line).count();
+    assert_eq!(count("[[upstreams]]"), 3, "{printed}");
+    assert_eq!(count("[[routes]]"), 3, "{printed}");
+    // The unused [upstream] table is left out, and so is every empty rename.
+    assert_eq!(count("[upstream]"), 0, "{printed}");
+    assert!(!printed.contains("upstream key:"), "{printed}");
+    assert!(!printed.contains("[routes.rename]"), "{printed}");
+    assert!(
+        printed.lines().any(|l| l.starts_with("# not set: ")
+            && l.contains("upstreams[2].api_key_env")
+            && !l.contains("upstream.")),
+        "{printed}"
+    );
+
+    let mut reparsed = Config::from_toml_str(&printed).unwrap();
+    assert!(reparsed.upstream_list().iter().all(|u| u.api_key.is_none()));
+    reparsed.resolve_secrets(lookup_multi).unwrap();
+    assert_eq!(reparsed, c);
+
+    // A route without renames, and the single form with routes, round-trip too.
+    let c = Config::from_toml_str(
+        "[upstream]\nname = \"local\"\nprotocol = \"http1\"\n[[routes]]\nmodels = [\"*\"]\nupstreams = [\"local\"]\n",
+    )
+    .unwrap();
+    let printed = c.to_redacted_toml().unwrap();
+    assert_eq!(printed.lines().filter(|l| *l == "[upstream]").count(), 1);
+    assert!(!printed.contains("rename"), "{printed}");
+    assert_eq!(Config::from_toml_str(&printed), Ok(c));
 }

@@ -19,13 +19,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Limits, UpstreamConfig, UpstreamUrl};
+use crate::config::{Limits, UpstreamConfig, UpstreamProtocol, UpstreamUrl};
 use crate::error::GatewayError;
 use crate::request_id;
-
-/// How long an idle pooled upstream connection is kept. Shorter than the common 120 s+ server
-/// keep-alive of LLM APIs, so we close first and never send on a connection being closed.
-pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The upstream HTTP/2 connection's flow-control window: wide, since thousands of streams share
 /// it; each stream's own window (`max_buffered_bytes`) bounds what one stream can hold.
@@ -101,17 +97,23 @@ impl Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        http.set_connect_timeout(Some(config.connect_timeout(limits)));
+        let protocol = config.effective_protocol();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+            .enable_http1();
+        // ALPN offers h2 too unless the upstream is to get HTTP/1.1 only.
+        let https = if protocol == UpstreamProtocol::Http1 {
+            https.wrap_connector(http)
+        } else {
+            https.enable_http2().wrap_connector(http)
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+            // Shorter than the server's keep-alive: we close first (`idle_connection_timeout`).
+            .pool_idle_timeout(config.idle_connection_timeout)
             .timer(TokioTimer::new())
             .http1_max_buf_size(read_buffer.max(MIN_HTTP1_BUFFER))
             // Each stream may hold at most one read buffer's worth unread (backpressure); the
@@ -121,7 +123,7 @@ impl Upstream {
             .http2_initial_connection_window_size(UPSTREAM_H2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(UPSTREAM_H2_KEEPALIVE)
             .http2_keep_alive_timeout(UPSTREAM_H2_KEEPALIVE);
-        if config.http2 {
+        if protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
         let client = builder.build(https);
@@ -143,7 +145,7 @@ impl Upstream {
             base_url: config.base_url.clone(),
             authorization,
             key: config.api_key.as_ref().map(|key| Arc::from(key.expose())),
-            first_byte_timeout: limits.first_byte_timeout,
+            first_byte_timeout: config.first_byte_timeout(limits),
             extra_headers: config
                 .forward_headers
                 .iter()

@@ -125,6 +125,51 @@ async fn an_invalid_config_lists_every_error_and_exits_64() {
 }
 
 #[tokio::test]
+async fn check_config_prints_every_upstream_and_names_each_key() {
+    let file = temp_file(
+        "multi.toml",
+        "[[upstreams]]\nname = \"openai\"\napi_key_env = \"TIDEGATE_TEST_KEY\"\n\
+         [[upstreams]]\nname = \"local\"\nbase_url = \"http://127.0.0.1:8000/v1\"\n\
+         [[routes]]\nmodels = [\"llama-70b\"]\nupstreams = [\"local\"]\nrename = { local = \"meta-llama/Llama-3.1-70B-Instruct\" }\n",
+    );
+    let (code, out, err) = run(
+        &["check-config", file.to_str().unwrap()],
+        &[("TIDEGATE_TEST_KEY", "sk-very-secret-value")],
+    )
+    .await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        out.contains("# upstream \"openai\" key: <redacted> (read from $TIDEGATE_TEST_KEY)"),
+        "{out}"
+    );
+    assert_eq!(out.matches("[[upstreams]]").count(), 2, "{out}");
+    assert!(out.contains("rename = { local = \"meta-llama/Llama-3.1-70B-Instruct\" }"));
+    assert!(!out.contains("sk-very-secret-value") && !err.contains("sk-very-secret-value"));
+
+    // A missing key is reported at its element's path.
+    let (code, _, err) = run(&["check-config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 64);
+    assert!(err.contains("upstreams[0].api_key_env"), "{err}");
+
+    // --upstream sets the single [upstream]'s URL: next to [[upstreams]] it is refused.
+    let (code, _, err) = run(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+        ],
+        &[("TIDEGATE_TEST_KEY", "sk-very-secret-value")],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--upstream: sets the base URL of the single [upstream]"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn an_admin_listener_off_loopback_without_a_token_exits_64() {
     // The admin API can end streams: off loopback it needs a token, checked after the flags are
     // applied and before anything binds.
