@@ -22,7 +22,9 @@ use crate::config::Secret;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
+use crate::resilience::budget::BudgetSnapshot;
 use crate::response::{self, method_not_allowed, require_method};
+use crate::upstream::backends::{BackendView, Backends};
 
 /// Streams listed when the request gives no `limit`.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -30,6 +32,22 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
 const STREAMS_PATH: &str = "/admin/streams";
+const UPSTREAMS_PATH: &str = "/admin/upstreams";
+
+/// `GET /admin/upstreams`: each upstream's breaker and load, and the retry budget.
+#[derive(Serialize)]
+struct UpstreamsView<'a> {
+    upstreams: Vec<BackendView<'a>>,
+    retry_budget: BudgetSnapshot,
+}
+
+fn upstreams(backends: &Backends) -> UpstreamsView<'_> {
+    let now = std::time::Instant::now();
+    UpstreamsView {
+        upstreams: backends.snapshot(now),
+        retry_budget: backends.budget.snapshot(now),
+    }
+}
 
 /// Whether `path` belongs to the admin API (anything else on the listener is health or 404).
 pub fn is_admin_path(path: &str) -> bool {
@@ -44,6 +62,8 @@ pub struct AdminApi {
     pub connections: Arc<ConnectionCounts>,
     /// When set, every admin request must carry `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+    /// The upstreams: their breakers, in-flight counts and the retry budget.
+    pub backends: Arc<Backends>,
 }
 
 impl AdminApi {
@@ -53,6 +73,10 @@ impl AdminApi {
         request: &Request<A>,
     ) -> Result<Response<B>, GatewayError> {
         authorize(self.token.as_ref(), request)?;
+        if request.uri().path() == UPSTREAMS_PATH {
+            require_method(request, &Method::GET, "GET")?;
+            return Ok(json(StatusCode::OK, &upstreams(&self.backends)));
+        }
         route(&self.registry, &self.connections, request)
     }
 }
@@ -240,7 +264,10 @@ pub struct StreamView<'a> {
     /// The API key's name, once the gateway has keys of its own.
     pub api_key: Option<&'a str>,
     pub model: &'a str,
-    pub upstream: &'a str,
+    /// The upstream asked last (none before the first attempt).
+    pub upstream: Option<&'a str>,
+    /// Upstream requests made for the stream (more than 1 after retries).
+    pub attempts: u32,
     pub request_id: &'a str,
     pub protocol: Option<Protocol>,
     pub started_at: String,
@@ -266,6 +293,7 @@ fn view<'a>(registry: &Registry, stream: &'a StreamHandle) -> StreamView<'a> {
         api_key: None,
         model: stream.model(),
         upstream: stream.upstream(),
+        attempts: stream.attempts(),
         request_id: stream.request_id(),
         protocol: stream.protocol(),
         started_at: rfc3339_millis(registry.unix_ms(stream.started_ms())),

@@ -41,6 +41,10 @@ pub enum GatewayError {
     },
     #[error("The gateway is shutting down.")]
     NotReady,
+    #[error("No upstream serves the model '{0}'.")]
+    ModelNotFound(String),
+    #[error("Every upstream that serves this model is unavailable; retry in {}s.", .retry_after.as_secs().max(1))]
+    NoUpstreamAvailable { retry_after: std::time::Duration },
     #[error("The upstream could not be reached: {0}")]
     UpstreamUnreachable(String),
     #[error("The upstream failed before responding: {0}")]
@@ -147,6 +151,18 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
                 "server_shutdown",
+                None,
+            ),
+            ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                INVALID_REQUEST,
+                "model_not_found",
+                Some("model"),
+            ),
+            NoUpstreamAvailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "upstream_unavailable",
                 None,
             ),
             UpstreamUnreachable(_) => (
@@ -355,6 +371,10 @@ mod tests {
                 allowed: "POST",
             },
             GatewayError::NotReady,
+            GatewayError::ModelNotFound(String::new()),
+            GatewayError::NoUpstreamAvailable {
+                retry_after: Duration::ZERO,
+            },
             GatewayError::UpstreamUnreachable(String::new()),
             GatewayError::UpstreamFailed(String::new()),
             GatewayError::UpstreamTimeout(Duration::ZERO),

@@ -17,10 +17,11 @@ use crate::connection::ConnectionCounts;
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
 use crate::registry::{EndReason, Registry};
-use crate::relay::upstream::Upstream;
 use crate::relay::Relay;
 use crate::router::{AdminRoutes, ApiRoutes};
 use crate::server::{self, ConnectionSettings, H2ResetLimits, Shutdown};
+use crate::upstream::backends::Backends;
+use crate::upstream::Upstream;
 
 /// After the drain deadline, how long streams get to deliver their final `server_shutdown`
 /// event before their connections are closed regardless.
@@ -68,24 +69,23 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    // Until the runtime balances across every upstream and route (issue 10), the first upstream
-    // in effect serves every request: `[upstream]`, or the first of `[[upstreams]]`.
-    let upstream_config = config.upstream_list().first().unwrap_or(&config.upstream);
-    let registry = Arc::new(Registry::new(upstream_config.base_url.as_str()));
+    let backends = Arc::new(Backends::new(&config));
+    let registry = Arc::new(Registry::new(&backends.names()));
     let api_connections = Arc::new(ConnectionCounts::default());
     // One upstream client per worker thread, each with its own connection pool: a worker's
     // streams only ever use connections driven by that worker.
     let workers = config.worker_count();
     let handlers = (0..workers)
         .map(|_| {
-            let upstream = Upstream::new(
-                upstream_config,
-                &config.limits,
-                config.streams.max_buffered_bytes,
-            )?;
+            let upstreams = config
+                .upstream_list()
+                .iter()
+                .map(|u| Upstream::new(u, &config.limits, config.streams.max_buffered_bytes))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(ApiRoutes(Arc::new(Relay {
                 registry: registry.clone(),
-                upstream: Arc::new(upstream),
+                backends: backends.clone(),
+                upstreams,
                 limits: config.limits.clone(),
             })))
         })
@@ -130,6 +130,7 @@ pub async fn run(
             registry: registry.clone(),
             connections: api_connections,
             token: config.admin.token.clone(),
+            backends: backends.clone(),
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,

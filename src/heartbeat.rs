@@ -188,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_started_together_are_pinged_spread_over_a_quarter_interval() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let scheduler = Scheduler::new(&settings(1_000, 60_000));
         let entries = streams(&registry, 1_000);
         let start = entries[0].handle().last_write_ms();
@@ -219,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_writes_is_never_pinged() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let scheduler = Scheduler::new(&settings(100, 60_000));
         let entries = streams(&registry, 10);
         let noop = std::task::Context::from_waker(std::task::Waker::noop());
@@ -234,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stall_past_the_timeout_ends_the_stream_as_a_slow_client() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let scheduler = Scheduler::new(&settings(100, 1_000));
         let entries = streams(&registry, 2);
         let (stuck, fine) = (entries[0].handle(), entries[1].handle());
@@ -257,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_off_means_no_pings() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let scheduler = Scheduler::new(&settings(0, 1_000));
         let _entries = streams(&registry, 3);
         assert_eq!(scheduler.sweep(&registry, 1_000_000).pinged, 0);

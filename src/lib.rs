@@ -31,5 +31,6 @@ pub mod server;
 pub mod signals;
 pub mod sse;
 pub mod sys;
+pub mod upstream;
 
 pub use gateway::{run, Listeners};

@@ -15,7 +15,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Context;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,6 +37,9 @@ const STREAM_ID_PREFIX: &str = "st_";
 
 /// "Never" for the millisecond timestamps kept in atomics.
 const NEVER: u64 = u64::MAX;
+
+/// A stream's upstream index before one is chosen.
+const NO_UPSTREAM: u16 = u16::MAX;
 
 /// Where a stream is in its life. Only moves forward (`Draining` is last), so concurrent
 /// updates from the body and the drain cannot move it back.
@@ -155,13 +158,15 @@ pub struct Registry {
     /// Timestamps in handles are milliseconds since this instant (so they fit in an atomic).
     epoch: Instant,
     epoch_unix_ms: u64,
-    upstream: Arc<str>,
+    /// The configured upstreams' names; a stream records the index of the one serving it.
+    upstream_names: Arc<[Arc<str>]>,
     draining: AtomicBool,
 }
 
 impl Registry {
-    /// `upstream` names where this gateway's streams go (shown per stream).
-    pub fn new(upstream: &str) -> Registry {
+    /// `upstream_names` are the configured upstreams, in order: a stream names the one serving
+    /// it by index ([`StreamHandle::set_upstream`]).
+    pub fn new(upstream_names: &[&str]) -> Registry {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u64(std::process::id().into());
         Registry {
@@ -172,7 +177,7 @@ impl Registry {
             epoch_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            upstream: Arc::from(upstream),
+            upstream_names: upstream_names.iter().map(|n| Arc::from(*n)).collect(),
             draining: AtomicBool::new(false),
         }
     }
@@ -192,7 +197,9 @@ impl Registry {
             client_ip: new.client_ip,
             model: truncate_chars(new.model, MAX_MODEL_CHARS).into(),
             request_id: new.request_id.into(),
-            upstream: self.upstream.clone(),
+            upstream_names: self.upstream_names.clone(),
+            upstream: AtomicU16::new(NO_UPSTREAM),
+            attempts: AtomicU8::new(0),
             started_ms: now,
             first_event_ms: AtomicU64::new(NEVER),
             last_write_ms: AtomicU64::new(now),
@@ -308,7 +315,11 @@ pub struct StreamHandle {
     client_ip: IpAddr,
     model: Box<str>,
     request_id: Box<str>,
-    upstream: Arc<str>,
+    upstream_names: Arc<[Arc<str>]>,
+    /// Index in `upstream_names` of the upstream asked last, or [`NO_UPSTREAM`].
+    upstream: AtomicU16,
+    /// Upstream requests made for this stream so far (retries included).
+    attempts: AtomicU8,
     /// Registry clock (ms) at registration.
     started_ms: u64,
     first_event_ms: AtomicU64,
@@ -353,8 +364,23 @@ impl StreamHandle {
         &self.request_id
     }
 
-    pub fn upstream(&self) -> &str {
-        &self.upstream
+    /// The upstream asked last (the one serving the stream once it has answered).
+    pub fn upstream(&self) -> Option<&str> {
+        let index = usize::from(self.upstream.load(Ordering::Relaxed));
+        self.upstream_names.get(index).map(|name| &**name)
+    }
+
+    /// Upstream requests made so far (1 unless retried).
+    pub fn attempts(&self) -> u32 {
+        u32::from(self.attempts.load(Ordering::Relaxed))
+    }
+
+    /// Records that attempt number `attempt` (1-based) goes to upstream `index`.
+    pub fn set_upstream(&self, index: usize, attempt: u32) {
+        let index = u16::try_from(index).unwrap_or(NO_UPSTREAM);
+        self.upstream.store(index, Ordering::Relaxed);
+        self.attempts
+            .store(u8::try_from(attempt).unwrap_or(u8::MAX), Ordering::Relaxed);
     }
 
     pub fn protocol(&self) -> Option<Protocol> {
@@ -538,7 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_live_exactly_as_long_as_their_guard() {
-        let registry = Arc::new(Registry::new("http://up/v1"));
+        let registry = Arc::new(Registry::new(&["default"]));
         let a = registry.register(new_stream("m"));
         let b = registry.register(new_stream("m"));
         assert_eq!(registry.len(), 2);
@@ -554,8 +580,8 @@ mod tests {
 
     #[tokio::test]
     async fn ids_are_url_safe_and_name_their_instance() {
-        let registry = Arc::new(Registry::new("u"));
-        let other = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
+        let other = Arc::new(Registry::new(&["u"]));
         let entry = registry.register(new_stream("m"));
         let id = entry.handle().id();
         assert!(id.starts_with("st_"));
@@ -578,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_only_moves_forward_and_drain_marks_new_streams() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let entry = registry.register(new_stream("m"));
         let h = entry.handle();
         assert_eq!(h.state(), StreamState::WaitingForUpstream);
@@ -596,7 +622,7 @@ mod tests {
 
     #[tokio::test]
     async fn signals_ping_once_and_end_sticks_with_the_first_reason() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let entry = registry.register(new_stream("m"));
         let h = entry.handle();
         assert_eq!(h.take_signals(), Signals::default());
@@ -618,7 +644,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_slow_client_has_its_connection_closed() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let close = CancellationToken::new();
         let entry = registry.register(NewStream {
             connection: Some(ConnectionInfo {

@@ -31,6 +31,13 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         GatewayError::AdminUnauthorized => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        GatewayError::NoUpstreamAvailable { retry_after } => {
+            // Whole seconds, at least 1: what every HTTP client reads; the SDKs also read -ms.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+            headers.insert("retry-after-ms", HeaderValue::from(millis.max(1)));
+        }
         _ => {}
     }
     response

@@ -5,12 +5,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::deadline::Deadlines;
 use super::stream::SseRelay;
-use super::upstream::error_chain;
 use crate::error::GatewayError;
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::error_chain;
 
 /// Every body the gateway sends.
 pub enum ResponseBody {
@@ -73,12 +73,12 @@ impl Body for ResponseBody {
 /// A non-streaming upstream body relayed frame by frame, under the same idle and duration
 /// limits as a stream. Dropping it (client gone) closes the upstream request.
 pub struct Passthrough {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     deadlines: Deadlines,
 }
 
 impl Passthrough {
-    pub fn new(upstream: Incoming, deadlines: Deadlines) -> Passthrough {
+    pub fn new(upstream: UpstreamBody, deadlines: Deadlines) -> Passthrough {
         Passthrough {
             upstream,
             deadlines,

@@ -93,6 +93,8 @@ impl Drop for StreamLifetime {
             request_id,
             %client,
             model = handle.model(),
+            upstream = handle.upstream(),
+            attempts = handle.attempts(),
             outcome = outcome.as_str(),
             events = handle.events(),
             bytes = handle.bytes(),

@@ -1,16 +1,14 @@
 //! The OpenAI-compatible API routes: validate the request, forward it byte for byte, and relay
 //! the answer — as an SSE stream ([`stream::SseRelay`]) or as a plain body ([`body::Passthrough`]).
 
+pub mod attempts;
 pub mod body;
 pub mod deadline;
 pub mod lifetime;
 pub mod stream;
-pub mod upstream;
 
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,23 +18,30 @@ use hyper::body::Incoming;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use self::attempts::{Answered, Outgoing};
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
-use self::stream::{PendingResponse, SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
-use self::upstream::{rejects_our_credentials, scrub_key, Upstream};
+use self::stream::{SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
 use crate::registry::{EndReason, NewStream, Registry};
 use crate::request_id;
+use crate::upstream::backends::Backends;
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::{rejects_our_credentials, scrub_key, Upstream};
 
 /// What one worker thread's API requests need: small handles, each owned by its own concern.
 pub struct Relay {
     /// Where every stream is registered (and found by the heartbeat scheduler and admin API).
     pub registry: Arc<Registry>,
-    /// This worker's upstream client: its connections are driven by this worker's runtime.
-    pub upstream: Arc<Upstream>,
+    /// What all workers share about the upstreams: routes, breakers, in-flight counts, the
+    /// retry budget.
+    pub backends: Arc<Backends>,
+    /// This worker's clients, one per upstream in the order of `backends`: their connections
+    /// are driven by this worker's runtime.
+    pub upstreams: Vec<Upstream>,
     /// Body, event, time and size limits.
     pub limits: Limits,
 }
@@ -263,6 +268,9 @@ fn copy_upstream_headers(from: &HeaderMap, to: &mut HeaderMap, our_request_id: &
 /// The response header that names a stream in the registry (and in the admin API).
 pub const STREAM_ID_HEADER: &str = "x-tidegate-stream-id";
 
+/// The response header that names the upstream that answered (or was asked last).
+pub const UPSTREAM_HEADER: &str = "x-tidegate-upstream";
+
 /// Handles one API request end to end; the caller turns an error into its JSON response.
 pub async fn handle(
     endpoint: Endpoint,
@@ -273,7 +281,8 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let Relay {
         registry,
-        upstream,
+        backends,
+        upstreams,
         limits,
     } = relay;
     let (parts, body) = request.into_parts();
@@ -287,17 +296,34 @@ pub async fn handle(
     } else {
         (Bytes::new(), Validated::default())
     };
-    let send = upstream.send(
-        endpoint.method().clone(),
-        endpoint.upstream_suffix(),
-        parts.uri.query(),
-        &parts.headers,
+    // With routes, the model list is theirs; without, the upstream's.
+    if endpoint == Endpoint::Models {
+        if let Some(list) = backends.models_json() {
+            return Ok(crate::response::json(StatusCode::OK, list));
+        }
+    }
+    let model = (endpoint != Endpoint::Models).then_some(validated.model.as_str());
+    let members = match backends.members(model) {
+        Some(members) => members,
+        None => return Err(GatewayError::ModelNotFound(validated.model)),
+    };
+    let outgoing = Outgoing {
+        method: endpoint.method(),
+        suffix: endpoint.upstream_suffix(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
         request_id,
-        payload,
-    );
+        body: payload,
+    };
     if !validated.stream {
-        let response = send.await?;
-        return relay_plain(response, upstream, limits, request_id).await;
+        return match attempts::send(relay, outgoing, members, None).await {
+            Answered::Response { response, upstream } => {
+                relay_plain(response, &upstreams[upstream], limits, request_id).await
+            }
+            Answered::Failed { error, .. } => Err(error),
+            // Only a stream is answered early.
+            Answered::Early { .. } => Err(GatewayError::UpstreamFailed("no answer".into())),
+        };
     }
 
     // Registered before the upstream is asked, so a client that leaves while we wait is
@@ -312,38 +338,27 @@ pub async fn handle(
     let mut lifetime = StreamLifetime::begin(entry);
     let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
-    // Wait for the upstream's headers, unless the stream is signalled first: a heartbeat due
-    // (the wait has outlasted the heartbeat interval: commit early so idle proxies see bytes)
-    // or an end request. No timer of our own: the shared scheduler does the waking.
-    let mut pending: PendingResponse<Incoming> = Box::pin(send);
+    // Wait for an upstream's headers (retrying while nothing was sent), unless the stream is
+    // signalled first: a heartbeat due (the wait has outlasted the heartbeat interval: commit
+    // early so idle proxies see bytes) or an end request. No timer of our own: the shared
+    // scheduler does the waking.
     let handle = lifetime.handle().clone();
-    let answered = poll_fn(|cx| {
-        if let Poll::Ready(result) = pending.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
+    let answered = attempts::send(relay, outgoing, members, Some(&handle)).await;
+    let (response, upstream) = match answered {
+        Answered::Response { response, upstream } => (response, &upstreams[upstream]),
+        Answered::Failed { error, .. } => {
+            lifetime.finish(Outcome::Failed(error.code()));
+            return Err(error);
         }
-        handle.on_poll(cx);
-        if handle.has_signal() {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-
-    let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
-    let response = match answered {
-        Some(Ok(response)) => response,
-        Some(Err(e)) => {
-            lifetime.finish(Outcome::Failed(e.code()));
-            return Err(e);
-        }
-        None if handle.end_reason() == Some(EndReason::Shutdown) => {
+        Answered::Early { .. } if handle.end_reason() == Some(EndReason::Shutdown) => {
             // Nothing sent yet: a 503 lets the client's SDK retry on another instance.
             lifetime.finish(Outcome::Failed(GatewayError::NotReady.code()));
             return Err(GatewayError::NotReady);
         }
-        None => {
+        Answered::Early { pending, upstream } => {
             tracing::debug!("upstream has not answered yet: starting the stream early");
+            let upstream = &upstreams[upstream];
+            let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
             let relay = SseRelay::awaiting(
                 pending,
                 upstream.key().cloned(),
@@ -353,6 +368,7 @@ pub async fn handle(
             );
             let mut response = Response::new(ResponseBody::Sse(Box::new(relay)));
             set_sse_headers(response.headers_mut(), stream_id);
+            set_upstream_header(response.headers_mut(), upstream);
             return Ok(response);
         }
     };
@@ -377,6 +393,7 @@ pub async fn handle(
         )
         .await;
     }
+    let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
     let mut response = Response::new(ResponseBody::Sse(Box::new(SseRelay::new(
         up_body,
         limits.max_event_bytes,
@@ -386,7 +403,15 @@ pub async fn handle(
     *response.status_mut() = up_parts.status;
     copy_upstream_headers(&up_parts.headers, response.headers_mut(), request_id);
     set_sse_headers(response.headers_mut(), stream_id);
+    set_upstream_header(response.headers_mut(), upstream);
     Ok(response)
+}
+
+/// Names the upstream in the response (`x-tidegate-upstream`).
+fn set_upstream_header(headers: &mut HeaderMap, upstream: &Upstream) {
+    if let Ok(name) = HeaderValue::from_str(upstream.name()) {
+        headers.insert(UPSTREAM_HEADER, name);
+    }
 }
 
 /// The headers of every event stream we send.
@@ -409,7 +434,7 @@ fn set_sse_headers(headers: &mut HeaderMap, stream_id: Option<HeaderValue>) {
 /// cannot be read that way is replaced by our own error with the same status. A 401 or 403
 /// concerns the gateway's own credentials and is not relayed at all: `upstream_auth_failed`.
 async fn relay_plain(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     upstream: &Upstream,
     limits: &Limits,
     request_id: &HeaderValue,
@@ -417,7 +442,7 @@ async fn relay_plain(
     let (up_parts, up_body) = response.into_parts();
     let status = up_parts.status;
     if rejects_our_credentials(status) {
-        log_rejected_credentials(status, upstream.base_url());
+        log_rejected_credentials(status, upstream.name());
         return Err(GatewayError::UpstreamAuthFailed);
     }
     // The upstream's content headers that describe the body sent: all of them for a body passed
@@ -428,7 +453,7 @@ async fn relay_plain(
         header::CONTENT_ENCODING,
     ];
     let (body, content_headers) = if status.is_success() {
-        let deadlines = Deadlines::new(limits.upstream_idle_timeout, limits.max_stream_duration);
+        let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
         let body = ResponseBody::Passthrough(Passthrough::new(up_body, deadlines));
         (body, PASSED_THROUGH)
     } else {
@@ -447,6 +472,7 @@ async fn relay_plain(
     *response.status_mut() = status;
     let headers = response.headers_mut();
     copy_upstream_headers(&up_parts.headers, headers, request_id);
+    set_upstream_header(headers, upstream);
     for name in content_headers {
         if let Some(v) = up_parts.headers.get(name) {
             headers.insert(name, v.clone());
@@ -464,7 +490,11 @@ async fn relay_plain(
 /// An upstream error body, whole, if it can be scrubbed: not compressed (the gateway never asks
 /// for compression, but an upstream may send it anyway), at most [`MAX_UPSTREAM_ERROR_BODY`]
 /// bytes, and complete within the upstream idle timeout.
-async fn read_error_body(body: Incoming, headers: &HeaderMap, limits: &Limits) -> Option<Bytes> {
+async fn read_error_body(
+    body: UpstreamBody,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Option<Bytes> {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));

@@ -26,17 +26,17 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::deadline::Deadlines;
 use super::lifetime::{Outcome, StreamLifetime};
-use super::upstream::{error_chain, rejects_our_credentials, scrub_key};
 use super::{has_content_type, log_rejected_credentials, TEXT_EVENT_STREAM};
 use crate::error::GatewayError;
 use crate::registry::StreamState;
 use crate::sse::parser::{ParseError, Parser};
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::{error_chain, rejects_our_credentials, scrub_key};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -110,7 +110,7 @@ struct ErrorAnswer<B> {
 
 /// The relay of one upstream event stream to one client. Generic over the upstream body only so
 /// that tests can feed it reads split at arbitrary points.
-pub struct SseRelay<B = Incoming> {
+pub struct SseRelay<B = UpstreamBody> {
     source: Source<B>,
     parser: Parser,
     /// Raw bytes of a block that has started but not ended: at most `max_event_bytes` plus the
@@ -258,7 +258,10 @@ where
                 self.source = Source::Events(body);
             }
             StreamAnswer::CredentialsRejected => {
-                log_rejected_credentials(parts.status, self.lifetime.handle().upstream());
+                log_rejected_credentials(
+                    parts.status,
+                    self.lifetime.handle().upstream().unwrap_or_default(),
+                );
                 self.fail(GatewayError::UpstreamAuthFailed);
             }
             StreamAnswer::ErrorStatus => {
@@ -608,7 +611,7 @@ mod tests {
 
     /// Relays `upstream` to the end; returns the frames sent and the outcome.
     async fn relay(upstream: Scripted, max_event_bytes: usize) -> (Vec<Bytes>, Option<Outcome>) {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let mut body = SseRelay::new(upstream, max_event_bytes, deadlines(), lifetime(&registry));
         let frames = drain(&mut body).await;
         let outcome = body.lifetime.outcome();
@@ -627,7 +630,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_early_committed_stream_relays_once_the_upstream_answers() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let (tx, rx) = tokio::sync::oneshot::channel::<Response<Scripted>>();
         let pending: PendingResponse<Scripted> =
             Box::pin(async move { rx.await.map_err(|_| GatewayError::UpstreamIncomplete) });
@@ -651,7 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_error_after_an_early_commit_becomes_the_final_event() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         // The upstream's own error object is forwarded.
         let upstream_error = br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
         let response = sse_response(
@@ -734,7 +737,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_an_early_commit_the_key_never_reaches_the_client() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let key: Arc<str> = Arc::from("sk-test-0123456789");
         let echo = format!(
             r#"{{"error":{{"message":"Incorrect API key provided: {key}.","code":"invalid_api_key"}}}}"#
@@ -801,7 +804,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_go_between_events_and_an_end_request_sends_one_final_event() {
-        let registry = Arc::new(Registry::new("u"));
+        let registry = Arc::new(Registry::new(&["u"]));
         let lifetime = lifetime(&registry);
         let handle = lifetime.handle().clone();
         // Asked for a heartbeat while an event is ready: the event goes first.

@@ -175,12 +175,13 @@ async fn no_upstream_headers_within_first_byte_timeout_is_504() {
     .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_openai_error(&json, "upstream_timeout");
-    // The abandoned upstream request is cancelled too.
+    // A first-byte timeout is retried (retry.max_attempts = 3), and each abandoned upstream
+    // request is cancelled.
     wait_for_mock(
         env.mock,
-        "the hung upstream request to be cancelled",
+        "the hung upstream requests to be cancelled",
         PATIENCE,
-        |s| s.requests_cancelled == 1 && s.requests_active == 0,
+        |s| s.requests_cancelled == 3 && s.requests_active == 0,
     )
     .await;
 }

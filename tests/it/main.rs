@@ -17,5 +17,7 @@ mod k6;
 mod openai_sdk;
 mod registry;
 mod relay;
+mod routing;
 mod shutdown;
 mod upstream_h2;
+mod upstream_pool;

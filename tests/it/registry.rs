@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use tidegate::mock::MockSettings;
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -215,7 +216,16 @@ async fn check_stream(env: &TestEnv, kind: Kind, response: Response<Incoming>) -
 /// registry entry, a leaked connection count or an upstream request left running would fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_streams_ending_every_way_leave_nothing_behind() {
-    let env = std::sync::Arc::new(start().await);
+    // The upstream's deliberate 500s must not open its breaker and shed the other kinds, nor
+    // be retried: the mock's counters are checked one for one against the kinds.
+    let env = std::sync::Arc::new(
+        start_with(MockSettings::default(), |c| {
+            c.retry.max_attempts = 1;
+            c.breaker.consecutive_failures = 0;
+            c.breaker.failure_percent = 0;
+        })
+        .await,
+    );
     let mut h2_senders = Vec::new();
     let mut h2_tasks = Vec::new();
     for _ in 0..H2_CONNECTIONS {

@@ -166,6 +166,11 @@ impl H2Conn {
             .expect("response headers in time")
             .expect("response")
     }
+
+    /// Another handle on the connection, for streams sent concurrently.
+    pub fn sender(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        self.sender.clone()
+    }
 }
 
 pub fn chat_body(model: &str, stream: bool) -> String {
@@ -343,4 +348,88 @@ pub fn final_error(bytes: &[u8]) -> Value {
     );
     assert!(bytes.ends_with(b"\n\n"), "the error event is complete");
     json["error"].clone()
+}
+
+/// Several mock upstreams (named `a`, `b`, ... in `[[upstreams]]`) behind one gateway.
+pub struct Fleet {
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    /// Each mock's address and handle (for its fault schedules), in `[[upstreams]]` order.
+    pub mocks: Vec<(SocketAddr, MockUpstream)>,
+    pub shutdown: CancellationToken,
+    mock_stop: CancellationToken,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.mock_stop.cancel();
+    }
+}
+
+/// Names of the fleet's upstreams, in order.
+pub const FLEET_NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// Starts `count` (at most 4) mocks and a gateway with one `[[upstreams]]` entry per mock
+/// (retry backoff shortened to 1–20 ms so tests run fast); `configure` adjusts the config.
+pub async fn start_fleet(
+    count: usize,
+    mock_settings: MockSettings,
+    configure: impl FnOnce(&mut Config),
+) -> Fleet {
+    let mock_stop = CancellationToken::new();
+    let mut config = Config::default();
+    let mut mocks = Vec::new();
+    for name in FLEET_NAMES.iter().take(count) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mock = MockUpstream::new(mock_settings.clone());
+        tokio::spawn(mock.clone().serve(listener, mock_stop.clone()));
+        mocks.push((addr, mock));
+        let mut upstream = tidegate::config::UpstreamConfig {
+            name: (*name).to_owned(),
+            ..Default::default()
+        };
+        upstream.base_url =
+            tidegate::config::UpstreamUrl::parse(&format!("http://{addr}/v1")).unwrap();
+        upstream.forward_headers = vec!["x-mock-*".to_owned()];
+        config.upstreams.push(upstream);
+    }
+    config.shutdown.drain_timeout = Duration::from_secs(2);
+    config.retry.initial_backoff = Duration::from_millis(1);
+    config.retry.max_backoff = Duration::from_millis(20);
+    configure(&mut config);
+    config.validate().expect("a valid test config");
+
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = api.local_addr().unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(gateway::run(
+        config,
+        Listeners {
+            api,
+            admin: Some(admin_listener),
+        },
+        shutdown.clone(),
+    ));
+    Fleet {
+        gateway,
+        admin,
+        mocks,
+        shutdown,
+        mock_stop,
+    }
+}
+
+impl Fleet {
+    /// Mock `i`'s counters, read in-process.
+    pub fn stats(&self, i: usize) -> StatsSnapshot {
+        self.mocks[i].1.stats().snapshot()
+    }
+
+    pub fn mock(&self, i: usize) -> &MockUpstream {
+        &self.mocks[i].1
+    }
 }
