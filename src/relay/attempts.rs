@@ -59,6 +59,7 @@ pub enum Answered {
 
 /// Whether an upstream's answer counts against its circuit breaker: it is failing (5xx, 408).
 /// A 429 is the upstream protecting itself, not failing: it is neither success nor failure.
+/// Connect errors and first-byte timeouts count as failures too (in [`send`]).
 fn is_breaker_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
 }
@@ -86,6 +87,8 @@ pub async fn send(
     backends.budget.record_request(Instant::now());
     let mut tried: Vec<usize> = Vec::with_capacity(policy.max_attempts as usize);
     let mut last: Option<Answered> = None;
+    // When an attempt lost its connection: the next one takes a connection opened since.
+    let mut connection_lost: Option<Instant> = None;
     let mut rng = fastrand::Rng::new();
     // Bounded: at most `max_attempts` passes, each sends at most one request.
     for attempt in 1..=policy.max_attempts {
@@ -122,6 +125,7 @@ pub async fn send(
             None => out.body.clone(),
         };
         let sent = client.send(
+            connection_lost,
             out.method.clone(),
             out.suffix,
             out.query,
@@ -136,6 +140,10 @@ pub async fn send(
                 Ok(r) if is_breaker_failure(r.status()) => permit.failure(now),
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => drop(permit),
                 Ok(_) => permit.success(now),
+                // The connection was lost under a sent request (e.g. the upstream's GOAWAY after
+                // a burst of client cancellations): not a sign of the upstream's health. If it
+                // is down, the fresh connection the retry opens fails to connect, and counts.
+                Err(GatewayError::UpstreamFailed(_)) => drop(permit),
                 Err(_) => permit.failure(now),
             }
             result.map(|mut response| {
@@ -171,6 +179,9 @@ pub async fn send(
             }
         };
 
+        if let Err(GatewayError::UpstreamFailed(_)) = &result {
+            connection_lost = Some(Instant::now());
+        }
         let retryable = match &result {
             Ok(response) => is_retryable_status(response.status()),
             Err(error) => is_retryable_error(error),

@@ -15,7 +15,7 @@ pub mod pool;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -242,9 +242,12 @@ impl Upstream {
     /// first byte timeout, which includes waiting for a connection). It owns everything it
     /// needs (so a stream can keep waiting on it after its response has started), and dropping
     /// it cancels the request. `suffix` is the path below the base URL, e.g.
-    /// "/chat/completions".
+    /// "/chat/completions". `fresh_after`: a previous attempt lost its connection at that
+    /// instant, so over HTTP/2 only a connection opened since will do.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
+        fresh_after: Option<Instant>,
         method: Method,
         suffix: &str,
         query: Option<&str>,
@@ -279,12 +282,15 @@ impl Upstream {
                         .await
                         .map(|r| r.map(|b| UpstreamBody::new(b, None)))
                         .map_err(|e| legacy_error(&e)),
-                    Route::Http2(pool, http1, use_http1) => match pool.acquire().await {
-                        Ok((mut sender, lease)) => sender
-                            .send_request(request)
-                            .await
-                            .map(|r| r.map(|b| UpstreamBody::new(b, Some(lease))))
-                            .map_err(|e| GatewayError::UpstreamFailed(error_chain(&e))),
+                    Route::Http2(pool, http1, use_http1) => match pool.acquire(fresh_after).await {
+                        Ok((mut sender, lease)) => match sender.send_request(request).await {
+                            Ok(response) => Ok(response.map(|b| UpstreamBody::new(b, Some(lease)))),
+                            Err(e) => {
+                                // GOAWAY or a broken connection: retries go elsewhere.
+                                lease.connection_failed();
+                                Err(GatewayError::UpstreamFailed(error_chain(&e)))
+                            }
+                        },
                         Err(PoolError::NotHttp2) => {
                             use_http1.store(true, Ordering::Relaxed);
                             http1

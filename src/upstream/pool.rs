@@ -86,6 +86,11 @@ struct PooledConnection {
     state: watch::Receiver<ConnectionState>,
     /// When `streams` last dropped to zero.
     idle_since: Mutex<Instant>,
+    /// When it started to be opened.
+    opened_at: Instant,
+    /// A request on it failed before its answer (the upstream sent GOAWAY, or the connection
+    /// broke): no new stream goes to it, so a retry gets a fresh connection.
+    broken: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -99,6 +104,13 @@ enum ConnectionState {
 /// response body, so a slot is busy exactly as long as its stream.
 pub struct Lease {
     connection: Arc<PooledConnection>,
+}
+
+impl Lease {
+    /// Marks the connection as not to be used for new streams: a request on it failed.
+    pub fn connection_failed(&self) {
+        self.connection.broken.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Lease {
@@ -137,21 +149,29 @@ impl H2Pool {
         }
     }
 
-    /// A sender with a free stream slot, opening a connection if every one is full. Must be
-    /// called on the worker's runtime (connections are driven by tasks spawned there).
-    pub async fn acquire(&self) -> Result<(H2Sender, Lease), PoolError> {
+    /// A sender with a free stream slot, opening a connection if every one is full. With
+    /// `opened_after`, only a connection opened after that instant will do: a request whose
+    /// connection was lost is retried on a fresh one, not on another that may be going the same
+    /// way (an upstream closing connections after a burst of resets closes all of them). Must
+    /// be called on the worker's runtime (connections are driven by tasks spawned there).
+    pub async fn acquire(
+        &self,
+        opened_after: Option<Instant>,
+    ) -> Result<(H2Sender, Lease), PoolError> {
         // Bounded: a connection can close between being picked and being used; after three
         // such races the error goes to the caller, which may retry the request.
         let mut last = PoolError::Connect(Arc::from("the upstream connection closed"));
         for _ in 0..3 {
-            let lease = self.reserve();
+            let lease = self.reserve(opened_after);
             let mut state = lease.connection.state.clone();
             let ready = state
                 .wait_for(|s| !matches!(s, ConnectionState::Connecting))
                 .await
                 .map(|s| s.clone());
             match ready {
-                Ok(ConnectionState::Ready(sender)) if !sender.is_closed() => {
+                Ok(ConnectionState::Ready(sender))
+                    if !sender.is_closed() && !lease.connection.broken.load(Ordering::Relaxed) =>
+                {
                     return Ok((sender, lease))
                 }
                 Ok(ConnectionState::Failed(e)) => return Err(e),
@@ -166,7 +186,7 @@ impl H2Pool {
 
     /// Takes a slot on the first connection with room (packing streams onto the oldest
     /// connections lets the extra ones go idle and close), or starts a new connection.
-    fn reserve(&self) -> Lease {
+    fn reserve(&self, opened_after: Option<Instant>) -> Lease {
         let inner = &self.inner;
         let cap = inner.settings.max_streams_per_connection.max(1);
         let mut connections = lock(&inner.connections);
@@ -176,6 +196,11 @@ impl H2Pool {
             Instant::now(),
         );
         let with_room = connections.iter().find(|c| {
+            if c.broken.load(Ordering::Relaxed)
+                || opened_after.is_some_and(|after| c.opened_at < after)
+            {
+                return false;
+            }
             let limit = match &*c.state.borrow() {
                 ConnectionState::Ready(_) | ConnectionState::Connecting => {
                     cap.min(c.peer_limit.load(Ordering::Relaxed))
@@ -194,6 +219,8 @@ impl H2Pool {
                     peer_limit: peer_limit.clone(),
                     state: rx,
                     idle_since: Mutex::new(Instant::now()),
+                    opened_at: Instant::now(),
+                    broken: AtomicBool::new(false),
                 });
                 connections.push(c.clone());
                 inner.opened_total.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +265,7 @@ fn retain_usable(
         ConnectionState::Failed(_) => false,
         ConnectionState::Ready(sender) => {
             !sender.is_closed()
+                && !c.broken.load(Ordering::Relaxed)
                 && (c.streams.load(Ordering::Acquire) > 0
                     || now.duration_since(*lock(&c.idle_since)) < idle_timeout)
         }

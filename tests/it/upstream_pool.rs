@@ -146,7 +146,8 @@ async fn all_complete(mut set: JoinSet<Vec<u8>>) -> usize {
 
 #[tokio::test]
 async fn a_wave_of_cancelled_streams_fails_no_bystander() {
-    let fleet = h2_fleet(100, |_| {}).await;
+    // Up to 1,000 streams share each upstream connection, so each sees many resets.
+    let fleet = h2_fleet(1000, |_| {}).await;
     let running = bystanders(fleet.gateway, 200).await;
     // 3,000 clients that go away after their first event; the upstream keeps sending to them
     // until it sees the reset, so frames arrive on streams the gateway has already reset.
@@ -157,7 +158,7 @@ async fn a_wave_of_cancelled_streams_fails_no_bystander() {
             let (conn, mut body) = open_stream(
                 gateway,
                 "mock-1",
-                &[("x-mock-chunks", "50"), ("x-mock-chunk-delay-ms", "1")],
+                &[("x-mock-chunks", "2000"), ("x-mock-chunk-delay-ms", "0")],
             )
             .await;
             let _ = body.frame().await;
@@ -178,23 +179,29 @@ async fn a_wave_of_cancelled_streams_fails_no_bystander() {
 
 #[tokio::test]
 async fn a_wave_of_stalled_then_vanished_clients_fails_no_bystander() {
-    let fleet = h2_fleet(100, |c| {
+    // Stalled and running streams share connections of up to 1,000 streams.
+    let fleet = h2_fleet(1000, |c| {
         c.streams.max_buffered_bytes = 16 * 1024;
     })
     .await;
     let running = bystanders(fleet.gateway, 200).await;
     // 1,000 clients that take the headers, stop reading while the upstream sends as fast as
     // it can, then vanish: each holds only its own stream's window.
-    let mut stalled = Vec::new();
+    let mut opening = JoinSet::new();
     for _ in 0..1000 {
-        stalled.push(
+        let gateway = fleet.gateway;
+        opening.spawn(async move {
             open_stream(
-                fleet.gateway,
+                gateway,
                 "mock-1",
                 &[("x-mock-chunks", "2000"), ("x-mock-chunk-delay-ms", "0")],
             )
-            .await,
-        );
+            .await
+        });
+    }
+    let mut stalled = Vec::new();
+    while let Some(stream) = opening.join_next().await {
+        stalled.push(stream.unwrap());
     }
     assert_eq!(all_complete(running).await, 200);
     drop(stalled);
@@ -216,37 +223,50 @@ async fn an_upstream_goaway_after_resets_costs_only_answered_streams() {
     // The upstream closes a connection after 20 client resets on it, as rapid-reset
     // protection does.
     fleet.mock(0).goaway_after_resets(Some(20));
-    // Bystanders waiting for their headers (the upstream answers after 2 s, long after the
-    // wave below): when their connection goes, they are retried on a fresh one.
+    // Bystanders waiting for their headers (the upstream answers after 2 s), started between
+    // 200 clients that stream, so that both share every connection. Then the 200 go away at
+    // once: the upstream closes the connections they were on, and the bystanders on them,
+    // not yet answered, are retried on fresh connections.
+    let (opened_tx, mut opened) = tokio::sync::mpsc::channel::<()>(200);
+    let (leave_tx, leave) = tokio::sync::watch::channel(false);
     let mut waiting = JoinSet::new();
-    for _ in 0..100 {
-        let gateway = fleet.gateway;
-        waiting.spawn(async move {
-            let (_conn, body) = open_stream(
-                gateway,
-                "mock-1",
-                &[("x-mock-headers-delay-ms", "2000"), ("x-mock-chunks", "2")],
-            )
-            .await;
-            read_to_end(body).await.to_vec()
-        });
-    }
-    // Meanwhile 200 clients start and cancel.
     let mut wave = JoinSet::new();
-    for _ in 0..200 {
+    for i in 0..300 {
         let gateway = fleet.gateway;
-        wave.spawn(async move {
-            let (conn, mut body) = open_stream(
-                gateway,
-                "mock-1",
-                &[("x-mock-chunks", "50"), ("x-mock-chunk-delay-ms", "5")],
-            )
-            .await;
-            let _ = body.frame().await;
-            drop(body);
-            drop(conn);
-        });
+        if i % 3 == 0 {
+            waiting.spawn(async move {
+                let (_conn, body) = open_stream(
+                    gateway,
+                    "mock-1",
+                    &[("x-mock-headers-delay-ms", "2000"), ("x-mock-chunks", "2")],
+                )
+                .await;
+                read_to_end(body).await.to_vec()
+            });
+        } else {
+            let opened_tx = opened_tx.clone();
+            let mut leave = leave.clone();
+            wave.spawn(async move {
+                let (conn, mut body) = open_stream(
+                    gateway,
+                    "mock-1",
+                    &[("x-mock-chunks", "100"), ("x-mock-chunk-delay-ms", "50")],
+                )
+                .await;
+                let _ = body.frame().await;
+                let _ = opened_tx.send(()).await;
+                let _ = leave.wait_for(|go| *go).await;
+                drop(body);
+                drop(conn);
+            });
+        }
     }
+    for _ in 0..200 {
+        tokio::time::timeout(PATIENCE, opened.recv())
+            .await
+            .expect("the streaming clients start in time");
+    }
+    leave_tx.send_replace(true);
     while let Some(r) = wave.join_next().await {
         r.unwrap();
     }
@@ -255,9 +275,11 @@ async fn an_upstream_goaway_after_resets_costs_only_answered_streams() {
         100,
         "no waiting bystander failed"
     );
+    let stats = fleet.stats(0);
+    assert!(stats.reset_goaways >= 1, "the upstream closed connections");
     assert!(
-        fleet.stats(0).reset_goaways >= 1,
-        "the upstream did close connections"
+        stats.requests_received > 300,
+        "bystanders on the closed connections were retried: {stats:?}"
     );
 }
 
