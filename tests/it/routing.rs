@@ -117,6 +117,8 @@ async fn other_4xx_and_failures_after_the_first_byte_are_never_retried() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let asked = fleet.stats(0).requests_received + fleet.stats(1).requests_received;
     assert_eq!(asked, 1);
+    fleet.mock(0).clear_faults();
+    fleet.mock(1).clear_faults();
 
     // Broken mid-stream after bytes were sent: one final error event, no second attempt.
     let (_conn, body) = open_stream(fleet.gateway, "fail-midstream", &[]).await;
@@ -319,4 +321,57 @@ async fn the_admin_api_and_the_response_name_the_upstream_and_attempts() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json["upstream"], "a");
     assert_eq!(json["attempts"], 2);
+}
+
+#[tokio::test]
+async fn an_open_breaker_sends_the_traffic_to_the_other_upstream() {
+    let fleet = start_fleet(2, MockSettings::default(), |c| {
+        c.upstreams[0].weight = 1000;
+        c.breaker.consecutive_failures = 3;
+        c.breaker.open_for = Duration::from_secs(60);
+    })
+    .await;
+    fleet.mock(0).fail_next(10_000, 500, None);
+    for _ in 0..20 {
+        let (status, headers, _) = fetch(post(
+            fleet.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", false),
+            &[],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
+    }
+    // `a` was asked until its breaker opened, then never again.
+    assert_eq!(fleet.stats(0).requests_received, 3);
+    assert_eq!(fleet.stats(1).requests_received, 20);
+    assert_eq!(admin_upstreams(&fleet).await["upstreams"][0]["breaker"]["state"], "open");
+}
+
+#[tokio::test]
+async fn once_an_early_answer_has_started_the_stream_nothing_is_retried() {
+    let fleet = start_fleet(2, MockSettings::default(), |c| {
+        c.upstreams[0].weight = 1000;
+        c.streams.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    // `a` answers 503 only after 600 ms: by then the client has its headers and a heartbeat.
+    let mut conn = Conn::open(fleet.gateway).await;
+    let response = conn
+        .send(post(
+            fleet.gateway,
+            "/v1/chat/completions",
+            &chat_body("fail-500", true),
+            &[("x-mock-headers-delay-ms", "600")],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(response.headers(), "x-tidegate-upstream"), "a");
+    let all = read_to_end(response.into_body()).await;
+    assert!(all.starts_with(b": ping"), "a heartbeat came first");
+    let error = final_error(&all);
+    assert_eq!(error["type"], "server_error", "{error}");
+    assert_eq!(fleet.stats(0).requests_received, 1);
+    assert_eq!(fleet.stats(1).requests_received, 0, "no retry after bytes");
 }
