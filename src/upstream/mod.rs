@@ -260,13 +260,8 @@ impl Upstream {
         let route = match &self.transport {
             Transport::Http1(client) => Route::Http1(client.clone()),
             Transport::Http2 {
-                pool,
-                http1,
-                use_http1,
-            } if use_http1.load(Ordering::Relaxed) => {
-                let _ = pool;
-                Route::Http1(http1.clone())
-            }
+                http1, use_http1, ..
+            } if use_http1.load(Ordering::Relaxed) => Route::Http1(http1.clone()),
             Transport::Http2 {
                 pool,
                 http1,

@@ -346,7 +346,10 @@ async fn an_open_breaker_sends_the_traffic_to_the_other_upstream() {
     // `a` was asked until its breaker opened, then never again.
     assert_eq!(fleet.stats(0).requests_received, 3);
     assert_eq!(fleet.stats(1).requests_received, 20);
-    assert_eq!(admin_upstreams(&fleet).await["upstreams"][0]["breaker"]["state"], "open");
+    assert_eq!(
+        admin_upstreams(&fleet).await["upstreams"][0]["breaker"]["state"],
+        "open"
+    );
 }
 
 #[tokio::test]
