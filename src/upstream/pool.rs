@@ -334,7 +334,10 @@ async fn open(inner: &PoolInner, peer_limit: Arc<AtomicUsize>) -> Result<H2Sende
         // SETTINGS may lower or raise it at any time).
         let ended = std::future::poll_fn(|cx| {
             let step = Pin::new(&mut connection).poll(cx);
-            peer_limit.store(connection.current_max_send_streams(), Ordering::Relaxed);
+            // At least 1: a peer that allows 0 streams for now would otherwise make every
+            // request open another connection.
+            let limit = connection.current_max_send_streams().max(1);
+            peer_limit.store(limit, Ordering::Relaxed);
             step
         })
         .await;

@@ -1,6 +1,8 @@
-//! `upstream.http2 = true`: the gateway speaks HTTP/2 (prior knowledge) to the upstream, and the
-//! streams of each worker thread share one connection. Streams relay as over HTTP/1.1, an error status keeps its
-//! status, heartbeats still flow, and a client that leaves resets its upstream stream.
+//! `upstream.http2 = true` (the old spelling of `protocol = "http2"`): the gateway speaks HTTP/2
+//! (prior knowledge) to the upstream, and the streams of each worker thread share its pool's
+//! connections (`upstream_pool.rs` tests the pool). Streams relay as over HTTP/1.1, an error
+//! status keeps its status, heartbeats still flow, and a client that leaves resets its upstream
+//! stream.
 
 use std::time::Duration;
 
