@@ -336,6 +336,11 @@ pub struct UpstreamConfig {
     /// sets itself are refused. Default: none. The demo sets `["x-mock-*"]`
     /// so the mock's per-request overrides reach it.
     pub forward_headers: Vec<String>,
+    /// A PEM file of extra root certificates to trust for this `https://` upstream
+    /// (`upstream.ca_file`), e.g. the internal CA of a vLLM fleet. The public web roots stay
+    /// trusted. Absent by default. Read when the gateway starts; an unreadable file, or one
+    /// with no certificate, stops it with the reason.
+    pub ca_file: Option<String>,
     /// Which HTTP version to speak to the upstream (`upstream.protocol`); see
     /// [`UpstreamProtocol`]. With HTTP/2 all streams share a few connections instead of holding
     /// one each, which is most of a stream's memory and half of its sockets at 10,000 streams.
@@ -1342,6 +1347,16 @@ fn validate_upstream(c: &mut Checks, path: &str, u: &UpstreamConfig) {
     }
     for name in &u.forward_headers {
         c.check(at("forward_headers"), check_forward_header(name));
+    }
+    if let Some(file) = &u.ca_file {
+        let rule = if file.is_empty() {
+            Err("must name a PEM file".to_owned())
+        } else if !u.base_url.is_https() {
+            Err("applies to https:// upstreams only".to_owned())
+        } else {
+            Ok(())
+        };
+        c.check(at("ca_file"), rule);
     }
     if u.http2 && u.protocol == UpstreamProtocol::Http1 {
         c.check(

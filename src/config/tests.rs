@@ -159,6 +159,7 @@ fn full_file_sets_every_key() {
             api_key_env: Some("TIDEGATE_TEST_KEY".to_owned()),
             api_key: None,
             forward_headers: vec!["x-stainless-*".to_owned()],
+            ca_file: None,
             protocol: UpstreamProtocol::Auto,
             http2: true,
             weight: 7,
@@ -971,7 +972,8 @@ fn default_config_prints_every_key_and_round_trips() {
     assert!(
         printed.lines().any(|l| l
             == "# not set: admin.listen, admin.token_env, upstream.api_key_env, \
-                upstream.connect_timeout, upstream.first_byte_timeout, upstream.idle_timeout"),
+                upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
+                upstream.idle_timeout"),
         "{printed}"
     );
     assert!(
@@ -2473,4 +2475,28 @@ fn redacted_toml_prints_every_upstream_and_route_and_round_trips() {
     assert_eq!(printed.lines().filter(|l| *l == "[upstream]").count(), 1);
     assert!(!printed.contains("rename"), "{printed}");
     assert_eq!(Config::from_toml_str(&printed), Ok(c));
+}
+
+#[test]
+fn a_ca_file_is_for_https_upstreams_and_names_a_file() {
+    let errors = Config::from_toml_str(
+        "[upstream]\nbase_url = \"http://127.0.0.1:8000/v1\"\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors:?}");
+    assert_eq!(errors.0[0].path, "upstream.ca_file");
+    assert!(errors.0[0].message.contains("https"), "{errors:?}");
+    let errors = Config::from_toml_str(
+        "[upstream]\nbase_url = \"https://vllm.internal/v1\"\nca_file = \"\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.0[0].path, "upstream.ca_file");
+    let c = Config::from_toml_str(
+        "[upstream]\nbase_url = \"https://vllm.internal/v1\"\nca_file = \"/etc/ssl/internal-ca.pem\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstream.ca_file.as_deref(),
+        Some("/etc/ssl/internal-ca.pem")
+    );
 }

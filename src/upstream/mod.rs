@@ -151,10 +151,11 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        let tls = tls_config(config.ca_file.as_deref())?;
         // ALPN offers what the protocol allows: h2 and http/1.1 for auto, one of them otherwise.
         let alpn = || {
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
+                .with_tls_config(tls.clone())
                 .https_or_http()
         };
         let h1_connector = alpn().enable_http1().wrap_connector(http.clone());
@@ -365,6 +366,38 @@ impl Upstream {
     }
 }
 
+/// TLS towards upstreams: TLS 1.2 and 1.3 with the `ring` provider, the public web roots, and
+/// the certificates of `ca_file` when set (PEM, read with rustls' own PEM support).
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, GatewayError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = ca_file {
+        let unreadable = |e: &dyn std::fmt::Display| {
+            GatewayError::UpstreamFailed(format!("upstream ca_file {file:?}: {e}"))
+        };
+        let mut added = 0;
+        // Bounded: by the file's size.
+        for cert in CertificateDer::pem_file_iter(file).map_err(|e| unreadable(&e))? {
+            let cert = cert.map_err(|e| unreadable(&e))?;
+            roots.add(cert).map_err(|e| unreadable(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(unreadable(&"no certificate in the file"));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::UpstreamFailed(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// Where one request goes (chosen before the future is built, so it is `'static`).
 enum Route {
     Http1(HttpsClient),
@@ -467,6 +500,22 @@ mod tests {
         assert_eq!(same.as_ptr(), body.as_ptr());
         assert_eq!(scrub_key(body.clone(), None), body);
         assert_eq!(scrub_key(body.clone(), Some("")), body);
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_ca_file_is_refused_with_its_name() {
+        let missing = tls_config(Some("/nonexistent/ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("/nonexistent/ca.pem"), "{missing}");
+        let empty =
+            std::env::temp_dir().join(format!("tidegate-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let path = empty.to_string_lossy().into_owned();
+        let none = tls_config(Some(&path)).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&empty);
+        assert!(none.contains("no certificate"), "{none}");
+        assert!(tls_config(None).is_ok());
     }
 
     #[test]

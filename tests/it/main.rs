@@ -21,3 +21,4 @@ mod routing;
 mod shutdown;
 mod upstream_h2;
 mod upstream_pool;
+mod upstream_tls;

@@ -146,13 +146,17 @@ async fn all_complete(mut set: JoinSet<Vec<u8>>) -> usize {
 
 #[tokio::test]
 async fn a_wave_of_cancelled_streams_fails_no_bystander() {
-    // Up to 1,000 streams share each upstream connection, so each sees many resets.
-    let fleet = h2_fleet(1000, |_| {}).await;
+    // Up to 1,000 streams share each upstream connection, so each sees many resets; small
+    // stream windows keep the data in flight per stream (and the test's CPU) small.
+    let fleet = h2_fleet(1000, |c| {
+        c.streams.max_buffered_bytes = 16 * 1024;
+    })
+    .await;
     let running = bystanders(fleet.gateway, 200).await;
-    // 3,000 clients that go away after their first event; the upstream keeps sending to them
+    // 2,000 clients that go away after their first event; the upstream keeps sending to them
     // until it sees the reset, so frames arrive on streams the gateway has already reset.
     let mut wave = JoinSet::new();
-    for _ in 0..3000 {
+    for _ in 0..2000 {
         let gateway = fleet.gateway;
         wave.spawn(async move {
             let (conn, mut body) = open_stream(
@@ -174,7 +178,7 @@ async fn a_wave_of_cancelled_streams_fails_no_bystander() {
         s.streams_active == 0
     })
     .await;
-    assert!(fleet.stats(0).streams_cancelled >= 2500);
+    assert!(fleet.stats(0).streams_cancelled >= 1500);
 }
 
 #[tokio::test]
