@@ -38,59 +38,10 @@ find_binaries
 mkdir -p "$OUT_DIR"
 
 # ---- the mock upstream (its own process, shared by all targets) --------------------------------
-"$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
-MOCK_PID=$!
-track "$MOCK_PID"
-wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$MOCK_PID" || die "the mock did not start"
-MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
+start_mock
 log "mock upstream at $MOCK (pid $MOCK_PID)"
 
-# ---- targets -------------------------------------------------------------------------------------
-start_nginx() {
-    command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
-    local port dir=$OUT_DIR/nginx
-    mkdir -p "$dir"
-    port=$(free_port)
-    local access_log=off
-    if [[ ${NGINX_ACCESS_LOG:-0} == 1 ]]; then
-        access_log=$dir/access.log
-    fi
-    sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:$port|" \
-        -e "s|@ACCESS_LOG@|$access_log|" \
-        loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
-    nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
-    TARGET_PID=$!
-    track "$TARGET_PID"
-    wait_for_line "$dir/nginx.pid" '[0-9]' 15 "$TARGET_PID" ||
-        die "nginx did not start: $(cat "$dir/stderr.log")"
-    sleep 1
-    TARGET_URL=http://127.0.0.1:$port
-    TARGET_PIDS=()
-    local w i=1
-    for w in $(pgrep -P "$(cat "$dir/nginx.pid")"); do
-        TARGET_PIDS+=("--pid" "nginx-worker-$i=$w")
-        i=$((i + 1))
-    done
-}
-
-start_tidegate() {
-    local name=$1 http2=$2
-    local cfg=$OUT_DIR/$name.toml glog=$OUT_DIR/$name.log
-    {
-        printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
-        printf 'forward_headers = ["x-mock-*"]\nhttp2 = %s\n\n' "$http2"
-        printf '[shutdown]\ndrain_timeout = "1s"\n'
-    } >"$cfg"
-    "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
-    local pid=$!
-    TARGET_PID=$pid
-    track "$pid"
-    wait_for_line "$glog" 'tidegate listening' 15 "$pid" || die "tidegate did not start: $(cat "$glog")"
-    TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
-    TARGET_PIDS=("--pid" "$name=$pid")
-    sleep 1
-}
-
+# ---- targets (start_nginx and start_tidegate are in lib.sh) -----------------------------------
 for target in $TARGETS; do
     # The target's process, stopped after its run so that it does not idle through the next.
     TARGET_PID=""
@@ -99,7 +50,7 @@ for target in $TARGETS; do
             TARGET_URL=http://$MOCK
             TARGET_PIDS=("--pid" "mock=$MOCK_PID")
             ;;
-        nginx) start_nginx ;;
+        nginx) start_nginx "$OUT_DIR/nginx" ;;
         tidegate) start_tidegate tidegate false ;;
         tidegate-h2) start_tidegate tidegate-h2 true ;;
         *) die "unknown target $target" ;;

@@ -5,6 +5,9 @@
 #
 # Sourcing it installs an EXIT trap that stops every child registered with `track`, newest first
 # (TERM, then KILL after a grace period), and then logs $EXIT_NOTE if it is set.
+#
+# It also starts the mock upstream and the proxies the measurements compare (start_mock,
+# start_nginx, start_tidegate), the same way for every script that runs them.
 # shellcheck shell=bash
 
 log() { printf '%s: %s\n' "${LOG_NAME:-loadtest}" "$*" >&2; }
@@ -95,4 +98,74 @@ find_binaries() {
         die "no tidegate-bench binary at $TIDEGATE_BENCH_BIN (set TIDEGATE_BENCH_BIN)"
     TIDEGATE_BIN=$(cd "$(dirname "$TIDEGATE_BIN")" && pwd)/$(basename "$TIDEGATE_BIN")
     TIDEGATE_BENCH_BIN=$(cd "$(dirname "$TIDEGATE_BENCH_BIN")" && pwd)/$(basename "$TIDEGATE_BENCH_BIN")
+}
+
+# ---- the mock upstream and the targets in front of it -------------------------------------------
+# These read OUT_DIR and TIDEGATE_BIN (after find_binaries); start_nginx and start_tidegate also
+# read MOCK (set by start_mock). Every process they start is tracked, so it is stopped at exit.
+
+# Starts `tidegate mock-upstream` on a free port, with $MOCK_BIN if set (e.g. the current mock in
+# front of an older gateway), else $TIDEGATE_BIN; log in $OUT_DIR/mock.log. Sets MOCK
+# (host:port) and MOCK_PID.
+start_mock() {
+    "${MOCK_BIN:-$TIDEGATE_BIN}" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
+    MOCK_PID=$!
+    track "$MOCK_PID"
+    wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$MOCK_PID" ||
+        die "the mock did not start"
+    MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
+}
+
+# Starts nginx in front of the mock with loadtest/nginx/nginx.conf.template (one worker per core;
+# NGINX_ACCESS_LOG=1 gives it an access log), its files in directory $1 (default
+# $OUT_DIR/nginx). Sets TARGET_PID (the master), TARGET_URL and TARGET_PIDS (`--pid` options
+# for tidegate-bench, one per worker).
+start_nginx() {
+    command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
+    local port dir=${1:-$OUT_DIR/nginx}
+    mkdir -p "$dir"
+    port=$(free_port)
+    local access_log=off
+    if [[ ${NGINX_ACCESS_LOG:-0} == 1 ]]; then
+        access_log=$dir/access.log
+    fi
+    sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:$port|" \
+        -e "s|@ACCESS_LOG@|$access_log|" \
+        loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
+    nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
+    TARGET_PID=$!
+    track "$TARGET_PID"
+    wait_for_line "$dir/nginx.pid" '[0-9]' 15 "$TARGET_PID" ||
+        die "nginx did not start: $(cat "$dir/stderr.log")"
+    sleep 1
+    TARGET_URL=http://127.0.0.1:$port
+    TARGET_PIDS=()
+    local w i=1
+    for w in $(pgrep -P "$(cat "$dir/nginx.pid")"); do
+        TARGET_PIDS+=("--pid" "nginx-worker-$i=$w")
+        i=$((i + 1))
+    done
+}
+
+# Starts $TIDEGATE_BIN as the gateway NAME ($1) in front of the mock, with `upstream.http2 = $2`
+# (true or false) and `forward_headers = ["x-mock-*"]`; its config and log are $3/NAME.toml and
+# $3/NAME.log (default directory $OUT_DIR). Sets TARGET_PID, TARGET_URL and TARGET_PIDS.
+start_tidegate() {
+    local name=$1 http2=$2 dir=${3:-$OUT_DIR}
+    local cfg=$dir/$name.toml glog=$dir/$name.log
+    mkdir -p "$dir"
+    {
+        printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
+        printf 'forward_headers = ["x-mock-*"]\nhttp2 = %s\n\n' "$http2"
+        printf '[shutdown]\ndrain_timeout = "1s"\n'
+    } >"$cfg"
+    "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
+    local pid=$!
+    TARGET_PID=$pid
+    track "$pid"
+    wait_for_line "$glog" 'tidegate listening' 15 "$pid" || die "tidegate did not start: $(cat "$glog")"
+    # shellcheck disable=SC2034 # read by the script that sourced this file
+    TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
+    TARGET_PIDS=("--pid" "$name=$pid")
+    sleep 1
 }

@@ -1,7 +1,8 @@
 //! Connections, requests and one stream's life: connect (HTTP/1.1 from a chosen source address,
 //! or a stream on a shared HTTP/2 connection), send the chat request, check the status, read the
 //! body through the [`SseReader`](super::sse::SseReader) and record what it saw in [`Live`].
-//! Nothing is retried; how a stream ended is its [`Outcome`].
+//! Nothing is retried; how a stream ended is its [`Outcome`]. A stream may also be told to go
+//! away early ([`WalkAway`]), as a client that loses interest or hangs does.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -191,6 +192,104 @@ pub struct StreamContext {
     /// Cancelled when the run stops early (duration cap, Ctrl-C) or, in hold mode, when the hold
     /// ends.
     pub cancel: CancellationToken,
+    /// Whether, and when, each stream goes away before its end.
+    pub walk_away: WalkAway,
+}
+
+/// A client that goes away before its stream ends (`--drop-after-events`, `--drop-after-ms`,
+/// `--stall-after-headers`): the trouble one client makes for a gateway that multiplexes many
+/// clients onto few upstream connections, where each such stream must be reset upstream (and,
+/// stalled, holds its flow-control window until then). Such streams end as
+/// [`Outcome::Dropped`], not as failures: going away is what they were asked to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WalkAway {
+    /// Read every stream to its end.
+    #[default]
+    Never,
+    /// Read the body, and drop the stream after the read that completed its `after_events`-th
+    /// event or `after` its response headers, whichever comes first.
+    Reading {
+        after_events: Option<u64>,
+        after: Option<Duration>,
+    },
+    /// Read nothing after the response headers, so the body piles up in the socket and behind
+    /// it in the target's buffers and windows; drop the stream `after` its headers.
+    Stalled { after: Duration },
+}
+
+impl WalkAway {
+    /// From the flags: `stall` needs `after_ms` (a stalled stream that never goes away would
+    /// only measure `--stream-timeout`), and cannot count events it does not read.
+    pub fn from_flags(
+        after_events: Option<u32>,
+        after_ms: Option<u64>,
+        stall: bool,
+    ) -> Result<WalkAway, String> {
+        let after = after_ms.map(Duration::from_millis);
+        match (stall, after_events, after) {
+            (true, Some(_), _) => Err(
+                "--stall-after-headers reads no event, so it cannot go with --drop-after-events"
+                    .into(),
+            ),
+            (true, None, Some(after)) => Ok(WalkAway::Stalled { after }),
+            (true, None, None) => Err("--stall-after-headers needs --drop-after-ms".into()),
+            (false, None, None) => Ok(WalkAway::Never),
+            (false, after_events, after) => Ok(WalkAway::Reading {
+                after_events: after_events.map(u64::from),
+                after,
+            }),
+        }
+    }
+
+    /// Whether a reading stream that has seen `events` events goes away now. Never once the
+    /// body has carried its end (`[DONE]` or an error event): that end is what it reports, so
+    /// an error event is still a failure.
+    fn due_after(self, events: u64, ended: bool) -> bool {
+        match self {
+            WalkAway::Reading {
+                after_events: Some(n),
+                ..
+            } => !ended && events >= n,
+            _ => false,
+        }
+    }
+
+    /// What the clients do, for the start line and the report ("" for [`WalkAway::Never`]).
+    pub fn describe(self) -> String {
+        let ms = |d: Duration| d.as_millis();
+        match self {
+            WalkAway::Never => String::new(),
+            WalkAway::Reading {
+                after_events,
+                after,
+            } => {
+                let events = after_events.map(|n| {
+                    let s = if n == 1 { "" } else { "s" };
+                    format!("after {n} event{s}")
+                });
+                let time = after.map(|d| format!("{} ms after its headers", ms(d)));
+                let when = match (events, time) {
+                    (Some(e), Some(t)) => format!("{e} or {t}, whichever first"),
+                    (Some(w), None) | (None, Some(w)) => w,
+                    (None, None) => "never".to_owned(),
+                };
+                format!("each dropped {when}")
+            }
+            WalkAway::Stalled { after } => format!(
+                "each stalled after its headers (nothing read), dropped {} ms after them",
+                ms(after)
+            ),
+        }
+    }
+
+    /// How long after its response headers a stream goes away whatever it has read.
+    fn after(self) -> Option<Duration> {
+        match self {
+            WalkAway::Never => None,
+            WalkAway::Reading { after, .. } => after,
+            WalkAway::Stalled { after } => Some(after),
+        }
+    }
 }
 
 /// How one stream ended.
@@ -204,6 +303,8 @@ pub enum Outcome {
     /// Stopped by the run (duration cap, interrupt, the end of a hold), not by anything the
     /// target did.
     Cancelled,
+    /// The client went away on purpose ([`WalkAway`]) before the stream ended.
+    Dropped,
 }
 
 /// What one stream's body carried.
@@ -285,11 +386,25 @@ async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, 
     Ok(sender)
 }
 
+/// The task driving a stream's own HTTP/1.1 connection, aborted when the stream ends, which
+/// closes the socket. A client that goes away must close its connection at once, whatever hyper
+/// does with a body dropped unread; a stream that ended cleanly has nothing left on it.
+/// (`None` on HTTP/2: the connection is shared, and dropping the body resets only the stream.)
+struct ConnectionTask(Option<tokio::task::AbortHandle>);
+
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Sends the request; errors are `(kind, message)`.
 async fn send(
     route: Route,
     spec: &RequestSpec,
-) -> Result<http::Response<Incoming>, (&'static str, String)> {
+) -> Result<(http::Response<Incoming>, ConnectionTask), (&'static str, String)> {
     let request = spec.request().map_err(|e| ("request", e))?;
     match route {
         Route::H2(slot) => {
@@ -304,10 +419,11 @@ async fn send(
                 .ready()
                 .await
                 .map_err(|e| ("request", format!("HTTP/2 connection: {e}")))?;
-            sender
+            let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| ("request", e.to_string()))
+                .map_err(|e| ("request", e.to_string()))?;
+            Ok((response, ConnectionTask(None)))
         }
         Route::Http1(source) => {
             let tcp = connect(spec.target.addr, source).await.map_err(|e| {
@@ -317,13 +433,15 @@ async fn send(
             let (mut sender, connection) = http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| ("connect", format!("HTTP/1.1 handshake: {e}")))?;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let _ = connection.await;
             });
-            sender
+            let task = ConnectionTask(Some(task.abort_handle()));
+            let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| ("request", e.to_string()))
+                .map_err(|e| ("request", e.to_string()))?;
+            Ok((response, task))
         }
     }
 }
@@ -375,7 +493,8 @@ pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> StreamRecord {
         () = ctx.cancel.cancelled() => return StreamRecord::unopened(Outcome::Cancelled),
         r = tokio::time::timeout_at(deadline, send(route, &ctx.spec)) => r,
     };
-    let response = match response {
+    // Held to the end of the stream: dropping it closes an HTTP/1.1 stream's connection.
+    let (response, _connection) = match response {
         Err(_) => {
             return StreamRecord::unopened(failed(
                 "timeout",
@@ -396,14 +515,23 @@ pub async fn run_stream(ctx: Arc<StreamContext>, route: Route) -> StreamRecord {
     // A held stream is bounded by the cancel at the end of the hold (or the run cap) instead.
     let body_deadline = (!ctx.hold).then_some(deadline);
     let mut counts = BodyCounts::default();
-    let outcome = read_body(
-        &ctx,
-        response.into_body(),
-        start,
-        body_deadline,
-        &mut counts,
-    )
-    .await;
+    let drop_at = ctx
+        .walk_away
+        .after()
+        .map(|after| tokio::time::Instant::from_std(opened_at + after));
+    let outcome = match ctx.walk_away {
+        WalkAway::Stalled { .. } => stall(&ctx, response.into_body(), body_deadline, drop_at).await,
+        WalkAway::Never | WalkAway::Reading { .. } => {
+            read_body(
+                &ctx,
+                response.into_body(),
+                start,
+                (body_deadline, drop_at),
+                &mut counts,
+            )
+            .await
+        }
+    };
     drop(alive);
     StreamRecord {
         outcome,
@@ -420,13 +548,36 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A stalled client ([`WalkAway::Stalled`]): holds the body without reading any of it until
+/// `drop_at`, then drops it (a reset on HTTP/2, a closed socket on HTTP/1.1). What the target
+/// does meanwhile, even ending the stream, is not seen: the stream counts as dropped.
+async fn stall(
+    ctx: &StreamContext,
+    body: Incoming,
+    deadline: Option<tokio::time::Instant>,
+    drop_at: Option<tokio::time::Instant>,
+) -> Outcome {
+    let outcome = tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => Outcome::Cancelled,
+        () = until(deadline) => failed(
+            "timeout",
+            format!("stalled past the stream timeout {:?}", ctx.timeout),
+        ),
+        () = until(drop_at) => Outcome::Dropped,
+    };
+    drop(body);
+    outcome
+}
+
 /// Reads the body to its end, adding what it carries to `counts`; bounded by `deadline` (if
-/// any) and the cancel token.
+/// any) and the cancel token. With [`WalkAway::Reading`] it drops the stream early: at
+/// `drop_at`, or once it has seen enough events.
 async fn read_body(
     ctx: &StreamContext,
     mut body: Incoming,
     start: Instant,
-    deadline: Option<tokio::time::Instant>,
+    (deadline, drop_at): (Option<tokio::time::Instant>, Option<tokio::time::Instant>),
     counts: &mut BodyCounts,
 ) -> Outcome {
     let live = &ctx.live;
@@ -434,10 +585,15 @@ async fn read_body(
     let mut done = false;
     let mut error: Option<String> = None;
     let mut first_event_seen = false;
+    // Bounded: every pass awaits a frame, and the deadline, the cancel or the end of the body
+    // ends the loop (without a deadline, in hold mode, the cancel at the hold's end does).
     loop {
+        let ended = done || error.is_some();
         let frame = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Outcome::Cancelled,
+            // Once the body has carried its end, the stream is left to finish on its own.
+            () = until(drop_at), if !ended => return Outcome::Dropped,
             frame = body.frame() => frame,
             () = until(deadline) => {
                 let what = if done {
@@ -505,6 +661,12 @@ async fn read_body(
             Live::add(&live.other_comments, comments);
             counts.other_comments += comments;
         }
+        if ctx
+            .walk_away
+            .due_after(counts.events, done || error.is_some())
+        {
+            return Outcome::Dropped;
+        }
     }
 }
 
@@ -536,6 +698,82 @@ mod tests {
         let t = Target::parse("http://localhost:9").unwrap();
         assert_eq!(t.authority, "127.0.0.1:9");
         assert_eq!(t.absolute, "http://127.0.0.1:9/v1/chat/completions");
+    }
+
+    #[test]
+    fn walking_away_from_the_flags() {
+        assert_eq!(WalkAway::from_flags(None, None, false), Ok(WalkAway::Never));
+        assert_eq!(
+            WalkAway::from_flags(Some(1), None, false),
+            Ok(WalkAway::Reading {
+                after_events: Some(1),
+                after: None
+            })
+        );
+        assert_eq!(
+            WalkAway::from_flags(Some(3), Some(250), false),
+            Ok(WalkAway::Reading {
+                after_events: Some(3),
+                after: Some(Duration::from_millis(250))
+            })
+        );
+        let stalled = WalkAway::from_flags(None, Some(2000), true).unwrap();
+        assert_eq!(
+            stalled,
+            WalkAway::Stalled {
+                after: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(stalled.after(), Some(Duration::from_secs(2)));
+        assert!(WalkAway::from_flags(None, None, true)
+            .unwrap_err()
+            .contains("needs --drop-after-ms"));
+        assert!(WalkAway::from_flags(Some(1), Some(5), true)
+            .unwrap_err()
+            .contains("cannot go with --drop-after-events"));
+    }
+
+    #[test]
+    fn a_reading_client_goes_away_after_its_events_unless_the_stream_has_ended() {
+        let after_two = WalkAway::Reading {
+            after_events: Some(2),
+            after: None,
+        };
+        assert!(!after_two.due_after(0, false));
+        assert!(!after_two.due_after(1, false));
+        assert!(after_two.due_after(2, false));
+        // One read may complete several events at once.
+        assert!(after_two.due_after(5, false));
+        // [DONE] or an error event seen: the stream ends as it ends, not dropped.
+        assert!(!after_two.due_after(2, true));
+        let timed_only = WalkAway::Reading {
+            after_events: None,
+            after: Some(Duration::from_millis(10)),
+        };
+        assert!(!timed_only.due_after(1_000, false));
+        assert_eq!(timed_only.after(), Some(Duration::from_millis(10)));
+        assert!(!WalkAway::Never.due_after(1_000, false));
+        assert_eq!(WalkAway::Never.after(), None);
+        // A stalled client reads no event to count.
+        let stalled = WalkAway::Stalled {
+            after: Duration::ZERO,
+        };
+        assert!(!stalled.due_after(1_000, false));
+    }
+
+    #[test]
+    fn walking_away_is_described() {
+        assert_eq!(WalkAway::Never.describe(), "");
+        let describe = |e, ms, stall| WalkAway::from_flags(e, ms, stall).unwrap().describe();
+        assert_eq!(describe(Some(1), None, false), "each dropped after 1 event");
+        assert_eq!(
+            describe(Some(3), Some(250), false),
+            "each dropped after 3 events or 250 ms after its headers, whichever first"
+        );
+        assert_eq!(
+            describe(None, Some(2000), true),
+            "each stalled after its headers (nothing read), dropped 2000 ms after them"
+        );
     }
 
     #[test]

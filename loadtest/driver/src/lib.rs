@@ -24,6 +24,12 @@
 //! per stream and noting those that end early (`[DONE]`, an error event, end of body, reset);
 //! then all are cancelled. Exit code 0 when every stream was held to the end.
 //!
+//! Clients that go away (`--drop-after-events N`, `--drop-after-ms M`, `--stall-after-headers`)
+//! make the trouble one client can cause for others on a shared upstream connection
+//! (`loadtest/waves.sh`): each stream is dropped after N events, or M ms after its headers,
+//! reading the body meanwhile or, stalled, none of it. They count as `dropped`, not failed; a
+//! run of them succeeds when every stream completed or was dropped.
+//!
 //! [`client`] has one stream's life; [`sse`] the event parsing.
 
 pub mod chart;
@@ -47,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use client::{
     H2Slot, Outcome, RequestOptions, RequestSpec, Route, StreamContext, StreamRecord, Target,
+    WalkAway,
 };
 use procfs::Watched;
 use report::{HoldRun, ProcPoint, Report, Sample};
@@ -162,6 +169,22 @@ pub struct BenchArgs {
     /// cancel them; a stream that ends before that ended early
     #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
     pub hold: Option<Duration>,
+    /// A client that goes away: drop each stream (and over http1 its connection) right after
+    /// the read that completed its N-th event, unless [DONE] or an error event came first; it
+    /// counts as dropped, not failed
+    #[arg(long, value_name = "N", conflicts_with_all = ["hold", "stall_after_headers"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub drop_after_events: Option<u32>,
+    /// Drop each stream this many ms after its response headers (with --drop-after-events:
+    /// whichever comes first); it counts as dropped, not failed
+    #[arg(long, value_name = "MS", conflicts_with = "hold",
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub drop_after_ms: Option<u64>,
+    /// A client that hangs: read nothing after the response headers, so the body fills the
+    /// socket and the target's buffers behind it, then go away after --drop-after-ms (needed).
+    /// Use http1: over h2 the stalled streams also fill the driver's own connection windows
+    #[arg(long, requires = "drop_after_ms", conflicts_with = "hold")]
+    pub stall_after_headers: bool,
     /// Runtime worker threads of the driver
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -252,6 +275,15 @@ impl BenchArgs {
         })
     }
 
+    /// Whether, and when, each stream goes away before its end.
+    pub fn walk_away(&self) -> Result<WalkAway, String> {
+        WalkAway::from_flags(
+            self.drop_after_events,
+            self.drop_after_ms,
+            self.stall_after_headers,
+        )
+    }
+
     /// How long the ramp takes to start every stream.
     pub fn ramp_time(&self) -> Duration {
         Duration::from_secs_f64(f64::from(self.streams) / f64::from(self.ramp))
@@ -270,6 +302,7 @@ impl BenchArgs {
 #[derive(Debug)]
 struct Prepared {
     spec: RequestSpec,
+    walk_away: WalkAway,
     watched: Vec<Watched>,
     nofile_limit: u64,
 }
@@ -308,6 +341,8 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
         mock: (!args.no_mock_headers).then_some((args.chunks, args.chunk_delay_ms)),
     };
     let spec = RequestSpec::new(target, args.protocol, &options)?;
+    // clap already refuses the bad combinations; this is the one place that builds the value.
+    let walk_away = args.walk_away()?;
 
     let ticks = procfs::clock_ticks();
     let mut watched = Vec::new();
@@ -341,6 +376,7 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
     }
     Ok(Prepared {
         spec,
+        walk_away,
         watched,
         nofile_limit: limit.after,
     })
@@ -390,7 +426,8 @@ pub fn main(args: BenchArgs) -> ExitCode {
             },
             args.hold
                 .map(|hold| format!("; hold {}", format_duration(hold)))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                + &walk_away_text(prepared.walk_away),
             args.effective_stream_timeout(),
             args.duration,
             prepared.nofile_limit
@@ -424,6 +461,14 @@ pub fn main(args: BenchArgs) -> ExitCode {
     code
 }
 
+/// `"; each dropped after 1 event"` for the start line and the report's first line, or nothing.
+pub(crate) fn walk_away_text(walk_away: WalkAway) -> String {
+    match walk_away {
+        WalkAway::Never => String::new(),
+        other => format!("; {}", other.describe()),
+    }
+}
+
 /// A hold whose streams the mock, if it gets the mock headers, ends before the hold does. Only
 /// a warning: a gateway that does not forward `x-mock-*` leaves the mock's own pacing.
 fn hold_warning(args: &BenchArgs) -> Option<String> {
@@ -454,11 +499,13 @@ pub enum StopReason {
 }
 
 /// Tallies of finished streams. Every stream lands in exactly one of `completed`, `cancelled`,
-/// `failures`, `held` and `ended_early`.
+/// `dropped`, `failures`, `held` and `ended_early`.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
     pub completed: u64,
     pub cancelled: u64,
+    /// Streams the client went away from on purpose (`--drop-after-*`, `--stall-after-headers`).
+    pub dropped: u64,
     /// Every failure; in hold mode only those before the response headers.
     pub failures: Failures,
     /// Hold mode: streams still open when the hold ended.
@@ -499,6 +546,8 @@ impl Tally {
         match (counting, outcome) {
             (Counting::Hold { over: true }, Outcome::Cancelled) if opened => self.held += 1,
             (_, Outcome::Cancelled) => self.cancelled += 1,
+            // Not in hold mode (the flags exclude it), but counted the same way if it were.
+            (_, Outcome::Dropped) => self.dropped += 1,
             (Counting::Run, Outcome::Completed) => self.completed += 1,
             (Counting::Hold { .. }, Outcome::Completed) => self.ended_early.add(
                 "done".into(),
@@ -518,6 +567,8 @@ struct Sampler {
     ticks_per_second: u64,
     /// Hold mode: samples carry the streams that ended early.
     hold: bool,
+    /// Clients that go away: samples carry the streams dropped.
+    dropping: bool,
     last_t: f64,
     last: (u64, u64, u64, u64, u64),
 }
@@ -565,6 +616,7 @@ impl Sampler {
             bytes: now.4,
             pings: Live::get(&live.pings),
             ended_early: self.hold.then(|| tally.ended_early.total()),
+            dropped: self.dropping.then_some(tally.dropped),
             opened_per_s: rate(now.0, self.last.0),
             completed_per_s: rate(now.1, self.last.1),
             failed_per_s: rate(now.2, self.last.2),
@@ -600,6 +652,9 @@ fn progress_line(sample: &Sample, streams: u32, previous: Option<&Sample>) -> St
         ms(sample.latency_p50_us),
         ms(sample.latency_p99_us),
     );
+    if let Some(dropped) = sample.dropped {
+        line.push_str(&format!(" dropped={dropped}"));
+    }
     if let Some(ended_early) = sample.ended_early {
         line.push_str(&format!(
             " ended_early={ended_early} pings={}",
@@ -662,6 +717,7 @@ impl HoldPhase {
 async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     let Prepared {
         spec,
+        walk_away,
         mut watched,
         nofile_limit,
     } = prepared;
@@ -674,6 +730,7 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         timeout: args.effective_stream_timeout(),
         hold: args.hold.is_some(),
         cancel: cancel.clone(),
+        walk_away,
     });
     let ticks_per_second = procfs::clock_ticks();
     let started_at_unix_ms = SystemTime::now()
@@ -685,6 +742,7 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         start,
         ticks_per_second,
         hold: args.hold.is_some(),
+        dropping: walk_away != WalkAway::Never,
         last_t: 0.0,
         last: (0, 0, 0, 0, 0),
     };
@@ -987,6 +1045,72 @@ mod tests {
         assert!(prepare(&args).is_err());
         let args = parse(&["--hold", "57s", "--duration", "1m", "--streams", "10"]).unwrap();
         assert!(prepare(&args).is_ok());
+    }
+
+    #[test]
+    fn walking_away_flags_parse_and_combine() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.walk_away(), Ok(WalkAway::Never));
+        let args = parse(&["--drop-after-events", "1"]).unwrap();
+        assert_eq!(
+            args.walk_away(),
+            Ok(WalkAway::Reading {
+                after_events: Some(1),
+                after: None
+            })
+        );
+        let args = parse(&["--stall-after-headers", "--drop-after-ms", "2000"]).unwrap();
+        assert_eq!(
+            args.walk_away(),
+            Ok(WalkAway::Stalled {
+                after: Duration::from_secs(2)
+            })
+        );
+        assert!(prepare(&args).is_ok());
+        for bad in [
+            &["--drop-after-events", "0"][..],
+            &["--drop-after-events", "-1"],
+            &["--drop-after-ms", "3600001"],
+            &["--stall-after-headers"],
+            &[
+                "--stall-after-headers",
+                "--drop-after-ms",
+                "1",
+                "--drop-after-events",
+                "1",
+            ],
+            &["--hold", "1s", "--drop-after-events", "1"],
+            &["--hold", "1s", "--drop-after-ms", "1"],
+            &[
+                "--hold",
+                "1s",
+                "--stall-after-headers",
+                "--drop-after-ms",
+                "1",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dropped_streams_are_neither_completed_nor_failed() {
+        use client::BodyCounts;
+        let record = |outcome: Outcome| StreamRecord {
+            outcome,
+            open_for: Some(Duration::from_millis(5)),
+            counts: BodyCounts {
+                pings: 0,
+                other_comments: 0,
+                events: 1,
+            },
+        };
+        let mut t = Tally::default();
+        t.add(record(Outcome::Dropped), Counting::Run);
+        t.add(record(Outcome::Dropped), Counting::Run);
+        t.add(record(Outcome::Completed), Counting::Run);
+        assert_eq!((t.dropped, t.completed, t.cancelled), (2, 1, 0));
+        assert_eq!(t.failures.total(), 0);
     }
 
     #[test]

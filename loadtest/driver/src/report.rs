@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::client::WalkAway;
 use super::procfs::Watched;
 use super::stats::{LatencySummary, Live, SpreadSummary};
 use super::{BenchArgs, StopReason, Tally};
@@ -31,6 +32,9 @@ pub struct Sample {
     /// Hold mode only: streams that opened and ended before the hold did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_early: Option<u64>,
+    /// With `--drop-after-*` or `--stall-after-headers` only: streams dropped so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
     pub opened_per_s: f64,
     pub completed_per_s: f64,
     pub failed_per_s: f64,
@@ -69,6 +73,10 @@ pub struct ArgsRecord {
     pub stream_timeout_s: f64,
     /// `--hold`, if given.
     pub hold_s: Option<f64>,
+    /// `--drop-after-events`, `--drop-after-ms`, `--stall-after-headers`.
+    pub drop_after_events: Option<u32>,
+    pub drop_after_ms: Option<u64>,
+    pub stall_after_headers: bool,
     pub threads: u16,
     pub pids: BTreeMap<String, u32>,
 }
@@ -89,6 +97,8 @@ pub struct StreamCounts {
     pub failure_examples: BTreeMap<String, String>,
     /// Stopped by the duration cap or an interrupt (in hold mode, not those held to its end).
     pub cancelled: u64,
+    /// Gone away from on purpose (`--drop-after-*`, `--stall-after-headers`) before their end.
+    pub dropped: u64,
     /// Never started (the run stopped first).
     pub not_started: u64,
     /// Still running when the collection deadline passed (aborted).
@@ -226,6 +236,9 @@ impl Report {
             duration_s: a.duration.as_secs_f64(),
             stream_timeout_s: a.effective_stream_timeout().as_secs_f64(),
             hold_s: a.hold.map(|h| h.as_secs_f64()),
+            drop_after_events: a.drop_after_events,
+            drop_after_ms: a.drop_after_ms,
+            stall_after_headers: a.stall_after_headers,
             threads: a.threads,
             pids: a.pids.iter().cloned().collect(),
         };
@@ -243,6 +256,7 @@ impl Report {
             failed_by_kind: run.tally.failures.by_kind.clone(),
             failure_examples: run.tally.failures.examples.clone(),
             cancelled: run.tally.cancelled,
+            dropped: run.tally.dropped,
             not_started: u64::from(a.streams - run.started.min(a.streams)),
             abandoned: run.abandoned,
             max_alive,
@@ -324,13 +338,22 @@ impl Report {
         }
     }
 
-    /// The run did what was asked: every requested stream completed or, in hold mode, was
-    /// held to the end of the hold.
+    /// The run did what was asked: every requested stream completed (or was dropped, as asked)
+    /// or, in hold mode, was held to the end of the hold.
     pub fn succeeded(&self) -> bool {
         match &self.hold {
-            None => self.streams.completed == self.streams.requested,
+            None => self.streams.completed + self.streams.dropped == self.streams.requested,
             Some(hold) => hold.held == self.streams.requested && self.stopped_early.is_none(),
         }
+    }
+
+    /// What the clients were asked to do, from the arguments as run.
+    fn walk_away(&self) -> WalkAway {
+        let a = &self.args;
+        // The arguments were checked before the run; a combination that does not parse can
+        // only mean "never".
+        WalkAway::from_flags(a.drop_after_events, a.drop_after_ms, a.stall_after_headers)
+            .unwrap_or_default()
     }
 
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
@@ -358,9 +381,12 @@ impl Report {
             .hold_s
             .map(|h| format!(", hold {h} s"))
             .unwrap_or_default();
+        let walk_away = self.walk_away();
+        let walk_away_text = super::walk_away_text(walk_away);
         let _ = writeln!(
             out,
-            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}{hold}",
+            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}{hold}\
+             {walk_away_text}",
             a.streams, a.url, a.ramp_per_s, a.model
         );
         let stopped = match self.stopped_early {
@@ -371,10 +397,14 @@ impl Report {
         let _ = writeln!(out, "run time            {:.1} s{stopped}", self.elapsed_s);
         match &self.hold {
             None => {
+                let dropped = match walk_away {
+                    WalkAway::Never => String::new(),
+                    _ => format!(", {} dropped by the client (as asked)", s.dropped),
+                };
                 let _ = writeln!(
                     out,
-                    "streams             {} completed, {} failed, {} cancelled, {} not started of \
-                     {}; max alive {}; {} connections",
+                    "streams             {} completed{dropped}, {} failed, {} cancelled, {} not \
+                     started of {}; max alive {}; {} connections",
                     s.completed,
                     s.failed,
                     s.cancelled,

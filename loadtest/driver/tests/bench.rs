@@ -1,6 +1,7 @@
 //! `tidegate-bench` as a user runs it: the real binary against the gateway and mock started
 //! in-process on 127.0.0.1:0, over HTTP/1.1 and HTTP/2; its exit code, its JSON report, its
-//! chart; failures counted by kind; hold mode (`--hold`); and arguments it must refuse.
+//! chart; failures counted by kind; hold mode (`--hold`); clients that go away
+//! (`--drop-after-*`, `--stall-after-headers`); and arguments it must refuse.
 
 mod common;
 
@@ -349,6 +350,117 @@ async fn svg_chart_is_written() {
     }
 }
 
+/// Clients that go away after their first event, or some time after their headers, over both
+/// protocols, through the gateway and straight at the mock: every stream is dropped (not failed),
+/// the run exits 0, and the upstream sees every stream cancelled, so the drop reached it (a
+/// closed connection on HTTP/1.1, a reset on HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_are_dropped_not_failed() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("drop", "report.json");
+    let gateway = format!("http://{}", env.gateway);
+    let mock = format!("http://{}", env.mock);
+    let mut cancelled = 0;
+    for (url, protocol, walk_away, min_events) in [
+        (&gateway, "http1", "--drop-after-events 1", 1),
+        (&gateway, "h2", "--drop-after-events 2", 2),
+        (&mock, "http1", "--drop-after-events 1", 1),
+        // 50 ms between chunks: the role chunk and about 6 content chunks in 300 ms.
+        (&gateway, "http1", "--drop-after-ms 300", 3),
+        (
+            &gateway,
+            "h2",
+            "--drop-after-ms 300 --drop-after-events 1000",
+            3,
+        ),
+    ] {
+        let run = bench_at(
+            url,
+            &format!(
+                "--protocol {protocol} --streams 30 --ramp 1000 --chunks 200 \
+                 --chunk-delay-ms 50 {walk_away}"
+            ),
+            &[("--json", &json)],
+        )
+        .await;
+        let case = format!("{url} {protocol} {walk_away}");
+        assert_eq!(run.code, 0, "{case}: {}\n{}", run.stdout, run.stderr);
+        let report = read_json(&json);
+        let s = &report["streams"];
+        assert_eq!(u(&s["dropped"]), 30, "{case}: {s}");
+        assert_eq!(u(&s["completed"]), 0, "{case}: {s}");
+        assert_eq!(u(&s["failed"]), 0, "{case}: {s}");
+        assert_eq!(u(&report["time_to_first_event_us"]["count"]), 30, "{case}");
+        let events = u(&report["throughput"]["events"]);
+        assert!(events >= 30 * min_events, "{case}: {events} events");
+        assert!(
+            events < 30 * 20,
+            "{case}: {events} events: not read to the end"
+        );
+        assert!(
+            run.stdout
+                .contains("0 completed, 30 dropped by the client (as asked), 0 failed"),
+            "{case}: {}",
+            run.stdout
+        );
+        assert!(run.stderr.contains(" dropped=30"), "{case}: {}", run.stderr);
+        cancelled += 30;
+        wait_for_mock(
+            &env.mock_stats,
+            &format!("{case}: every dropped stream cancelled upstream"),
+            PATIENCE,
+            |s| s.streams_active == 0 && s.streams_cancelled >= cancelled,
+        )
+        .await;
+    }
+    let report = read_json(&json);
+    assert_eq!(report["args"]["drop_after_ms"], 300);
+    assert_eq!(report["args"]["drop_after_events"], 1000);
+    assert_eq!(report["args"]["stall_after_headers"], false);
+}
+
+/// Clients that take the headers, read nothing while the mock sends as fast as it can, then go
+/// away: every stream is dropped with nothing read, and the upstream sees each cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_read_nothing_and_are_dropped() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("stall", "report.json");
+    let url = format!("http://{}", env.gateway);
+    let run = bench_at(
+        &url,
+        "--streams 10 --ramp 1000 --chunks 100000 --chunk-delay-ms 0 --stall-after-headers \
+         --drop-after-ms 500 --quiet",
+        &[("--json", &json)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    let s = &report["streams"];
+    assert_eq!(u(&s["opened"]), 10, "{s}");
+    assert_eq!(u(&s["dropped"]), 10, "{s}");
+    assert_eq!(u(&s["failed"]), 0, "{s}");
+    assert_eq!(u(&report["throughput"]["bytes"]), 0);
+    assert_eq!(u(&report["time_to_first_event_us"]["count"]), 0);
+    assert_eq!(report["args"]["stall_after_headers"], true);
+    assert!(
+        run.stdout.contains("each stalled after its headers"),
+        "{}",
+        run.stdout
+    );
+    // 100,000 chunks (26 MB) do not fit in the sockets' buffers (a few MB on loopback) and the
+    // gateway's: the mock was still sending when the clients went away, so each of its streams
+    // ended cancelled.
+    wait_for_mock(
+        &env.mock_stats,
+        "every stalled stream cancelled upstream",
+        PATIENCE,
+        |s| s.streams_active == 0 && s.streams_cancelled == 10,
+    )
+    .await;
+}
+
 /// The gateway's heartbeat interval in the hold tests: short, so a 1 s hold sees pings.
 const HOLD_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -605,6 +717,16 @@ async fn bad_arguments_exit_with_2() {
             "--streams 1000 --ramp 10 --hold 1m --duration 2m",
             "takes 100.0s",
         ),
+        // Clients that go away: not in hold mode, after at least one event, stalled only with
+        // a time to go away and without counting events.
+        ("--drop-after-events 0", "--drop-after-events"),
+        ("--drop-after-events 1 --hold 1s", "--hold"),
+        ("--drop-after-ms 10 --hold 1s", "--hold"),
+        ("--stall-after-headers", "--drop-after-ms"),
+        (
+            "--stall-after-headers --drop-after-ms 10 --drop-after-events 1",
+            "--drop-after-events",
+        ),
     ] {
         let mut args: Vec<&str> = case.split_whitespace().collect();
         if !case.starts_with("--url") {
@@ -651,6 +773,9 @@ async fn help_lists_the_options() {
         "--json",
         "--svg",
         "--hold",
+        "--drop-after-events",
+        "--drop-after-ms",
+        "--stall-after-headers",
     ] {
         assert!(run.stdout.contains(option), "--help mentions {option}");
     }
