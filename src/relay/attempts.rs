@@ -133,6 +133,9 @@ pub async fn send(
             out.request_id,
             body,
         );
+        // A lost connection says little about the upstream the first time (it may be a GOAWAY
+        // after a burst of client cancellations); lost again on a fresh connection, it does.
+        let on_fresh_connection = connection_lost.is_some();
         let mut pending: PendingResponse<UpstreamBody> = Box::pin(async move {
             let result = sent.await;
             let now = Instant::now();
@@ -141,9 +144,10 @@ pub async fn send(
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => drop(permit),
                 Ok(_) => permit.success(now),
                 // The connection was lost under a sent request (e.g. the upstream's GOAWAY after
-                // a burst of client cancellations): not a sign of the upstream's health. If it
-                // is down, the fresh connection the retry opens fails to connect, and counts.
-                Err(GatewayError::UpstreamFailed(_)) => drop(permit),
+                // a burst of client cancellations): not by itself a sign of the upstream's
+                // health, so only a loss on the fresh connection of a retry counts (as does a
+                // fresh connection that cannot connect).
+                Err(GatewayError::UpstreamFailed(_)) if !on_fresh_connection => drop(permit),
                 Err(_) => permit.failure(now),
             }
             result.map(|mut response| {

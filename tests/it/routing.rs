@@ -378,3 +378,43 @@ async fn once_an_early_answer_has_started_the_stream_nothing_is_retried() {
     assert_eq!(fleet.stats(0).requests_received, 1);
     assert_eq!(fleet.stats(1).requests_received, 0, "no retry after bytes");
 }
+
+#[tokio::test]
+async fn an_upstream_that_drops_every_connection_opens_its_breaker() {
+    // A lost connection counts against the breaker only when the retry's fresh connection is
+    // lost too: one burst of lost connections (a GOAWAY) does not open it, an upstream that
+    // drops everything does.
+    let fleet = start_fleet(1, MockSettings::default(), |c| {
+        c.breaker.consecutive_failures = 4;
+        c.breaker.open_for = Duration::from_secs(60);
+    })
+    .await;
+    fleet.mock(0).drop_next(10_000);
+    for _ in 0..2 {
+        let (status, _, json) = fetch_json(post(
+            fleet.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", false),
+            &[],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(json["error"]["code"], "upstream_failed");
+    }
+    // 3 attempts each, the last 2 of each counted: 4 in a row.
+    assert_eq!(fleet.stats(0).requests_received, 6);
+    assert_eq!(
+        admin_upstreams(&fleet).await["upstreams"][0]["breaker"]["state"],
+        "open"
+    );
+    let (status, _, json) = fetch_json(post(
+        fleet.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json["error"]["code"], "upstream_unavailable");
+    assert_eq!(fleet.stats(0).requests_received, 6);
+}
