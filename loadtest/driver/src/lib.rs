@@ -170,7 +170,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
     pub hold: Option<Duration>,
     /// A client that goes away: drop each stream (and over http1 its connection) right after
-    /// the read that completed its N-th event, unless [DONE] or an error event came first; it
+    /// the read that completed its N-th event, unless `[DONE]` or an error event came first; it
     /// counts as dropped, not failed
     #[arg(long, value_name = "N", conflicts_with_all = ["hold", "stall_after_headers"],
           value_parser = clap::value_parser!(u32).range(1..))]
