@@ -409,8 +409,8 @@ pub async fn handle(
 
 /// Names the upstream in the response (`x-tidegate-upstream`).
 fn set_upstream_header(headers: &mut HeaderMap, upstream: &Upstream) {
-    if let Ok(name) = HeaderValue::from_str(upstream.name()) {
-        headers.insert(UPSTREAM_HEADER, name);
+    if let Some(name) = upstream.name_header() {
+        headers.insert(UPSTREAM_HEADER, name.clone());
     }
 }
 

@@ -121,6 +121,9 @@ enum Transport {
 /// One configured upstream, as one worker thread reaches it: where requests go, with which key.
 pub struct Upstream {
     name: Arc<str>,
+    /// `name` as a header value, made once (`x-tidegate-upstream` on every response); None if
+    /// the name cannot be one (the config's name rules make that impossible).
+    name_header: Option<HeaderValue>,
     transport: Transport,
     base_url: UpstreamUrl,
     /// `Bearer <key>`, marked sensitive so hyper never logs it; None sends no Authorization.
@@ -225,6 +228,7 @@ impl Upstream {
         };
         Ok(Upstream {
             name: Arc::from(config.name.as_str()),
+            name_header: HeaderValue::from_str(&config.name).ok(),
             transport,
             base_url: config.base_url.clone(),
             authorization,
@@ -345,6 +349,11 @@ impl Upstream {
     /// The configured name (`upstreams.name`).
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The name as a response header value.
+    pub fn name_header(&self) -> Option<&HeaderValue> {
+        self.name_header.as_ref()
     }
 
     /// Longest silence allowed between body bytes from this upstream.
