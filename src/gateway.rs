@@ -80,7 +80,19 @@ pub async fn run(
             let upstreams = config
                 .upstream_list()
                 .iter()
-                .map(|u| Upstream::new(u, &config.limits, config.streams.max_buffered_bytes))
+                .enumerate()
+                .map(|(i, u)| {
+                    let h2_connections = backends
+                        .get(i)
+                        .map(|b| b.h2_connections())
+                        .unwrap_or_default();
+                    Upstream::new(
+                        u,
+                        &config.limits,
+                        config.streams.max_buffered_bytes,
+                        h2_connections,
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ApiRoutes(Arc::new(Relay {
                 registry: registry.clone(),

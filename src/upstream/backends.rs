@@ -25,6 +25,15 @@ pub struct Backend {
     pub breaker: Breaker,
     /// Requests sent to it (attempts, retries included).
     attempts_total: AtomicU64,
+    /// Its open HTTP/2 connections, over every worker's pool.
+    h2_connections: Arc<AtomicU64>,
+}
+
+impl Backend {
+    /// The counter each worker's HTTP/2 pool for this upstream keeps up to date.
+    pub fn h2_connections(&self) -> Arc<AtomicU64> {
+        self.h2_connections.clone()
+    }
 }
 
 /// A request's place in its upstream's in-flight count; dropping it gives the place back.
@@ -91,6 +100,7 @@ impl Backends {
                 in_flight: Arc::new(AtomicU64::new(0)),
                 breaker: Breaker::new(u.name.as_str(), breaker),
                 attempts_total: AtomicU64::new(0),
+                h2_connections: Arc::new(AtomicU64::new(0)),
             })
             .collect();
         let index_of = |name: &str| backends.iter().position(|b| &*b.name == name);
@@ -271,6 +281,7 @@ impl Backends {
                 max_streams: b.max_streams,
                 in_flight: b.in_flight.load(Ordering::Relaxed),
                 attempts_total: b.attempts_total.load(Ordering::Relaxed),
+                h2_connections: b.h2_connections.load(Ordering::Relaxed),
                 breaker: b.breaker.snapshot(now),
             })
             .collect()
@@ -287,5 +298,7 @@ pub struct BackendView<'a> {
     pub in_flight: u64,
     /// Requests sent so far, retries included.
     pub attempts_total: u64,
+    /// Open HTTP/2 connections (HTTP/1.1 connections are hyper-util's and not counted).
+    pub h2_connections: u64,
     pub breaker: BreakerSnapshot,
 }

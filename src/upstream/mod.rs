@@ -13,7 +13,7 @@ pub mod body;
 pub mod pool;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,10 +143,12 @@ impl Upstream {
     /// `read_buffer` bounds what one read from an HTTP/1.1 upstream holds (at least 8 KiB, the
     /// least hyper accepts) and is each HTTP/2 stream's window: with backpressure it is part of
     /// a stream's memory.
+    /// `h2_connections` counts this upstream's open HTTP/2 connections over all workers.
     pub fn new(
         config: &UpstreamConfig,
         limits: &Limits,
         read_buffer: usize,
+        h2_connections: Arc<AtomicU64>,
     ) -> Result<Upstream, GatewayError> {
         let protocol = config.effective_protocol();
         let connect_timeout = config.connect_timeout(limits);
@@ -203,6 +205,7 @@ impl Upstream {
                     idle_timeout: config.idle_connection_timeout,
                     connect_timeout,
                     require_h2: protocol == UpstreamProtocol::Http2,
+                    open_connections: h2_connections,
                 },
             );
             Transport::Http2 {

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,18 @@ pub struct PoolSettings {
     /// An `https://` upstream must negotiate `h2` (`protocol = "http2"`); otherwise one that
     /// does not is reported as [`PoolError::NotHttp2`] (`protocol = "auto"`).
     pub require_h2: bool,
+    /// Open connections to this upstream, counted across every worker's pool (the admin API
+    /// shows it): one more when a handshake completes, one less when its connection task ends.
+    pub open_connections: Arc<AtomicU64>,
+}
+
+/// One open connection in [`PoolSettings::open_connections`], for as long as its task runs.
+struct OpenConnection(Arc<AtomicU64>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The HTTP/2 connections of one worker to one upstream.
@@ -329,7 +341,13 @@ async fn open(inner: &PoolInner, peer_limit: Arc<AtomicUsize>) -> Result<H2Sende
         .handshake(io)
         .await
         .map_err(|e| PoolError::Connect(Arc::from(super::error_chain(&e))))?;
+    inner
+        .settings
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let open = OpenConnection(inner.settings.open_connections.clone());
     tokio::spawn(async move {
+        let _open = open;
         // Drives the connection, and after every step publishes the peer's stream limit (its
         // SETTINGS may lower or raise it at any time).
         let ended = std::future::poll_fn(|cx| {

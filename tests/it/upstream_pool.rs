@@ -100,6 +100,10 @@ async fn the_pool_grows_past_the_upstreams_stream_limit_instead_of_queueing() {
         "about 20 connections, not {}",
         live.connections_accepted
     );
+    // The admin API counts them too.
+    let (_, _, view) = fetch_json(get(fleet.admin, "/admin/upstreams")).await;
+    let counted = view["upstreams"][0]["h2_connections"].as_u64().unwrap();
+    assert!((20..=30).contains(&counted), "{view}");
     for body in bodies {
         let all = read_to_end(body).await;
         assert_eq!(sse_data(&all).last().map(String::as_str), Some("[DONE]"));
@@ -107,6 +111,11 @@ async fn the_pool_grows_past_the_upstreams_stream_limit_instead_of_queueing() {
     // Idle extra connections close after idle_connection_timeout.
     wait_for("idle connections to close", PATIENCE, || async {
         (fleet.stats(0).connections_active == 0).then_some(())
+    })
+    .await;
+    wait_for("the admin API to count them closed", PATIENCE, || async {
+        let (_, _, view) = fetch_json(get(fleet.admin, "/admin/upstreams")).await;
+        (view["upstreams"][0]["h2_connections"] == 0).then_some(())
     })
     .await;
 }
