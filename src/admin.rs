@@ -18,6 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use crate::admission::{Admission, RefusalCounts};
 use crate::config::Secret;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
@@ -64,6 +65,8 @@ pub struct AdminApi {
     pub token: Option<Secret>,
     /// The upstreams: their breakers, in-flight counts and the retry budget.
     pub backends: Arc<Backends>,
+    /// Stream slots and refusals, for the summary.
+    pub admission: Arc<Admission>,
 }
 
 impl AdminApi {
@@ -77,20 +80,24 @@ impl AdminApi {
             require_method(request, &Method::GET, "GET")?;
             return Ok(json(StatusCode::OK, &upstreams(&self.backends)));
         }
-        route(&self.registry, &self.connections, request)
+        route(&self.registry, &self.connections, &self.admission, request)
     }
 }
 
 fn route<A, B: From<Bytes>>(
     registry: &Registry,
     connections: &ConnectionCounts,
+    admission: &Admission,
     request: &Request<A>,
 ) -> Result<Response<B>, GatewayError> {
     let path = request.uri().path();
     let method = request.method();
     if path == "/admin/summary" {
         require_method(request, &Method::GET, "GET")?;
-        return Ok(json(StatusCode::OK, &summary(registry, connections)));
+        return Ok(json(
+            StatusCode::OK,
+            &summary(registry, connections, admission),
+        ));
     }
     if path == STREAMS_PATH {
         require_method(request, &Method::GET, "GET")?;
@@ -350,6 +357,16 @@ struct Summary {
     connections: Connections,
     oldest_stream_age_ms: Option<u64>,
     draining: bool,
+    admission: AdmissionView,
+}
+
+/// Admission control now: streams holding a slot, and refusals so far by reason.
+#[derive(Serialize)]
+struct AdmissionView {
+    streams: u64,
+    addresses_with_streams: usize,
+    rate_limited_addresses: usize,
+    refusals: RefusalCounts,
 }
 
 #[derive(Serialize)]
@@ -358,7 +375,7 @@ struct Connections {
     http2: u64,
 }
 
-fn summary(registry: &Registry, connections: &ConnectionCounts) -> Summary {
+fn summary(registry: &Registry, connections: &ConnectionCounts, admission: &Admission) -> Summary {
     let mut counts = [0usize; StreamState::ALL.len()];
     let mut oldest = None::<u64>;
     let mut total = 0;
@@ -380,6 +397,12 @@ fn summary(registry: &Registry, connections: &ConnectionCounts) -> Summary {
         },
         oldest_stream_age_ms: oldest.map(|t| now.saturating_sub(t)),
         draining: registry.is_draining(),
+        admission: AdmissionView {
+            streams: admission.streams(),
+            addresses_with_streams: admission.addresses_with_streams(),
+            rate_limited_addresses: admission.tracked_addresses(),
+            refusals: admission.refusals(),
+        },
     }
 }
 

@@ -41,6 +41,18 @@ pub enum GatewayError {
     },
     #[error("The gateway is shutting down.")]
     NotReady,
+    #[error("Rate limit reached for requests from your address ({limit} per second); retry in {} ms.", .retry_after.as_millis().max(1))]
+    RateLimited {
+        retry_after: std::time::Duration,
+        limit: u32,
+    },
+    #[error("Your address already has {limit} streams open; wait for one to end.")]
+    TooManyStreams {
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
+    #[error("The gateway is at its limit of concurrent streams; retry shortly.")]
+    ServerOverloaded { retry_after: std::time::Duration },
     #[error("No upstream serves the model '{0}'.")]
     ModelNotFound(String),
     #[error("Every upstream that serves this model is unavailable; retry in {}s.", .retry_after.as_secs().max(1))]
@@ -92,6 +104,8 @@ pub struct ErrorClass {
 
 const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
+/// OpenAI's type for a rate limit (`"requests"`, as its 429s say).
+const RATE_LIMIT: &str = "requests";
 
 impl GatewayError {
     /// The one table of statuses, types and codes.
@@ -151,6 +165,24 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
                 "server_shutdown",
+                None,
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMIT,
+                "rate_limit_exceeded",
+                None,
+            ),
+            TooManyStreams { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMIT,
+                "too_many_streams",
+                None,
+            ),
+            ServerOverloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "server_overloaded",
                 None,
             ),
             ModelNotFound(_) => (
@@ -371,6 +403,17 @@ mod tests {
                 allowed: "POST",
             },
             GatewayError::NotReady,
+            GatewayError::RateLimited {
+                retry_after: Duration::ZERO,
+                limit: 0,
+            },
+            GatewayError::TooManyStreams {
+                limit: 0,
+                retry_after: Duration::ZERO,
+            },
+            GatewayError::ServerOverloaded {
+                retry_after: Duration::ZERO,
+            },
             GatewayError::ModelNotFound(String::new()),
             GatewayError::NoUpstreamAvailable {
                 retry_after: Duration::ZERO,

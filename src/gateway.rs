@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminApi;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::connection::ConnectionCounts;
 use crate::error::GatewayError;
@@ -47,6 +48,23 @@ pub enum RunError {
     Workers(#[from] std::io::Error),
 }
 
+/// How often the rate limiter forgets addresses that are back at a full burst: memory stays
+/// bounded by the addresses seen in about this long, not since start.
+pub const ADMISSION_PRUNE_EVERY: Duration = Duration::from_secs(30);
+
+/// Prunes the admission state on a schedule until `stop`.
+async fn prune_admission(admission: Arc<Admission>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(ADMISSION_PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded: ends with the gateway.
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => admission.prune(),
+        }
+    }
+}
+
 /// How both listeners serve connections, from the configuration.
 fn connection_settings(config: &Config) -> ConnectionSettings {
     ConnectionSettings {
@@ -70,6 +88,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let backends = Arc::new(Backends::new(&config));
+    let admission = Arc::new(Admission::new(&config.limits));
     let registry = Arc::new(Registry::new(&backends.names()));
     let api_connections = Arc::new(ConnectionCounts::default());
     // One upstream client per worker thread, each with its own connection pool: a worker's
@@ -96,6 +115,7 @@ pub async fn run(
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ApiRoutes(Arc::new(Relay {
                 registry: registry.clone(),
+                admission: admission.clone(),
                 backends: backends.clone(),
                 upstreams,
                 limits: config.limits.clone(),
@@ -109,6 +129,7 @@ pub async fn run(
     let scheduler_stop = CancellationToken::new();
     let scheduler =
         tokio::spawn(Scheduler::new(&config.streams).run(registry.clone(), scheduler_stop.clone()));
+    tokio::spawn(prune_admission(admission.clone(), scheduler_stop.clone()));
 
     let api = Shutdown {
         drain: CancellationToken::new(),
@@ -143,6 +164,7 @@ pub async fn run(
             connections: api_connections,
             token: config.admin.token.clone(),
             backends: backends.clone(),
+            admission: admission.clone(),
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,

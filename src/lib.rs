@@ -14,6 +14,7 @@
 //! Dependencies point down only (README, "Architecture").
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -31,16 +31,35 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         GatewayError::AdminUnauthorized => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        GatewayError::NoUpstreamAvailable { retry_after } => {
-            // Whole seconds, at least 1: what every HTTP client reads; the SDKs also read -ms.
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
-            headers.insert("retry-after-ms", HeaderValue::from(millis.max(1)));
+        GatewayError::NoUpstreamAvailable { retry_after }
+        | GatewayError::TooManyStreams { retry_after, .. }
+        | GatewayError::ServerOverloaded { retry_after } => {
+            set_retry_after(headers, *retry_after);
+        }
+        GatewayError::RateLimited { retry_after, limit } => {
+            set_retry_after(headers, *retry_after);
+            // The headers the OpenAI SDKs read; `reset` in OpenAI's own "250ms" / "2s" form.
+            headers.insert("x-ratelimit-limit-requests", HeaderValue::from(*limit));
+            headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0u32));
+            let millis = u64::try_from(retry_after.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            if let Ok(reset) = HeaderValue::from_str(&format!("{millis}ms")) {
+                headers.insert("x-ratelimit-reset-requests", reset);
+            }
         }
         _ => {}
     }
     response
+}
+
+/// `retry-after` in whole seconds, rounded up and at least 1 (what every HTTP client reads), and
+/// `retry-after-ms` (what the OpenAI SDKs read first).
+fn set_retry_after(headers: &mut http::HeaderMap, wait: std::time::Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+    headers.insert("retry-after-ms", HeaderValue::from(millis.max(1)));
 }
 
 /// The 405 error for `request`, naming the methods its path allows (`"GET, DELETE"`).

@@ -136,6 +136,14 @@ pub const DEFAULT_UPSTREAM_WEIGHT: u32 = 1;
 /// Allowed `upstream.weight`: 1 to 1000. An upstream that should get no traffic is left out of
 /// the route instead of weighted 0; 1000 steps are finer than any traffic split needs.
 pub const UPSTREAM_WEIGHT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Allowed `limits.per_ip.requests_per_second` and `burst`: 0 (off) to 1,000,000.
+pub const REQUESTS_PER_SECOND_RANGE: RangeInclusive<u32> = 0..=1_000_000;
+/// Default `limits.per_ip.ipv6_prefix`: 64, the prefix one customer or host usually gets.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Allowed `limits.per_ip.ipv6_prefix`: 16 to 128 bits.
+pub const IPV6_PREFIX_RANGE: RangeInclusive<u32> = 16..=128;
+/// Allowed `limits.max_streams` and `limits.per_ip.max_streams`: 0 (no cap) to 10,000,000.
+pub const MAX_STREAMS_CAP_RANGE: RangeInclusive<u32> = 0..=10_000_000;
 /// Default `upstream.max_streams`: 0, no cap of the gateway's own (the upstream's limits still
 /// apply).
 pub const DEFAULT_MAX_STREAMS: u32 = 0;
@@ -699,6 +707,35 @@ pub struct Limits {
     #[default(DEFAULT_MAX_STREAM_DURATION)]
     #[serde(with = "formats::duration")]
     pub max_stream_duration: Duration,
+    /// Most concurrent streams in all (`limits.max_streams`); past it a new stream gets `503
+    /// server_overloaded` with `retry-after`, before the upstream is asked. 0 (the default) is
+    /// no cap. Allowed [`MAX_STREAMS_CAP_RANGE`].
+    pub max_streams: u32,
+    /// Limits per client address (`[limits.per_ip]`).
+    pub per_ip: PerIpLimits,
+}
+
+/// `[limits.per_ip]`: what one client address may cost. All off by default: behind a load
+/// balancer every client has the balancer's address until trusted proxies are configured.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [limits.per_ip] section)")]
+pub struct PerIpLimits {
+    /// Requests per second per client address (`limits.per_ip.requests_per_second`), refilled
+    /// evenly (GCRA, governor); over it: `429 rate_limit_exceeded` with `retry-after`,
+    /// `retry-after-ms` and the `x-ratelimit-*-requests` headers the OpenAI SDKs read, before the
+    /// body is read. 0 (the default) is no limit. Allowed [`REQUESTS_PER_SECOND_RANGE`].
+    pub requests_per_second: u32,
+    /// Requests an address may make at once after being quiet (`limits.per_ip.burst`); 0 (the
+    /// default) means `requests_per_second`. Allowed [`REQUESTS_PER_SECOND_RANGE`].
+    pub burst: u32,
+    /// IPv6 clients are limited by this many leading bits of their address
+    /// (`limits.per_ip.ipv6_prefix`), so one host cannot rotate addresses around its limits.
+    /// Default [`DEFAULT_IPV6_PREFIX`] (a customer's /64), allowed [`IPV6_PREFIX_RANGE`].
+    #[default(DEFAULT_IPV6_PREFIX)]
+    pub ipv6_prefix: u8,
+    /// Most concurrent streams per client address (`limits.per_ip.max_streams`); over it: `429
+    /// too_many_streams`. 0 (the default) is no cap. Allowed [`MAX_STREAMS_CAP_RANGE`].
+    pub max_streams: u32,
 }
 
 /// `[streams]`: keeping long-lived streaming responses alive through idle
@@ -1087,6 +1124,27 @@ impl Config {
         ] {
             c.check(path, check_timeout(timeout));
         }
+        c.check(
+            "limits.max_streams",
+            check_count(l.max_streams, &MAX_STREAMS_CAP_RANGE),
+        );
+        let p = &l.per_ip;
+        c.check(
+            "limits.per_ip.requests_per_second",
+            check_count(p.requests_per_second, &REQUESTS_PER_SECOND_RANGE),
+        );
+        c.check(
+            "limits.per_ip.burst",
+            check_count(p.burst, &REQUESTS_PER_SECOND_RANGE),
+        );
+        c.check(
+            "limits.per_ip.ipv6_prefix",
+            check_count(u32::from(p.ipv6_prefix), &IPV6_PREFIX_RANGE),
+        );
+        c.check(
+            "limits.per_ip.max_streams",
+            check_count(p.max_streams, &MAX_STREAMS_CAP_RANGE),
+        );
         let s = &self.streams;
         c.check(
             "streams.heartbeat_interval",

@@ -59,6 +59,13 @@ upstream_connect_timeout = "1500ms"
 first_byte_timeout = "2m"
 upstream_idle_timeout = "90s"
 max_stream_duration = "1h"
+max_streams = 5000
+
+[limits.per_ip]
+requests_per_second = 10
+burst = 20
+ipv6_prefix = 56
+max_streams = 8
 
 [streams]
 heartbeat_interval = "250ms"
@@ -206,6 +213,13 @@ fn full_file_sets_every_key() {
             first_byte_timeout: Duration::from_secs(120),
             upstream_idle_timeout: Duration::from_secs(90),
             max_stream_duration: Duration::from_secs(3600),
+            max_streams: 5000,
+            per_ip: PerIpLimits {
+                requests_per_second: 10,
+                burst: 20,
+                ipv6_prefix: 56,
+                max_streams: 8,
+            },
         },
         streams: StreamsConfig {
             heartbeat_interval: Duration::from_millis(250),
@@ -2498,5 +2512,32 @@ fn a_ca_file_is_for_https_upstreams_and_names_a_file() {
     assert_eq!(
         c.upstream.ca_file.as_deref(),
         Some("/etc/ssl/internal-ca.pem")
+    );
+}
+
+#[test]
+fn admission_limits_are_checked_and_off_by_default() {
+    let c = Config::default();
+    assert_eq!(c.limits.max_streams, 0);
+    assert_eq!(c.limits.per_ip.requests_per_second, 0);
+    assert_eq!(c.limits.per_ip.ipv6_prefix, DEFAULT_IPV6_PREFIX);
+    let errors = Config::from_toml_str(
+        "[limits]\nmax_streams = 20000000\n[limits.per_ip]\nipv6_prefix = 8\nrequests_per_second = 2000000\n",
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "limits.max_streams",
+            "limits.per_ip.requests_per_second",
+            "limits.per_ip.ipv6_prefix"
+        ]
+    );
+    let errors = Config::from_toml_str("[limits.per_ip]\nrequests_per_secnd = 5\n").unwrap_err();
+    assert_eq!(errors.0[0].path, "limits.per_ip.requests_per_secnd");
+    assert!(
+        errors.0[0].message.contains("requests_per_second"),
+        "{errors:?}"
     );
 }

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::admission::StreamSlot;
 use crate::registry::{StreamEntry, StreamHandle};
 
 /// How a stream ended.
@@ -41,6 +42,8 @@ impl Outcome {
 pub struct StreamLifetime {
     outcome: Option<Outcome>,
     entry: StreamEntry,
+    /// The stream's admission slot, given back when the stream ends, however it ends.
+    _slot: Option<StreamSlot>,
 }
 
 impl StreamLifetime {
@@ -48,6 +51,16 @@ impl StreamLifetime {
         StreamLifetime {
             outcome: None,
             entry,
+            _slot: None,
+        }
+    }
+
+    /// Like [`StreamLifetime::begin`], holding the stream's admission slot to its end.
+    pub fn begin_holding(entry: StreamEntry, slot: StreamSlot) -> StreamLifetime {
+        StreamLifetime {
+            outcome: None,
+            entry,
+            _slot: Some(slot),
         }
     }
 

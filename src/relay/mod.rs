@@ -23,6 +23,7 @@ use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
 use self::stream::{SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
+use crate::admission::Admission;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
@@ -36,6 +37,8 @@ use crate::upstream::{rejects_our_credentials, scrub_key, Upstream};
 pub struct Relay {
     /// Where every stream is registered (and found by the heartbeat scheduler and admin API).
     pub registry: Arc<Registry>,
+    /// Rate limits and stream caps, checked before a request costs anything.
+    pub admission: Arc<Admission>,
     /// What all workers share about the upstreams: routes, breakers, in-flight counts, the
     /// retry budget.
     pub backends: Arc<Backends>,
@@ -281,10 +284,13 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let Relay {
         registry,
+        admission,
         backends,
         upstreams,
         limits,
     } = relay;
+    // Before the body is read: a refused request costs a lookup and its answer.
+    admission.check_rate(peer.ip())?;
     let (parts, body) = request.into_parts();
     let (payload, validated) = if endpoint.method() == Method::POST {
         if !has_content_type(&parts.headers, APPLICATION_JSON) {
@@ -326,6 +332,8 @@ pub async fn handle(
         };
     }
 
+    // The stream's slot, before the upstream is asked.
+    let slot = admission.take_stream_slot(peer.ip())?;
     // Registered before the upstream is asked, so a client that leaves while we wait is
     // recorded, and the stream is visible (and endable) from the start.
     let entry = registry.register(NewStream {
@@ -335,7 +343,7 @@ pub async fn handle(
         connection: parts.extensions.get::<ConnectionInfo>().cloned(),
     });
     tracing::Span::current().record("stream_id", entry.handle().id());
-    let mut lifetime = StreamLifetime::begin(entry);
+    let mut lifetime = StreamLifetime::begin_holding(entry, slot);
     let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
     // Wait for an upstream's headers (retrying while nothing was sent), unless the stream is

@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod admission;
 mod backpressure;
 mod cancellation;
 mod cli;

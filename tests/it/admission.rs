@@ -1,0 +1,203 @@
+//! Admission control over real sockets: the per-address request rate (refused before the body is
+//! read, with the headers the OpenAI SDKs read), stream caps per address and in all, and slots
+//! that come back exactly however streams end.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+use tidegate::mock::MockSettings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+async fn admission_summary(env: &TestEnv) -> Value {
+    let (status, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
+    assert_eq!(status, StatusCode::OK);
+    json["admission"].clone()
+}
+
+#[tokio::test]
+async fn over_its_rate_an_address_gets_429_with_the_sdk_headers_before_its_body_is_read() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.per_ip.requests_per_second = 1;
+        c.limits.per_ip.burst = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        let (status, _, _) = fetch(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", false),
+            &[],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, headers, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(json["error"]["type"], "requests");
+    let millis: u64 = header(&headers, "retry-after-ms").parse().unwrap();
+    assert!((1..=1000).contains(&millis), "{millis}");
+    assert_eq!(header(&headers, "retry-after"), "1");
+    assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "1");
+    assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "0");
+    assert!(header(&headers, "x-ratelimit-reset-requests").ends_with("ms"));
+
+    // A request that announces a body and never sends it is refused at once: the decision is
+    // made before the body is read (the body timeout is 30 s).
+    let mut socket = TcpStream::connect(env.gateway).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\n\r\n",
+        env.gateway
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+
+    let refusals = &admission_summary(&env).await["refusals"];
+    assert_eq!(refusals["ip_rate"], 2);
+    // The upstream saw only the two admitted requests.
+    assert_eq!(mock_stats(env.mock).await.requests_received, 2);
+}
+
+async fn held_stream(env: &TestEnv) -> (Conn, hyper::body::Incoming) {
+    open_stream(
+        env.gateway,
+        "mock-1",
+        &[("x-mock-chunks", "1"), ("x-mock-chunk-delay-ms", "10000")],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn stream_caps_per_address_429_and_in_all_503() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.per_ip.max_streams = 2;
+    })
+    .await;
+    let first = held_stream(&env).await;
+    let _second = held_stream(&env).await;
+    let (status, headers, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json["error"]["code"], "too_many_streams");
+    assert!(headers.get("retry-after").is_some());
+    // Non-streaming requests take no stream slot.
+    let (status, _, _) = fetch(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", false),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // One ends: its slot is free again.
+    drop(first);
+    wait_for("the slot to come back", PATIENCE, || async {
+        (admission_summary(&env).await["streams"] == 1).then_some(())
+    })
+    .await;
+    let _third = held_stream(&env).await;
+
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.max_streams = 1;
+    })
+    .await;
+    let _only = held_stream(&env).await;
+    let (status, headers, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json["error"]["code"], "server_overloaded");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(
+        admission_summary(&env).await["refusals"]["global_streams"],
+        1
+    );
+    assert_eq!(mock_stats(env.mock).await.requests_received, 1);
+}
+
+#[tokio::test]
+async fn slots_return_to_zero_however_streams_end() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.per_ip.max_streams = 100;
+        c.limits.max_streams = 100;
+        c.retry.max_attempts = 1;
+    })
+    .await;
+    // Completed.
+    let (_conn, body) = open_stream(env.gateway, "mock-1", &[("x-mock-chunks", "2")]).await;
+    read_to_end(body).await;
+    // Failed mid-stream.
+    let (_conn, body) = open_stream(env.gateway, "fail-midstream", &[]).await;
+    read_to_end(body).await;
+    // Failed before the stream: an upstream error status.
+    let (status, _, _) = fetch(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("fail-500", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Client gone.
+    let gone = held_stream(&env).await;
+    // Killed through the admin API.
+    let mut conn = Conn::open(env.gateway).await;
+    let killed = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[("x-mock-chunks", "1"), ("x-mock-chunk-delay-ms", "10000")],
+        ))
+        .await;
+    let id = header(killed.headers(), "x-tidegate-stream-id").to_owned();
+    assert_eq!(admission_summary(&env).await["streams"], 2);
+    drop(gone);
+    let (status, _, _) = fetch(
+        http::Request::delete(format!("http://{}/admin/streams/{id}", env.admin))
+            .header("host", env.admin.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    read_to_end(killed.into_body()).await;
+    wait_for("every slot back", PATIENCE, || async {
+        let a = admission_summary(&env).await;
+        (a["streams"] == 0 && a["addresses_with_streams"] == 0).then_some(())
+    })
+    .await;
+}
