@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminApi;
 use crate::admission::Admission;
+use crate::client_ip::ClientIp;
 use crate::config::Config;
 use crate::connection::ConnectionCounts;
 use crate::error::GatewayError;
@@ -116,6 +117,7 @@ pub async fn run(
             Ok(ApiRoutes(Arc::new(Relay {
                 registry: registry.clone(),
                 admission: admission.clone(),
+                client_ip: ClientIp::new(&config.client_ip.trusted_proxies),
                 backends: backends.clone(),
                 upstreams,
                 limits: config.limits.clone(),

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -40,6 +40,12 @@ impl Handler for ApiRoutes {
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let relay = self.0;
+        // The client's address (the peer's, unless the peer is a trusted proxy): the one the
+        // span, admission control and the registry use. The peer's port is kept.
+        let peer = SocketAddr::new(
+            relay.client_ip.resolve(peer.ip(), request.headers()),
+            peer.port(),
+        );
         with_request_span(peer, request, move |request, id| async move {
             let endpoint = match request.uri().path() {
                 "/v1/chat/completions" => Endpoint::ChatCompletions,

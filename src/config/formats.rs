@@ -279,3 +279,37 @@ impl Serialize for Secret {
         serializer.serialize_str("<redacted>")
     }
 }
+
+/// A list of networks: CIDR blocks (`"10.0.0.0/8"`, `"2001:db8::/32"`) or single addresses
+/// (`"127.0.0.1"`, a /32 or /128), parsed by `ipnet`.
+pub(super) mod ip_nets {
+    use ipnet::IpNet;
+
+    use super::*;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<IpNet>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts
+            .iter()
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        de::Error::custom(format!(
+                            "expected a network such as \"10.0.0.0/8\" or an address such as \
+                             \"127.0.0.1\", got {text:?}"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        nets: &[IpNet],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(nets.iter().map(|n| n.to_string()))
+    }
+}

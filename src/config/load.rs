@@ -558,6 +558,7 @@ mod tests {
         assert_eq!(
             empty,
             [
+                "client_ip.trusted_proxies",
                 "routes[].models",
                 "routes[].upstreams",
                 "upstream.forward_headers",

@@ -275,6 +275,21 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging (`[log]`).
     pub log: LogConfig,
+    /// Which address a request comes from (`[client_ip]`).
+    pub client_ip: ClientIpConfig,
+}
+
+/// `[client_ip]`: the address a request is counted, limited and logged under.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [client_ip] section)")]
+pub struct ClientIpConfig {
+    /// Proxies whose `X-Forwarded-For` is believed (`client_ip.trusted_proxies`): networks
+    /// (`"10.0.0.0/8"`) or addresses (`"127.0.0.1"`). A request from one of them is from the
+    /// right-most address of its `X-Forwarded-For` that is not itself a trusted proxy; from
+    /// anyone else the header is ignored, so a client cannot pick its own address. Default:
+    /// none, the socket's peer is the client.
+    #[serde(with = "formats::ip_nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[admin]`: a separate listener for health checks and the admin API.

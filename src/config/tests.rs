@@ -78,6 +78,9 @@ drain_timeout = "0s"
 [log]
 format = "json"
 level = "tidegate=debug,hyper=warn"
+
+[client_ip]
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "2001:db8::/32"]
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -232,6 +235,13 @@ fn full_file_sets_every_key() {
         log: LogConfig {
             format: LogFormat::Json,
             level: "tidegate=debug,hyper=warn".to_owned(),
+        },
+        client_ip: ClientIpConfig {
+            trusted_proxies: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "127.0.0.1/32".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
         },
     };
     assert_eq!(c, expected);
@@ -2540,4 +2550,13 @@ fn admission_limits_are_checked_and_off_by_default() {
         errors.0[0].message.contains("requests_per_second"),
         "{errors:?}"
     );
+}
+
+#[test]
+fn trusted_proxies_take_networks_and_addresses_and_name_a_bad_one() {
+    let errors =
+        Config::from_toml_str("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\", \"nope\"]\n")
+            .unwrap_err();
+    assert_eq!(errors.0[0].path, "client_ip.trusted_proxies");
+    assert!(errors.0[0].message.contains("\"nope\""), "{errors:?}");
 }

@@ -24,6 +24,7 @@ use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
 use self::stream::{SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
 use crate::admission::Admission;
+use crate::client_ip::ClientIp;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
@@ -39,6 +40,8 @@ pub struct Relay {
     pub registry: Arc<Registry>,
     /// Rate limits and stream caps, checked before a request costs anything.
     pub admission: Arc<Admission>,
+    /// Which peers' `X-Forwarded-For` is believed.
+    pub client_ip: ClientIp,
     /// What all workers share about the upstreams: routes, breakers, in-flight counts, the
     /// retry budget.
     pub backends: Arc<Backends>,
@@ -285,6 +288,7 @@ pub async fn handle(
     let Relay {
         registry,
         admission,
+        client_ip: _,
         backends,
         upstreams,
         limits,

@@ -201,3 +201,58 @@ async fn slots_return_to_zero_however_streams_end() {
     })
     .await;
 }
+
+/// Starts a stream with `x-forwarded-for: xff` and returns the client address the admin API
+/// shows for it.
+async fn client_seen(env: &TestEnv, xff: &str) -> (Value, Conn, hyper::body::Incoming) {
+    let mut conn = Conn::open(env.gateway).await;
+    let response = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[
+                ("x-forwarded-for", xff),
+                ("x-mock-chunks", "1"),
+                ("x-mock-chunk-delay-ms", "10000"),
+            ],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = header(response.headers(), "x-tidegate-stream-id").to_owned();
+    let (_, _, view) = fetch_json(get(env.admin, &format!("/admin/streams/{id}"))).await;
+    // The body is returned too: dropping it would end the stream.
+    (view["client_ip"].clone(), conn, response.into_body())
+}
+
+#[tokio::test]
+async fn a_spoofed_forwarded_for_is_ignored_and_a_trusted_proxys_is_honoured() {
+    // Our peer (127.0.0.1) is not a trusted proxy: the header is the client's own claim.
+    let env = start_with(MockSettings::default(), |c| {
+        c.client_ip.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let (seen, _conn, _held) = client_seen(&env, "198.51.100.7").await;
+    assert_eq!(seen, "127.0.0.1");
+
+    // Our peer is trusted: the right-most untrusted hop is the client, and it is the address
+    // that is limited (two addresses behind the same proxy have a stream cap each).
+    let env = start_with(MockSettings::default(), |c| {
+        c.client_ip.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.limits.per_ip.max_streams = 1;
+    })
+    .await;
+    let (seen, _conn_a, _a) = client_seen(&env, "1.1.1.1, 198.51.100.7").await;
+    assert_eq!(seen, "198.51.100.7");
+    let (seen, _conn_b, _b) = client_seen(&env, "203.0.113.9").await;
+    assert_eq!(seen, "203.0.113.9");
+    let (status, _, json) = fetch_json(post(
+        env.gateway,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[("x-forwarded-for", "203.0.113.9")],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json["error"]["code"], "too_many_streams");
+}
