@@ -21,6 +21,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Serialize;
 
+use crate::client_ip::canonical;
 use crate::config::Limits;
 use crate::error::GatewayError;
 
@@ -93,17 +94,13 @@ impl Admission {
     /// The key a client address is limited by: IPv4 as it is (an IPv4-mapped IPv6 address as
     /// its IPv4 address), IPv6 cut to its first `ipv6_prefix` bits.
     pub fn client_key(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let bits = u128::from(v6);
-                    let prefix = u32::from(self.ipv6_prefix.min(128));
-                    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                    IpAddr::V6(Ipv6Addr::from(bits & mask))
-                }
-            },
+        match canonical(ip) {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => {
+                let prefix = u32::from(self.ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
         }
     }
 

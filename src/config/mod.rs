@@ -540,6 +540,12 @@ impl RouteConfig {
     }
 }
 
+/// Which of `routes` serves `model`: the first, in file order, with a matching entry. The one
+/// rule for [`Config::route_for`] and the runtime's routing table.
+pub fn route_index(routes: &[RouteConfig], model: &str) -> Option<usize> {
+    routes.iter().position(|route| route.matches(model))
+}
+
 /// `*` matches any run of characters (none included), every other character itself. Bytes are
 /// compared, which is exact for UTF-8: a literal character matches only its own bytes.
 fn wildcard_match(pattern: &str, text: &str) -> bool {
@@ -973,7 +979,7 @@ impl Config {
     /// not beat a pattern in an earlier one. `None` when no route matches: with no routes at all
     /// every upstream serves every model, otherwise no upstream serves this one.
     pub fn route_for(&self, model: &str) -> Option<&RouteConfig> {
-        self.routes.iter().find(|route| route.matches(model))
+        route_index(&self.routes, model).map(|i| &self.routes[i])
     }
 
     /// Whether `[upstream]` sets anything: it differs from [`UpstreamConfig::default`] in a

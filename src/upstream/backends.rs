@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{route_index, Config, RouteConfig};
 use crate::resilience::backoff::BackoffSettings;
 use crate::resilience::balance::{self, Candidate};
 use crate::resilience::breaker::{Breaker, BreakerSettings, BreakerSnapshot};
@@ -55,11 +55,6 @@ pub struct Member {
     pub rename: Option<Arc<str>>,
 }
 
-struct Route {
-    config: RouteConfig,
-    members: Vec<Member>,
-}
-
 /// Retry rules from `[retry]`.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -70,7 +65,9 @@ pub struct RetryPolicy {
 /// The configured upstreams, their routes and the retry budget.
 pub struct Backends {
     backends: Vec<Backend>,
-    routes: Vec<Route>,
+    /// `[[routes]]` as configured, and the upstreams of each (same order).
+    route_configs: Vec<RouteConfig>,
+    route_members: Vec<Vec<Member>>,
     /// With no `[[routes]]`: every upstream, each sending the client's model name.
     everyone: Vec<Member>,
     pub budget: RetryBudget,
@@ -104,12 +101,11 @@ impl Backends {
             })
             .collect();
         let index_of = |name: &str| backends.iter().position(|b| &*b.name == name);
-        let routes = config
+        let route_members = config
             .routes
             .iter()
-            .map(|route| Route {
-                config: route.clone(),
-                members: route
+            .map(|route| {
+                route
                     .upstreams
                     .iter()
                     .filter_map(|name| {
@@ -118,7 +114,7 @@ impl Backends {
                             rename: route.rename.get(name).map(|m| Arc::from(m.as_str())),
                         })
                     })
-                    .collect(),
+                    .collect()
             })
             .collect();
         let everyone = (0..backends.len())
@@ -130,7 +126,8 @@ impl Backends {
         let r = &config.retry;
         Backends {
             backends,
-            routes,
+            route_configs: config.routes.clone(),
+            route_members,
             everyone,
             budget: RetryBudget::new(BudgetSettings {
                 percent: r.budget_percent,
@@ -165,20 +162,17 @@ impl Backends {
 
     /// Whether `[[routes]]` decide which upstreams serve a model.
     pub fn has_routes(&self) -> bool {
-        !self.routes.is_empty()
+        !self.route_configs.is_empty()
     }
 
     /// The upstreams that serve `model`: the first route that matches it, or every upstream
     /// when there are no routes. None: no route serves it (`model_not_found`).
     pub fn members(&self, model: Option<&str>) -> Option<&[Member]> {
-        if self.routes.is_empty() {
+        if self.route_configs.is_empty() {
             return Some(&self.everyone);
         }
-        let model = model?;
-        self.routes
-            .iter()
-            .find(|r| r.config.matches(model))
-            .map(|r| &r.members[..])
+        let index = route_index(&self.route_configs, model?)?;
+        self.route_members.get(index).map(|m| &m[..])
     }
 
     /// Picks the upstream for the next attempt among `members`: healthy ones (breaker not
@@ -242,17 +236,16 @@ impl Backends {
             object: &'static str,
             data: Vec<Model<'a>>,
         }
-        if self.routes.is_empty() {
+        if self.route_configs.is_empty() {
             return None;
         }
         let mut data: Vec<Model> = Vec::new();
-        for route in &self.routes {
-            let owner = route
-                .members
+        for (route, members) in self.route_configs.iter().zip(&self.route_members) {
+            let owner = members
                 .first()
                 .and_then(|m| self.backends.get(m.index))
                 .map_or("tidegate", |b| &*b.name);
-            for id in route.config.models.iter().filter(|m| !m.contains('*')) {
+            for id in route.models.iter().filter(|m| !m.contains('*')) {
                 if !data.iter().any(|d| d.id == id) {
                     data.push(Model {
                         id,

@@ -280,11 +280,7 @@ impl Upstream {
             let request = request?;
             let exchange = async move {
                 match route {
-                    Route::Http1(client) => client
-                        .request(request)
-                        .await
-                        .map(|r| r.map(|b| UpstreamBody::new(b, None)))
-                        .map_err(|e| legacy_error(&e)),
+                    Route::Http1(client) => send_http1(&client, request).await,
                     Route::Http2(pool, http1, use_http1) => match pool.acquire(fresh_after).await {
                         Ok((mut sender, lease)) => match sender.send_request(request).await {
                             Ok(response) => Ok(response.map(|b| UpstreamBody::new(b, Some(lease)))),
@@ -296,11 +292,7 @@ impl Upstream {
                         },
                         Err(PoolError::NotHttp2) => {
                             use_http1.store(true, Ordering::Relaxed);
-                            http1
-                                .request(request)
-                                .await
-                                .map(|r| r.map(|b| UpstreamBody::new(b, None)))
-                                .map_err(|e| legacy_error(&e))
+                            send_http1(&http1, request).await
                         }
                         Err(PoolError::Connect(e)) => {
                             Err(GatewayError::UpstreamUnreachable(e.to_string()))
@@ -344,11 +336,6 @@ impl Upstream {
             .map_err(|e| GatewayError::UpstreamFailed(format!("invalid upstream request: {e}")))
     }
 
-    /// The base URL, for display (it holds no secret: the key travels in a header).
-    pub fn base_url(&self) -> &str {
-        self.base_url.as_str()
-    }
-
     /// The configured name (`upstreams.name`).
     pub fn name(&self) -> &Arc<str> {
         &self.name
@@ -362,14 +349,6 @@ impl Upstream {
     /// Longest silence allowed between body bytes from this upstream.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
-    }
-
-    /// HTTP/2 connections this worker has open (or opening) to the upstream; 0 over HTTP/1.1.
-    pub fn h2_connections(&self) -> usize {
-        match &self.transport {
-            Transport::Http2 { pool, .. } => pool.connections(),
-            Transport::Http1(_) => 0,
-        }
     }
 
     /// The gateway's key for this upstream, if it sends one: what [`scrub_key`] removes.
@@ -416,12 +395,16 @@ enum Route {
     Http2(H2Pool, HttpsClient, Arc<AtomicBool>),
 }
 
-/// A hyper-util client error as ours: a failed connect is `upstream_unreachable`.
-fn legacy_error(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    if e.is_connect() {
-        GatewayError::UpstreamUnreachable(error_chain(e))
-    } else {
-        GatewayError::UpstreamFailed(error_chain(e))
+/// One request through hyper-util's HTTP/1.1 pool; its error as ours (a failed connect is
+/// `upstream_unreachable`).
+async fn send_http1(
+    client: &HttpsClient,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<UpstreamBody>, GatewayError> {
+    match client.request(request).await {
+        Ok(response) => Ok(response.map(|b| UpstreamBody::new(b, None))),
+        Err(e) if e.is_connect() => Err(GatewayError::UpstreamUnreachable(error_chain(&e))),
+        Err(e) => Err(GatewayError::UpstreamFailed(error_chain(&e))),
     }
 }
 

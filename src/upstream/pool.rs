@@ -84,8 +84,6 @@ struct PoolInner {
     settings: PoolSettings,
     connections: Mutex<Vec<Arc<PooledConnection>>>,
     sweeper_started: AtomicBool,
-    /// Connections opened over the pool's life (for tests and the admin view).
-    opened_total: AtomicUsize,
 }
 
 /// One connection, from the moment it is being opened.
@@ -156,7 +154,6 @@ impl H2Pool {
                 settings,
                 connections: Mutex::new(Vec::new()),
                 sweeper_started: AtomicBool::new(false),
-                opened_total: AtomicUsize::new(0),
             }),
         }
     }
@@ -235,7 +232,6 @@ impl H2Pool {
                     broken: AtomicBool::new(false),
                 });
                 connections.push(c.clone());
-                inner.opened_total.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(connect(inner.clone(), tx, peer_limit));
                 self.start_sweeper();
                 c
@@ -243,16 +239,6 @@ impl H2Pool {
         };
         connection.streams.fetch_add(1, Ordering::AcqRel);
         Lease { connection }
-    }
-
-    /// Connections open or being opened now.
-    pub fn connections(&self) -> usize {
-        lock(&self.inner.connections).len()
-    }
-
-    /// Connections opened since the pool was made.
-    pub fn opened_total(&self) -> usize {
-        self.inner.opened_total.load(Ordering::Relaxed)
     }
 
     fn start_sweeper(&self) {
