@@ -33,22 +33,10 @@ async fn over_its_rate_an_address_gets_429_with_the_sdk_headers_before_its_body_
     })
     .await;
     for _ in 0..2 {
-        let (status, _, _) = fetch(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, _, _) = chat(env.gateway, "mock-1", false).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (status, headers, json) = fetch_json(post(
-        env.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, headers, json) = chat_json(env.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(json["error"]["code"], "rate_limit_exceeded");
     assert_eq!(json["error"]["type"], "requests");
@@ -99,24 +87,12 @@ async fn stream_caps_per_address_429_and_in_all_503() {
     .await;
     let first = held_stream(&env).await;
     let _second = held_stream(&env).await;
-    let (status, headers, json) = fetch_json(post(
-        env.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", true),
-        &[],
-    ))
-    .await;
+    let (status, headers, json) = chat_json(env.gateway, "mock-1", true).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(json["error"]["code"], "too_many_streams");
     assert!(headers.get("retry-after").is_some());
     // Non-streaming requests take no stream slot.
-    let (status, _, _) = fetch(post(
-        env.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, _, _) = chat(env.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::OK);
     // One ends: its slot is free again.
     drop(first);
@@ -131,13 +107,7 @@ async fn stream_caps_per_address_429_and_in_all_503() {
     })
     .await;
     let _only = held_stream(&env).await;
-    let (status, headers, json) = fetch_json(post(
-        env.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", true),
-        &[],
-    ))
-    .await;
+    let (status, headers, json) = chat_json(env.gateway, "mock-1", true).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(json["error"]["code"], "server_overloaded");
     assert!(headers.get("retry-after").is_some());
@@ -163,13 +133,7 @@ async fn slots_return_to_zero_however_streams_end() {
     let (_conn, body) = open_stream(env.gateway, "fail-midstream", &[]).await;
     read_to_end(body).await;
     // Failed before the stream: an upstream error status.
-    let (status, _, _) = fetch(post(
-        env.gateway,
-        "/v1/chat/completions",
-        &chat_body("fail-500", true),
-        &[],
-    ))
-    .await;
+    let (status, _, _) = chat(env.gateway, "fail-500", true).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     // Client gone.
     let gone = held_stream(&env).await;

@@ -42,13 +42,7 @@ async fn a_500_from_the_first_upstream_is_answered_by_the_second() {
     .await;
     fleet.mock(0).fail_next(1000, 500, None);
 
-    let (status, headers, body) = fetch(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, headers, body) = chat(fleet.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
 
@@ -88,13 +82,7 @@ async fn a_429_is_retried_after_its_retry_after_and_a_long_one_is_relayed() {
     fleet
         .mock(0)
         .fail_next(1, 429, Some(Duration::from_secs(30)));
-    let (status, headers, _) = fetch(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", true),
-        &[],
-    ))
-    .await;
+    let (status, headers, _) = chat(fleet.gateway, "mock-1", true).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&headers, "retry-after"), "30");
     assert_eq!(header(&headers, "x-tidegate-upstream"), "a");
@@ -107,13 +95,7 @@ async fn other_4xx_and_failures_after_the_first_byte_are_never_retried() {
     // A 400 is the client's: relayed as it is, from the one upstream asked.
     fleet.mock(0).fail_next(1, 400, None);
     fleet.mock(1).fail_next(1, 400, None);
-    let (status, _, _) = fetch(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, _, _) = chat(fleet.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let asked = fleet.stats(0).requests_received + fleet.stats(1).requests_received;
     assert_eq!(asked, 1);
@@ -138,13 +120,7 @@ async fn the_breaker_opens_sheds_probes_and_recovers() {
     .await;
     fleet.mock(0).fail_next(3, 503, None);
     for _ in 0..3 {
-        let (status, _, _) = fetch(post(
-            fleet.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, _, _) = chat(fleet.gateway, "mock-1", false).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(
@@ -153,13 +129,7 @@ async fn the_breaker_opens_sheds_probes_and_recovers() {
     );
 
     // Open: shed at once, without asking the upstream.
-    let (status, headers, json) = fetch_json(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, headers, json) = chat_json(fleet.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(json["error"]["code"], "upstream_unavailable");
     assert!(headers.get("retry-after").is_some());
@@ -167,13 +137,7 @@ async fn the_breaker_opens_sheds_probes_and_recovers() {
 
     // After open_for, one probe; it succeeds and the breaker closes.
     wait_for("the probe to succeed", PATIENCE, || async {
-        let (status, _, _) = fetch(post(
-            fleet.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, _, _) = chat(fleet.gateway, "mock-1", false).await;
         (status == StatusCode::OK).then_some(())
     })
     .await;
@@ -197,13 +161,7 @@ async fn the_retry_budget_stops_a_retry_storm() {
     fleet.mock(0).fail_next(10_000, 503, None);
     let requests = 40;
     for _ in 0..requests {
-        let (status, _, _) = fetch(post(
-            fleet.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, _, _) = chat(fleet.gateway, "mock-1", false).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
     // Without a budget: 3 attempts each, 120. With it: 40 + at most max(2, 10% of 40).
@@ -225,23 +183,11 @@ async fn routes_pick_upstreams_by_model_and_rename_it() {
             .insert("b".to_owned(), "meta/Llama-3.1-8B".to_owned());
     })
     .await;
-    let (status, headers, _) = fetch(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("gpt-4o-mini", false),
-        &[],
-    ))
-    .await;
+    let (status, headers, _) = chat(fleet.gateway, "gpt-4o-mini", false).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&headers, "x-tidegate-upstream"), "a");
 
-    let (status, headers, json) = fetch_json(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("llama", false),
-        &[],
-    ))
-    .await;
+    let (status, headers, json) = chat_json(fleet.gateway, "llama", false).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
     assert_eq!(
@@ -251,13 +197,7 @@ async fn routes_pick_upstreams_by_model_and_rename_it() {
     assert_eq!(fleet.stats(0).requests_received, 1);
     assert_eq!(fleet.stats(1).requests_received, 1);
 
-    let (status, _, json) = fetch_json(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("claude", true),
-        &[],
-    ))
-    .await;
+    let (status, _, json) = chat_json(fleet.gateway, "claude", true).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json["error"]["code"], "model_not_found");
     assert_eq!(json["error"]["param"], "model");
@@ -333,13 +273,7 @@ async fn an_open_breaker_sends_the_traffic_to_the_other_upstream() {
     .await;
     fleet.mock(0).fail_next(10_000, 500, None);
     for _ in 0..20 {
-        let (status, headers, _) = fetch(post(
-            fleet.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, headers, _) = chat(fleet.gateway, "mock-1", false).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
     }
@@ -391,13 +325,7 @@ async fn an_upstream_that_drops_every_connection_opens_its_breaker() {
     .await;
     fleet.mock(0).drop_next(10_000);
     for _ in 0..2 {
-        let (status, _, json) = fetch_json(post(
-            fleet.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", false),
-            &[],
-        ))
-        .await;
+        let (status, _, json) = chat_json(fleet.gateway, "mock-1", false).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(json["error"]["code"], "upstream_failed");
     }
@@ -407,13 +335,7 @@ async fn an_upstream_that_drops_every_connection_opens_its_breaker() {
         admin_upstreams(&fleet).await["upstreams"][0]["breaker"]["state"],
         "open"
     );
-    let (status, _, json) = fetch_json(post(
-        fleet.gateway,
-        "/v1/chat/completions",
-        &chat_body("mock-1", false),
-        &[],
-    ))
-    .await;
+    let (status, _, json) = chat_json(fleet.gateway, "mock-1", false).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(json["error"]["code"], "upstream_unavailable");
     assert_eq!(fleet.stats(0).requests_received, 6);

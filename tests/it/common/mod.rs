@@ -218,6 +218,36 @@ pub async fn fetch(request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Byt
     (parts.status, parts.headers, bytes)
 }
 
+/// A chat completion request for `model` with no extra headers, on a fresh connection, read whole.
+pub async fn chat(
+    gateway: SocketAddr,
+    model: &str,
+    stream: bool,
+) -> (StatusCode, HeaderMap, Bytes) {
+    fetch(post(
+        gateway,
+        "/v1/chat/completions",
+        &chat_body(model, stream),
+        &[],
+    ))
+    .await
+}
+
+/// [`chat`], with a JSON answer.
+pub async fn chat_json(
+    gateway: SocketAddr,
+    model: &str,
+    stream: bool,
+) -> (StatusCode, HeaderMap, Value) {
+    fetch_json(post(
+        gateway,
+        "/v1/chat/completions",
+        &chat_body(model, stream),
+        &[],
+    ))
+    .await
+}
+
 pub async fn fetch_json(request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Value) {
     let (status, headers, body) = fetch(request).await;
     let json = serde_json::from_slice(&body)
