@@ -158,6 +158,8 @@ start_tidegate() {
         printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
         printf 'forward_headers = ["x-mock-*"]\nhttp2 = %s\n\n' "$http2"
         printf '[shutdown]\ndrain_timeout = "1s"\n'
+        # More TOML from the calling script (e.g. a [limits] table).
+        printf '%s\n' "${TIDEGATE_EXTRA_CONFIG:-}"
     } >"$cfg"
     "$TIDEGATE_BIN" --config "$cfg" >"$glog" 2>&1 &
     local pid=$!

@@ -11,7 +11,11 @@
 #           CANCEL_CHUNKS chunks CANCEL_DELAY_MS apart: the target resets WAVE upstream streams;
 #   stall   WAVE clients that take the response headers, read nothing while the mock sends
 #           STALL_CHUNKS chunks STALL_DELAY_MS apart (their buffers and windows fill), then
-#           vanish STALL_MS after their headers (--stall-after-headers --drop-after-ms).
+#           vanish STALL_MS after their headers (--stall-after-headers --drop-after-ms);
+#   flood   (tidegate targets only) the target's limits.max_connections is BYSTANDERS, so once
+#           the bystanders are all open, each of the WAVE clients is refused at accept (a 503
+#           and a close): what a flood of refused connections costs the streams running;
+#   none    no wave: the bystanders alone, the baseline for the others.
 # The bystanders start LEAD s before the wave, BYSTANDER_RAMP a second, so they start before,
 # during and after it, and each lasts BYSTANDER_CHUNKS x BYSTANDER_DELAY_MS: some are always
 # running while the wave does. Everything is HTTP/1.1 from the clients (one connection each).
@@ -77,7 +81,7 @@ for var in WAVE WAVE_RAMP BYSTANDERS BYSTANDER_RAMP CANCEL_AFTER_EVENTS THREADS;
     ((${!var} >= 1)) || die "$var must be at least 1"
 done
 for wave in $WAVES; do
-    [[ $wave == cancel || $wave == stall ]] || die "unknown wave $wave (cancel, stall)"
+    [[ $wave =~ ^(cancel|stall|flood|none)$ ]] || die "unknown wave $wave (cancel, stall, flood, none)"
 done
 # Two sockets per proxied HTTP/1.1 stream, wave and bystanders all open at once at worst.
 ((2 * (WAVE + BYSTANDERS) + 200 <= 20000)) ||
@@ -148,6 +152,12 @@ run_wave() {
     mkdir -p "$dir"
     wait_mock_idle 60 || true
     TARGET_PID=""
+    if [[ $wave == flood ]]; then
+        [[ $target == tidegate* ]] || { log "[$target/flood] skipped: tidegate targets only"; return 0; }
+        TIDEGATE_EXTRA_CONFIG=$(printf '[limits]\nmax_connections = %s' "$BYSTANDERS")
+    else
+        TIDEGATE_EXTRA_CONFIG=""
+    fi
     case $target in
         direct)
             TARGET_URL=http://$MOCK
@@ -168,6 +178,8 @@ run_wave() {
             wave_args=(--chunks "$STALL_CHUNKS" --chunk-delay-ms "$STALL_DELAY_MS"
                 --stall-after-headers --drop-after-ms "$STALL_MS")
             ;;
+        flood) wave_args=(--chunks 1 --chunk-delay-ms 0) ;;
+        none) wave_args=() ;;
     esac
     local cancelled_before
     cancelled_before=$(mock_stat streams_cancelled)
@@ -181,10 +193,14 @@ run_wave() {
     local bystanders=$!
     track "$bystanders"
     sleep "$LEAD"
-    "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --streams "$WAVE" --ramp "$WAVE_RAMP" \
-        "${wave_args[@]}" --threads "$THREADS" --duration 5m --json "$dir/wave.json" \
-        >"$dir/wave.txt" 2>"$dir/wave.progress" ||
-        log "[$target/$wave] some wave streams neither dropped nor completed (see $dir/wave.txt)"
+    if [[ $wave == none ]]; then
+        echo '{"streams":{"dropped":0,"failed":0,"failed_by_kind":{}}}' >"$dir/wave.json"
+    else
+        "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --streams "$WAVE" --ramp "$WAVE_RAMP" \
+            "${wave_args[@]}" --threads "$THREADS" --duration 5m --json "$dir/wave.json" \
+            >"$dir/wave.txt" 2>"$dir/wave.progress" ||
+            log "[$target/$wave] some wave streams neither dropped nor completed (see $dir/wave.txt)"
+    fi
     if ! wait "$bystanders"; then
         log "[$target/$wave] some bystanders did not complete (see $dir/bystanders.txt)"
     fi

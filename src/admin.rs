@@ -18,10 +18,12 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::admission::{Admission, RefusalCounts};
+use crate::admission::Admission;
 use crate::config::Secret;
+use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
+use crate::refusal::RefusalCounts;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
 use crate::resilience::budget::BudgetSnapshot;
 use crate::response::{self, method_not_allowed, require_method};
@@ -67,6 +69,8 @@ pub struct AdminApi {
     pub backends: Arc<Backends>,
     /// Stream slots and refusals, for the summary.
     pub admission: Arc<Admission>,
+    /// The API listener's connection caps, for the summary.
+    pub connection_caps: Arc<ConnectionCaps>,
 }
 
 impl AdminApi {
@@ -80,23 +84,27 @@ impl AdminApi {
             require_method(request, &Method::GET, "GET")?;
             return Ok(json(StatusCode::OK, &upstreams(&self.backends)));
         }
-        route(&self.registry, &self.connections, &self.admission, request)
+        route(self, request)
     }
 }
 
 fn route<A, B: From<Bytes>>(
-    registry: &Registry,
-    connections: &ConnectionCounts,
-    admission: &Admission,
+    api: &AdminApi,
     request: &Request<A>,
 ) -> Result<Response<B>, GatewayError> {
+    let registry = &api.registry;
     let path = request.uri().path();
     let method = request.method();
     if path == "/admin/summary" {
         require_method(request, &Method::GET, "GET")?;
         return Ok(json(
             StatusCode::OK,
-            &summary(registry, connections, admission),
+            &summary(
+                registry,
+                &api.connections,
+                &api.admission,
+                &api.connection_caps,
+            ),
         ));
     }
     if path == STREAMS_PATH {
@@ -366,6 +374,11 @@ struct AdmissionView {
     streams: u64,
     addresses_with_streams: usize,
     rate_limited_addresses: usize,
+    /// Client connections holding a place in the caps, the global cap (0: none), and the
+    /// addresses counted against the per-address cap.
+    connections: u64,
+    max_connections: u64,
+    addresses_with_connections: usize,
     refusals: RefusalCounts,
 }
 
@@ -375,7 +388,12 @@ struct Connections {
     http2: u64,
 }
 
-fn summary(registry: &Registry, connections: &ConnectionCounts, admission: &Admission) -> Summary {
+fn summary(
+    registry: &Registry,
+    connections: &ConnectionCounts,
+    admission: &Admission,
+    caps: &ConnectionCaps,
+) -> Summary {
     let mut counts = [0usize; StreamState::ALL.len()];
     let mut oldest = None::<u64>;
     let mut total = 0;
@@ -401,6 +419,9 @@ fn summary(registry: &Registry, connections: &ConnectionCounts, admission: &Admi
             streams: admission.streams(),
             addresses_with_streams: admission.addresses_with_streams(),
             rate_limited_addresses: admission.tracked_addresses(),
+            connections: caps.open(),
+            max_connections: caps.max(),
+            addresses_with_connections: caps.addresses(),
             refusals: admission.refusals(),
         },
     }

@@ -5,28 +5,25 @@
 //! - concurrent streams per client address and in all (`limits.per_ip.max_streams`,
 //!   `limits.max_streams`), held by a [`StreamSlot`] guard that gives the slot back when the
 //!   stream ends, however it ends;
-//! - every refusal counted by reason, and logged at most once per [`REFUSAL_LOG_EVERY`] per
-//!   reason so a flood cannot flood the log.
+//! - every refusal counted by reason in the [`Refusals`] it shares with the acceptor's
+//!   connection caps, and logged at a rate that cannot flood the log.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use serde::Serialize;
 
-use crate::client_ip::canonical;
+use crate::client_ip::limit_key;
 use crate::config::Limits;
 use crate::error::GatewayError;
-
-/// At most one log line per refusal reason this often.
-pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+use crate::refusal::{Reason, RefusalCounts, Refusals};
 
 /// What a refused client should wait before a stream slot may be free: a guess, since streams
 /// last as long as they last; the SDKs back off further on their own.
@@ -45,30 +42,7 @@ pub struct Admission {
     max_streams: u64,
     streams: Arc<AtomicU64>,
     streams_by_ip: Arc<DashMap<IpAddr, u32>>,
-    refusals: Refusals,
-}
-
-/// Refusals so far, by reason.
-#[derive(Default)]
-struct Refusals {
-    ip_rate: Reason,
-    ip_streams: Reason,
-    global_streams: Reason,
-}
-
-#[derive(Default)]
-struct Reason {
-    count: AtomicU64,
-    /// Milliseconds since `Admission`'s creation of the last log line (0: never).
-    logged_ms: AtomicU64,
-}
-
-/// Refusal counts for the admin summary (and the metrics issue).
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct RefusalCounts {
-    pub ip_rate: u64,
-    pub ip_streams: u64,
-    pub global_streams: u64,
+    refusals: Arc<Refusals>,
 }
 
 impl Admission {
@@ -87,21 +61,13 @@ impl Admission {
             max_streams: u64::from(limits.max_streams),
             streams: Arc::new(AtomicU64::new(0)),
             streams_by_ip: Arc::new(DashMap::new()),
-            refusals: Refusals::default(),
+            refusals: Arc::new(Refusals::default()),
         }
     }
 
-    /// The key a client address is limited by: IPv4 as it is (an IPv4-mapped IPv6 address as
-    /// its IPv4 address), IPv6 cut to its first `ipv6_prefix` bits.
+    /// The key a client address is limited by (see [`limit_key`]).
     pub fn client_key(&self, ip: IpAddr) -> IpAddr {
-        match canonical(ip) {
-            IpAddr::V4(v4) => IpAddr::V4(v4),
-            IpAddr::V6(v6) => {
-                let prefix = u32::from(self.ipv6_prefix.min(128));
-                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        }
+        limit_key(ip, self.ipv6_prefix)
     }
 
     /// Takes one request from the client's rate, before anything else is done for it.
@@ -164,12 +130,12 @@ impl Admission {
     }
 
     pub fn refusals(&self) -> RefusalCounts {
-        let r = &self.refusals;
-        RefusalCounts {
-            ip_rate: r.ip_rate.count.load(Ordering::Relaxed),
-            ip_streams: r.ip_streams.count.load(Ordering::Relaxed),
-            global_streams: r.global_streams.count.load(Ordering::Relaxed),
-        }
+        self.refusals.counts()
+    }
+
+    /// The refusal counts, for the acceptor's connection caps to count into.
+    pub fn shared_refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
     }
 
     /// Forgets the rate state of addresses that have been quiet long enough to be back at a
@@ -187,27 +153,8 @@ impl Admission {
     }
 
     fn refused(&self, reason: &Reason, name: &'static str, ip: IpAddr) {
-        let total = reason.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let now_ms = u64::try_from(epoch().elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let last = reason.logged_ms.load(Ordering::Relaxed);
-        let every = REFUSAL_LOG_EVERY.as_millis() as u64;
-        if (last == 0 || now_ms.saturating_sub(last) >= every)
-            && reason
-                .logged_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(reason = name, client = %ip, total, "request refused by admission control");
-        }
+        reason.record(name, ip);
     }
-}
-
-/// The process's reference instant for refusal log times.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 /// A stream's slot in the global and per-address counts; dropping it gives the slot back.
@@ -301,9 +248,9 @@ mod tests {
         assert_eq!(
             a.refusals(),
             RefusalCounts {
-                ip_rate: 0,
                 ip_streams: 1,
-                global_streams: 1
+                global_streams: 1,
+                ..RefusalCounts::default()
             }
         );
     }

@@ -53,6 +53,13 @@ pub enum GatewayError {
     },
     #[error("The gateway is at its limit of concurrent streams; retry shortly.")]
     ServerOverloaded { retry_after: std::time::Duration },
+    #[error("Your address already has {limit} connections open; reuse one or wait.")]
+    TooManyConnections {
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
+    #[error("The gateway is at its limit of open connections; retry shortly.")]
+    ConnectionsExhausted { retry_after: std::time::Duration },
     #[error("No upstream serves the model '{0}'.")]
     ModelNotFound(String),
     #[error("Every upstream that serves this model is unavailable; retry in {}s.", .retry_after.as_secs().max(1))]
@@ -180,6 +187,19 @@ impl GatewayError {
                 None,
             ),
             ServerOverloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "server_overloaded",
+                None,
+            ),
+            TooManyConnections { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                RATE_LIMIT,
+                "too_many_connections",
+                None,
+            ),
+            // The same code as a full stream table: for the client it is the same condition.
+            ConnectionsExhausted { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER_ERROR,
                 "server_overloaded",
@@ -412,6 +432,10 @@ mod tests {
                 retry_after: Duration::ZERO,
             },
             GatewayError::ServerOverloaded {
+                retry_after: Duration::ZERO,
+            },
+            GatewayError::TooManyConnections {
+                limit: 0,
                 retry_after: Duration::ZERO,
             },
             GatewayError::ModelNotFound(String::new()),

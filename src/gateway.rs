@@ -14,14 +14,16 @@ use tokio_util::task::TaskTracker;
 use crate::admin::AdminApi;
 use crate::admission::Admission;
 use crate::client_ip::ClientIp;
-use crate::config::Config;
-use crate::connection::ConnectionCounts;
+use crate::config::{Config, UpstreamProtocol};
+use crate::connection::{ConnectionCaps, ConnectionCounts, RefusalAnswers};
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
 use crate::registry::{EndReason, Registry};
 use crate::relay::Relay;
+use crate::response;
 use crate::router::{AdminRoutes, ApiRoutes};
 use crate::server::{self, ConnectionSettings, H2ResetLimits, Shutdown};
+use crate::sys;
 use crate::upstream::backends::Backends;
 use crate::upstream::Upstream;
 
@@ -49,6 +51,10 @@ pub enum RunError {
     Workers(#[from] std::io::Error),
 }
 
+/// What a connection refused by the caps is told to wait: connections turn over quickly, and
+/// the SDKs back off further on their own.
+pub const CONNECTION_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// How often the rate limiter forgets addresses that are back at a full burst: memory stays
 /// bounded by the addresses seen in about this long, not since start.
 pub const ADMISSION_PRUNE_EVERY: Duration = Duration::from_secs(30);
@@ -66,7 +72,92 @@ async fn prune_admission(admission: Arc<Admission>, stop: CancellationToken) {
     }
 }
 
-/// How both listeners serve connections, from the configuration.
+/// Descriptors kept back from the open-files limit when `limits.max_connections` is derived
+/// from it, besides what each worker needs ([`fd_reserve_per_worker`]): standard streams, the
+/// main runtime, the admin listener and its connections, log, config and keys files, DNS
+/// lookups. The gateway uses about 20 at rest with two workers; the rest is headroom.
+pub const FD_RESERVE: u64 = 128;
+
+/// Descriptors kept back per worker: its copy of the listening socket, its runtime's epoll and
+/// event descriptors, and the refused connections it may keep lingering.
+pub fn fd_reserve_per_worker() -> u64 {
+    2 + server::MAX_LINGERING_REFUSALS as u64
+}
+
+/// The client connections the open-files limit `nofile` leaves room for: what remains after
+/// [`FD_RESERVE`] and [`fd_reserve_per_worker`] per worker, shared with the upstream sockets those connections need,
+/// `streams_per_upstream_socket` of them to a socket. An upstream spoken to over HTTP/1.1
+/// (`http1`, and `auto`, which may end up there) takes a socket per stream (1), so each client
+/// connection is given its upstream socket too and gets half; when every upstream speaks HTTP/2
+/// only, `max_streams_per_connection` streams share one upstream connection and the client side
+/// gets nearly everything. `None` when the limit is too small to leave room for any.
+pub fn derived_max_connections(
+    nofile: u64,
+    workers: usize,
+    streams_per_upstream_socket: u64,
+) -> Option<u64> {
+    let reserve = FD_RESERVE + fd_reserve_per_worker() * workers as u64;
+    let available = nofile.checked_sub(reserve)?;
+    let per_socket = streams_per_upstream_socket.max(1);
+    // clients + ceil(clients / per_socket) <= available
+    let clients = available.saturating_mul(per_socket) / (per_socket + 1);
+    (clients > 0).then_some(clients)
+}
+
+/// `limits.max_connections` in effect: the configured value, or the derived one (logged).
+fn effective_max_connections(config: &Config, workers: usize) -> u64 {
+    if config.limits.max_connections > 0 {
+        let max = u64::from(config.limits.max_connections);
+        tracing::info!(
+            max_connections = max,
+            "client connection cap from limits.max_connections"
+        );
+        return max;
+    }
+    // Streams per upstream socket: 1 if any upstream may speak HTTP/1.1, else the smallest
+    // `max_streams_per_connection`.
+    let streams_per_upstream_socket = config
+        .upstream_list()
+        .iter()
+        .map(|u| {
+            if u.effective_protocol() == UpstreamProtocol::Http2 {
+                u64::from(u.max_streams_per_connection)
+            } else {
+                1
+            }
+        })
+        .min()
+        .unwrap_or(1);
+    let nofile = match sys::open_files_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit: no client connection cap");
+            return 0;
+        }
+    };
+    match derived_max_connections(nofile, workers, streams_per_upstream_socket) {
+        Some(max) => {
+            tracing::info!(
+                max_connections = max,
+                open_files_limit = nofile,
+                reserve = FD_RESERVE + fd_reserve_per_worker() * workers as u64,
+                streams_per_upstream_socket,
+                "client connection cap derived from the open-files limit (limits.max_connections = 0)"
+            );
+            max
+        }
+        None => {
+            tracing::warn!(
+                open_files_limit = nofile,
+                "the open-files limit leaves no room for a client connection cap; none is set"
+            );
+            0
+        }
+    }
+}
+
+/// How both listeners serve connections, from the configuration (no caps, no PROXY header:
+/// the API listener adds its own).
 fn connection_settings(config: &Config) -> ConnectionSettings {
     ConnectionSettings {
         header_read_timeout: config.limits.header_read_timeout,
@@ -75,6 +166,8 @@ fn connection_settings(config: &Config) -> ConnectionSettings {
         h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
         h2_reset_limits: H2ResetLimits::PUBLIC,
         h2_keepalive: true,
+        caps: None,
+        proxy_header_timeout: None,
     }
 }
 
@@ -92,6 +185,10 @@ pub async fn run(
     let admission = Arc::new(Admission::new(&config.limits));
     let registry = Arc::new(Registry::new(&backends.names()));
     let api_connections = Arc::new(ConnectionCounts::default());
+    let client_ip = ClientIp::with_header(
+        &config.client_ip.trusted_proxies,
+        config.client_ip.forwarded_header,
+    );
     // One upstream client per worker thread, each with its own connection pool: a worker's
     // streams only ever use connections driven by that worker.
     let workers = config.worker_count();
@@ -117,7 +214,7 @@ pub async fn run(
             Ok(ApiRoutes(Arc::new(Relay {
                 registry: registry.clone(),
                 admission: admission.clone(),
-                client_ip: ClientIp::new(&config.client_ip.trusted_proxies),
+                client_ip: client_ip.clone(),
                 backends: backends.clone(),
                 upstreams,
                 limits: config.limits.clone(),
@@ -125,6 +222,30 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;
     let settings = connection_settings(&config);
+    let caps = Arc::new(ConnectionCaps::new(
+        effective_max_connections(&config, workers),
+        config.limits.per_ip.max_connections,
+        config.limits.per_ip.ipv6_prefix,
+        client_ip,
+        admission.shared_refusals(),
+        RefusalAnswers {
+            global: response::http1_bytes(&GatewayError::ConnectionsExhausted {
+                retry_after: CONNECTION_RETRY_AFTER,
+            }),
+            per_address: response::http1_bytes(&GatewayError::TooManyConnections {
+                limit: config.limits.per_ip.max_connections,
+                retry_after: CONNECTION_RETRY_AFTER,
+            }),
+        },
+    ));
+    let api_settings = ConnectionSettings {
+        caps: Some(caps.clone()),
+        proxy_header_timeout: config
+            .client_ip
+            .proxy_protocol
+            .then_some(config.client_ip.proxy_header_timeout),
+        ..settings.clone()
+    };
     // The workers accept on copies of this socket, each in its own runtime.
     let api_listener = listeners.api.into_std()?;
 
@@ -141,7 +262,7 @@ pub async fn run(
     let api_workers = match server::start_workers(
         api_listener,
         handlers,
-        settings.clone(),
+        api_settings,
         api_connections.clone(),
         api.clone(),
         api_tasks.clone(),
@@ -167,6 +288,7 @@ pub async fn run(
             token: config.admin.token.clone(),
             backends: backends.clone(),
             admission: admission.clone(),
+            connection_caps: caps,
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,
@@ -222,4 +344,22 @@ pub async fn run(
     admin_tasks.wait().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_connection_cap_leaves_room_for_upstream_sockets_and_the_reserve() {
+        // This machine's 20,000 with two workers: 128 + 2 × 66 kept back, and HTTP/1.1 upstreams
+        // take half of the rest.
+        assert_eq!(derived_max_connections(20_000, 2, 1), Some(9_870));
+        // HTTP/2 upstreams, 100 streams a connection: 1 % for them.
+        assert_eq!(derived_max_connections(20_000, 2, 100), Some(19_544));
+        // The usual soft limit, and ones too small for anything.
+        assert_eq!(derived_max_connections(1024, 2, 1), Some(382));
+        assert_eq!(derived_max_connections(48, 1, 1), None);
+        assert_eq!(derived_max_connections(195, 1, 1), None);
+    }
 }

@@ -24,6 +24,8 @@ pub mod gateway;
 pub mod heartbeat;
 pub mod logging;
 pub mod mock;
+pub mod proxy_protocol;
+pub mod refusal;
 pub mod registry;
 pub mod relay;
 pub mod request_id;

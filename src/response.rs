@@ -33,7 +33,9 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         }
         GatewayError::NoUpstreamAvailable { retry_after }
         | GatewayError::TooManyStreams { retry_after, .. }
-        | GatewayError::ServerOverloaded { retry_after } => {
+        | GatewayError::ServerOverloaded { retry_after }
+        | GatewayError::TooManyConnections { retry_after, .. }
+        | GatewayError::ConnectionsExhausted { retry_after } => {
             set_retry_after(headers, *retry_after);
         }
         GatewayError::RateLimited { retry_after, limit } => {
@@ -51,6 +53,36 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         _ => {}
     }
     response
+}
+
+/// The whole HTTP/1.1 response for `error`, as bytes to write on a connection that is refused
+/// before a byte of it is read (the acceptor's connection caps), then closed: the same status,
+/// headers and OpenAI-shaped body as [`error`], and `connection: close`.
+pub fn http1_bytes(error: &GatewayError) -> Bytes {
+    let response: Response<Bytes> = self::error(error);
+    let (parts, body) = response.into_parts();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    Bytes::from(out)
 }
 
 /// `retry-after` in whole seconds, rounded up and at least 1 (what every HTTP client reads), and

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,12 +24,15 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{ConnectionCounts, ConnectionInfo, Protocol};
+use crate::connection::{
+    CapRefusal, ConnectionCaps, ConnectionCounts, ConnectionInfo, ConnectionSlot, Protocol,
+};
+use crate::proxy_protocol::{self, Source};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
 /// the condition lasts.
@@ -70,6 +74,19 @@ impl Throttle {
     }
 }
 
+/// How long a refused connection is kept, after its answer is written and its sending side shut,
+/// for the client to read the answer and close: closing at once with the client's request still
+/// unread would send a reset, which can destroy the answer before the client reads it.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Most refused connections lingering at once per accept loop; past it a refused connection is
+/// closed as soon as its answer is written. Bounds the descriptors a flood of refusals holds
+/// (the derived `limits.max_connections` keeps them in reserve).
+pub const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// Most bytes read (and dropped) from a refused connection while it lingers.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+
 /// Interval and timeout of HTTP/2 PINGs that find dead peers on otherwise idle connections.
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -98,6 +115,13 @@ pub struct ConnectionSettings {
     /// Send HTTP/2 PINGs ([`H2_KEEPALIVE_INTERVAL`], [`H2_KEEPALIVE_TIMEOUT`]) to find dead
     /// peers on connections that are otherwise silent.
     pub h2_keepalive: bool,
+    /// Caps on open connections, in all and per client address, checked right after accept
+    /// before a byte is read; `None`: no caps (the admin listener, the mock).
+    pub caps: Option<Arc<ConnectionCaps>>,
+    /// Every connection starts with a PROXY header (v1 or v2) from an L4 load balancer, which
+    /// must arrive within this long; its source address is then the connection's client.
+    /// `None`: no header is expected.
+    pub proxy_header_timeout: Option<Duration>,
 }
 
 /// How many reset streams an HTTP/2 connection may pile up before it is closed with GOAWAY: the
@@ -311,6 +335,8 @@ pub async fn accept_loop<H: Handler>(
     tracker: TaskTracker,
 ) {
     let protocols = Arc::new(Protocols::new(&settings));
+    let settings = Arc::new(settings);
+    let lingering = Arc::new(AtomicUsize::new(0));
     // Bounded by the drain token: the loop ends when shutdown starts.
     let mut accept_warnings = Throttle::new(ACCEPT_WARNING_PERIOD);
     loop {
@@ -341,14 +367,26 @@ pub async fn accept_loop<H: Handler>(
                 continue;
             }
         };
+        // The caps, before a byte is read: a refused connection costs its answer and a close.
+        let slot = match &settings.caps {
+            Some(caps) => match caps.admit(peer.ip(), settings.proxy_header_timeout.is_some()) {
+                Ok(slot) => Some(slot),
+                Err(refusal) => {
+                    refuse(stream, &refusal, &lingering, &tracker);
+                    continue;
+                }
+            },
+            None => None,
+        };
         // Small SSE events must leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
         tracker.spawn(serve_connection(
             stream,
             peer,
+            slot,
             handler.clone(),
             protocols.clone(),
-            settings.header_read_timeout,
+            settings.clone(),
             connections.clone(),
             shutdown.clone(),
         ));
@@ -356,20 +394,54 @@ pub async fn accept_loop<H: Handler>(
     tracing::debug!("listener closed");
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<H: Handler>(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
+    mut slot: Option<ConnectionSlot>,
     handler: H,
     protocols: Arc<Protocols>,
-    header_read_timeout: Duration,
+    settings: Arc<ConnectionSettings>,
     connections: Arc<ConnectionCounts>,
     shutdown: Shutdown,
 ) {
+    let mut first_bytes = Vec::new();
+    if let Some(timeout) = settings.proxy_header_timeout {
+        let read = tokio::select! {
+            _ = shutdown.drain.cancelled() => return,
+            r = tokio::time::timeout(timeout, proxy_protocol::read_header(&mut stream)) => r,
+        };
+        match read {
+            Ok(Ok((source, rest))) => {
+                if let Source::Client(client) = source {
+                    peer = client;
+                }
+                first_bytes = rest;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "connection without a valid PROXY header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no PROXY header within its timeout");
+                return;
+            }
+        }
+        // The per-address cap, now that the client is known.
+        if let (Some(caps), Some(slot)) = (&settings.caps, slot.as_mut()) {
+            if let Err(refusal) = caps.admit_client(slot, peer.ip()) {
+                answer_refusal(&stream, &refusal);
+                linger(stream).await;
+                return;
+            }
+        }
+    }
     // hyper's protocol detection has no deadline of its own: a client that connects and sends
     // nothing (or one byte) would hold the socket forever. Read the preface ourselves.
+    let header_read_timeout = settings.header_read_timeout;
     let sniffed = tokio::select! {
         _ = shutdown.drain.cancelled() => return,
-        r = tokio::time::timeout(header_read_timeout, sniff_preface(&mut stream)) => r,
+        r = tokio::time::timeout(header_read_timeout, sniff_preface(&mut stream, first_bytes)) => r,
     };
     let prefix = match sniffed {
         Ok(Ok(prefix)) if !prefix.is_empty() => prefix,
@@ -490,21 +562,77 @@ fn is_per_connection_error(err: &io::Error) -> bool {
 /// Reads until the bytes either start with the full HTTP/2 preface or cannot, or EOF. Each read
 /// takes whatever the client has sent, up to [`FIRST_READ_BYTES`]: usually the whole request,
 /// which hyper then parses from memory instead of reading the socket a second time.
-async fn sniff_preface(stream: &mut TcpStream) -> io::Result<Bytes> {
+async fn sniff_preface(stream: &mut TcpStream, already: Vec<u8>) -> io::Result<Bytes> {
     // On the heap: a buffer held across the await would live in every connection's task.
-    let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
+    let mut buf = already;
+    buf.reserve(FIRST_READ_BYTES.saturating_sub(buf.len()));
     // Bounded: every pass reads at least one byte into spare capacity, or returns; the preface
     // is decided within its 24 bytes, far below the capacity.
     while buf.len() < buf.capacity() {
-        if stream.read_buf(&mut buf).await? == 0 {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if seen > 0 && (buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len()) {
             break;
         }
-        let seen = buf.len().min(H2_PREFACE.len());
-        if buf[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+        if stream.read_buf(&mut buf).await? == 0 {
             break;
         }
     }
     Ok(Bytes::copy_from_slice(&buf))
+}
+
+/// Writes a refused connection's answer without waiting: the request the client already sent is
+/// read off first (so that the close is a FIN, not a reset that could destroy the answer before
+/// the client reads it), then the answer (a few hundred bytes) goes into the empty send buffer.
+fn answer_refusal(stream: &TcpStream, refusal: &CapRefusal) {
+    let mut scratch = [0u8; 2048];
+    let mut drained = 0;
+    // Bounded: at most REFUSAL_DRAIN_BYTES, stopping as soon as nothing is waiting.
+    while drained < REFUSAL_DRAIN_BYTES {
+        match stream.try_read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = stream.try_write(refusal.answer());
+}
+
+/// Shuts the sending side of an answered refusal and waits up to [`REFUSAL_LINGER`] for the
+/// client to close, dropping what it sends.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut scratch = [0u8; 2048];
+        let mut drained = 0;
+        // Bounded: REFUSAL_DRAIN_BYTES, and the REFUSAL_LINGER deadline around it.
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+}
+
+/// Answers a connection the caps refused at accept, and closes it: after lingering in a task of
+/// its own if fewer than [`MAX_LINGERING_REFUSALS`] do, else at once. The accept loop never
+/// waits on it.
+fn refuse(
+    stream: TcpStream,
+    refusal: &CapRefusal,
+    lingering: &Arc<AtomicUsize>,
+    tracker: &TaskTracker,
+) {
+    answer_refusal(&stream, refusal);
+    if lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING_REFUSALS {
+        lingering.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let lingering = lingering.clone();
+    tracker.spawn(async move {
+        linger(stream).await;
+        lingering.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// A stream with bytes already read from it put back in front.

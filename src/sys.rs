@@ -15,8 +15,7 @@ pub struct NofileLimit {
     pub hard: u64,
 }
 
-/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit.
-pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
+fn get_nofile() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -25,6 +24,19 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(limit)
+}
+
+/// The open-files limit in force now (the soft limit: the one `accept` runs into).
+pub fn open_files_limit() -> std::io::Result<u64> {
+    // rlim_t is u64 on Linux but not on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    get_nofile().map(|l| l.rlim_cur as u64)
+}
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit.
+pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
+    let mut limit = get_nofile()?;
     let before = limit.rlim_cur;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {

@@ -144,6 +144,12 @@ pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const IPV6_PREFIX_RANGE: RangeInclusive<u32> = 16..=128;
 /// Allowed `limits.max_streams` and `limits.per_ip.max_streams`: 0 (no cap) to 10,000,000.
 pub const MAX_STREAMS_CAP_RANGE: RangeInclusive<u32> = 0..=10_000_000;
+/// Allowed `limits.max_connections` and `limits.per_ip.max_connections`: 0 (derived, or no
+/// cap per address) to 10,000,000.
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 0..=10_000_000;
+/// Default `client_ip.proxy_header_timeout`: 5 s. A load balancer writes the header with the
+/// connection's first bytes; anything slower is not one.
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `upstream.max_streams`: 0, no cap of the gateway's own (the upstream's limits still
 /// apply).
 pub const DEFAULT_MAX_STREAMS: u32 = 0;
@@ -280,7 +286,7 @@ pub struct Config {
 }
 
 /// `[client_ip]`: the address a request is counted, limited and logged under.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
 #[serde(default, expecting = "a table (a [client_ip] section)")]
 pub struct ClientIpConfig {
     /// Proxies whose `X-Forwarded-For` is believed (`client_ip.trusted_proxies`): networks
@@ -290,6 +296,34 @@ pub struct ClientIpConfig {
     /// none, the socket's peer is the client.
     #[serde(with = "formats::ip_nets")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header trusted proxies name the client in (`client_ip.forwarded_header`):
+    /// `"x-forwarded-for"` (the default; what nginx, HAProxy and cloud balancers append) or
+    /// `"forwarded"` (RFC 7239, its `for=` parameters). Only the one named is read: a proxy passes
+    /// the other through untouched, so a client could write it.
+    pub forwarded_header: ForwardedHeader,
+    /// Every connection to the API listener starts with a PROXY protocol header, v1 or v2
+    /// (`client_ip.proxy_protocol`), as L4 load balancers (AWS NLB, HAProxy `send-proxy`) write
+    /// it; the client is the address in it. A connection without a valid header is closed. Only
+    /// for a listener that nothing but such balancers can reach: anyone who can connect could
+    /// name any address. Default `false`.
+    pub proxy_protocol: bool,
+    /// Time a connection has to deliver its PROXY header (`client_ip.proxy_header_timeout`).
+    /// Must be > 0 and at most [`MAX_DURATION`]. Default [`DEFAULT_PROXY_HEADER_TIMEOUT`].
+    #[default(DEFAULT_PROXY_HEADER_TIMEOUT)]
+    #[serde(with = "formats::duration")]
+    pub proxy_header_timeout: Duration,
+}
+
+/// Which header trusted proxies name the client in (`client_ip.forwarded_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// `[admin]`: a separate listener for health checks and the admin API.
@@ -732,6 +766,13 @@ pub struct Limits {
     /// server_overloaded` with `retry-after`, before the upstream is asked. 0 (the default) is
     /// no cap. Allowed [`MAX_STREAMS_CAP_RANGE`].
     pub max_streams: u32,
+    /// Most client connections open at once (`limits.max_connections`), checked right after
+    /// accept before a byte is read; past it a new connection gets a minimal `503` with
+    /// `retry-after` and is closed, instead of waiting in the kernel's backlog until descriptors
+    /// free up. 0 (the default) derives it from the open-files limit the process got at start,
+    /// keeping a reserve for upstream connections, the listeners and files; the start-up log
+    /// says what it chose. Allowed [`MAX_CONNECTIONS_RANGE`].
+    pub max_connections: u32,
     /// Limits per client address (`[limits.per_ip]`).
     pub per_ip: PerIpLimits,
 }
@@ -757,6 +798,12 @@ pub struct PerIpLimits {
     /// Most concurrent streams per client address (`limits.per_ip.max_streams`); over it: `429
     /// too_many_streams`. 0 (the default) is no cap. Allowed [`MAX_STREAMS_CAP_RANGE`].
     pub max_streams: u32,
+    /// Most client connections open at once per client address
+    /// (`limits.per_ip.max_connections`), checked right after accept (with the PROXY protocol,
+    /// once its header names the client); over it: a minimal `429 too_many_connections`, then
+    /// close. Trusted proxies are exempt. 0 (the default) is no cap. Allowed
+    /// [`MAX_CONNECTIONS_RANGE`].
+    pub max_connections: u32,
 }
 
 /// `[streams]`: keeping long-lived streaming responses alive through idle
@@ -1145,26 +1192,41 @@ impl Config {
         ] {
             c.check(path, check_timeout(timeout));
         }
-        c.check(
-            "limits.max_streams",
-            check_count(l.max_streams, &MAX_STREAMS_CAP_RANGE),
-        );
         let p = &l.per_ip;
+        for (path, value, range) in [
+            ("limits.max_streams", l.max_streams, &MAX_STREAMS_CAP_RANGE),
+            (
+                "limits.max_connections",
+                l.max_connections,
+                &MAX_CONNECTIONS_RANGE,
+            ),
+            (
+                "limits.per_ip.requests_per_second",
+                p.requests_per_second,
+                &REQUESTS_PER_SECOND_RANGE,
+            ),
+            ("limits.per_ip.burst", p.burst, &REQUESTS_PER_SECOND_RANGE),
+            (
+                "limits.per_ip.ipv6_prefix",
+                u32::from(p.ipv6_prefix),
+                &IPV6_PREFIX_RANGE,
+            ),
+            (
+                "limits.per_ip.max_streams",
+                p.max_streams,
+                &MAX_STREAMS_CAP_RANGE,
+            ),
+            (
+                "limits.per_ip.max_connections",
+                p.max_connections,
+                &MAX_CONNECTIONS_RANGE,
+            ),
+        ] {
+            c.check(path, check_count(value, range));
+        }
         c.check(
-            "limits.per_ip.requests_per_second",
-            check_count(p.requests_per_second, &REQUESTS_PER_SECOND_RANGE),
-        );
-        c.check(
-            "limits.per_ip.burst",
-            check_count(p.burst, &REQUESTS_PER_SECOND_RANGE),
-        );
-        c.check(
-            "limits.per_ip.ipv6_prefix",
-            check_count(u32::from(p.ipv6_prefix), &IPV6_PREFIX_RANGE),
-        );
-        c.check(
-            "limits.per_ip.max_streams",
-            check_count(p.max_streams, &MAX_STREAMS_CAP_RANGE),
+            "client_ip.proxy_header_timeout",
+            check_timeout(self.client_ip.proxy_header_timeout),
         );
         let s = &self.streams;
         c.check(

@@ -60,12 +60,14 @@ first_byte_timeout = "2m"
 upstream_idle_timeout = "90s"
 max_stream_duration = "1h"
 max_streams = 5000
+max_connections = 9000
 
 [limits.per_ip]
 requests_per_second = 10
 burst = 20
 ipv6_prefix = 56
 max_streams = 8
+max_connections = 16
 
 [streams]
 heartbeat_interval = "250ms"
@@ -81,6 +83,9 @@ level = "tidegate=debug,hyper=warn"
 
 [client_ip]
 trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "2001:db8::/32"]
+forwarded_header = "forwarded"
+proxy_protocol = true
+proxy_header_timeout = "3s"
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -217,11 +222,13 @@ fn full_file_sets_every_key() {
             upstream_idle_timeout: Duration::from_secs(90),
             max_stream_duration: Duration::from_secs(3600),
             max_streams: 5000,
+            max_connections: 9000,
             per_ip: PerIpLimits {
                 requests_per_second: 10,
                 burst: 20,
                 ipv6_prefix: 56,
                 max_streams: 8,
+                max_connections: 16,
             },
         },
         streams: StreamsConfig {
@@ -242,6 +249,9 @@ fn full_file_sets_every_key() {
                 "127.0.0.1/32".parse().unwrap(),
                 "2001:db8::/32".parse().unwrap(),
             ],
+            forwarded_header: ForwardedHeader::Forwarded,
+            proxy_protocol: true,
+            proxy_header_timeout: Duration::from_secs(3),
         },
     };
     assert_eq!(c, expected);

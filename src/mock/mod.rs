@@ -490,6 +490,8 @@ fn mock_connection_settings(settings: &MockSettings) -> ConnectionSettings {
             local_error: None,
         },
         h2_keepalive: false,
+        caps: None,
+        proxy_header_timeout: None,
     }
 }
 

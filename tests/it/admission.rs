@@ -220,3 +220,38 @@ async fn a_spoofed_forwarded_for_is_ignored_and_a_trusted_proxys_is_honoured() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(json["error"]["code"], "too_many_streams");
 }
+
+#[tokio::test]
+async fn a_stream_ended_by_the_drain_gives_its_slot_back() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.per_ip.max_streams = 10;
+        c.limits.max_streams = 10;
+        c.shutdown.drain_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (_conn, body) = held_stream(&env).await;
+    // A request whose body never ends keeps the API's connections (and so the admin listener,
+    // which outlives them) up until SHUTDOWN_EVENT_GRACE after the drain deadline: the window in
+    // which the drained stream's slot is seen to come back.
+    let mut trickle = TcpStream::connect(env.gateway).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\n\r\n{{",
+        env.gateway
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(admission_summary(&env).await["streams"], 1);
+    env.shutdown.cancel();
+    let bytes = read_to_end(body).await;
+    assert_eq!(
+        final_error(&bytes)["code"],
+        "server_shutdown",
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    wait_for("the drained stream's slot back", PATIENCE, || async {
+        let a = admission_summary(&env).await;
+        (a["streams"] == 0 && a["addresses_with_streams"] == 0).then_some(())
+    })
+    .await;
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use tidegate::mock::{MockSettings, MockUpstream};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines as LineReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines as LineReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio_util::sync::CancellationToken;
@@ -50,17 +50,7 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
     let mut child = spawn_limited(&["--config".as_ref(), config.as_os_str()], Stdio::null());
     let mut lines = Lines::of(&mut child);
     let mut log = Vec::new();
-
-    let listening = lines
-        .next_matching(&mut log, &|l| l.contains("tidegate listening"))
-        .await;
-    let at = listening.find("listen=").expect("listen field") + "listen=".len();
-    let gateway: SocketAddr = listening[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let gateway = listening_on(&mut lines, &mut log).await;
     // A stream works before the limit is reached (this also opens the upstream connection).
     streams_all_complete(gateway, 1).await;
 
@@ -77,6 +67,86 @@ async fn at_the_open_files_limit_the_gateway_warns_once_and_recovers() {
     exits_with_0(&mut child).await;
     assert_one_accept_warning(&log);
     mock_stop.cancel();
+}
+
+/// The gateway's address, from its "listening" line.
+async fn listening_on(lines: &mut Lines, log: &mut Vec<String>) -> SocketAddr {
+    let listening = lines
+        .next_matching(log, &|l| l.contains("tidegate listening"))
+        .await;
+    let at = listening.find("listen=").expect("listen field") + "listen=".len();
+    listening[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Open-files limit of the gateway in the derived-cap test: 400 − (128 + 66 for its one worker)
+/// leaves 206, half of it for upstream sockets: a cap of 103 client connections.
+const NOFILE_FOR_DERIVED_CAP: u64 = 400;
+const DERIVED_CAP: usize = 103;
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn past_the_cap_derived_from_the_open_files_limit_clients_get_503_instead_of_waiting() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fd-derived-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nworker_threads = 1\n\n[upstream]\n\
+         base_url = \"http://127.0.0.1:9/v1\"\n",
+    )
+    .unwrap();
+    let mut child = spawn_with_nofile(
+        &["--config".as_ref(), config.as_os_str()],
+        Stdio::null(),
+        NOFILE_FOR_DERIVED_CAP,
+    );
+    let mut lines = Lines::of(&mut child);
+    let mut log = Vec::new();
+    let gateway = listening_on(&mut lines, &mut log).await;
+    let derived = lines
+        .next_matching(&mut log, &|l| l.contains("client connection cap derived"))
+        .await;
+    assert!(
+        derived.contains(&format!("max_connections={DERIVED_CAP}")),
+        "{derived}"
+    );
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {gateway}\r\n\r\n");
+    let mut held = Vec::with_capacity(DERIVED_CAP);
+    for _ in 0..DERIVED_CAP {
+        let mut socket = TcpStream::connect(gateway).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+            .await
+            .expect("served below the cap")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(socket);
+    }
+    // Past the cap: an answer at once, not a wait in the backlog.
+    for _ in 0..10 {
+        let mut socket = TcpStream::connect(gateway).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, socket.read_to_end(&mut answer))
+            .await
+            .expect("refused at once")
+            .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    drop(held);
+    sigterm(&child);
+    exits_with_0(&mut child).await;
 }
 
 /// Holds `HELD` connections to `addr`, so the child runs out of descriptors (the kernel
@@ -108,6 +178,11 @@ fn assert_one_accept_warning(log: &[String]) {
 
 /// The binary with `args`, its stdout to `stdout`, stderr piped, under `NOFILE` open files.
 fn spawn_limited(args: &[&OsStr], stdout: Stdio) -> Child {
+    spawn_with_nofile(args, stdout, NOFILE)
+}
+
+/// The binary with `args`, its stdout to `stdout`, stderr piped, under `nofile` open files.
+fn spawn_with_nofile(args: &[&OsStr], stdout: Stdio, nofile: u64) -> Child {
     let mut command = Command::new(BIN);
     command
         .args(args)
@@ -117,10 +192,10 @@ fn spawn_limited(args: &[&OsStr], stdout: Stdio) -> Child {
         .kill_on_drop(true);
     // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
+                rlim_cur: nofile,
+                rlim_max: nofile,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());

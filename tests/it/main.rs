@@ -10,6 +10,7 @@ mod admission;
 mod backpressure;
 mod cancellation;
 mod cli;
+mod connection_caps;
 mod drain;
 mod errors;
 mod fd_limit;
