@@ -352,14 +352,14 @@ mod tests {
 
     #[test]
     fn the_derived_connection_cap_leaves_room_for_upstream_sockets_and_the_reserve() {
-        // This machine's 20,000 with two workers: 128 + 2 × 66 kept back, and HTTP/1.1 upstreams
-        // take half of the rest.
-        assert_eq!(derived_max_connections(20_000, 2, 1), Some(9_870));
+        // This machine's 20,000 with two workers: 128 + 2 × 258 kept back, and HTTP/1.1
+        // upstreams take half of the rest.
+        assert_eq!(derived_max_connections(20_000, 2, 1), Some(9_678));
         // HTTP/2 upstreams, 100 streams a connection: 1 % for them.
-        assert_eq!(derived_max_connections(20_000, 2, 100), Some(19_544));
+        assert_eq!(derived_max_connections(20_000, 2, 100), Some(19_164));
         // The usual soft limit, and ones too small for anything.
-        assert_eq!(derived_max_connections(1024, 2, 1), Some(382));
+        assert_eq!(derived_max_connections(1024, 2, 1), Some(190));
         assert_eq!(derived_max_connections(48, 1, 1), None);
-        assert_eq!(derived_max_connections(195, 1, 1), None);
+        assert_eq!(derived_max_connections(387, 1, 1), None);
     }
 }

@@ -74,15 +74,23 @@ impl Throttle {
     }
 }
 
-/// How long a refused connection is kept, after its answer is written and its sending side shut,
-/// for the client to read the answer and close: closing at once with the client's request still
-/// unread would send a reset, which can destroy the answer before the client reads it.
-pub const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// Longest a refused connection is kept waiting for its request, which is answered then: an
+/// HTTP/1.1 client reads only after writing (hyper's takes an answer that comes first as a broken
+/// connection). On loopback the request follows the accept within a millisecond.
+pub const REFUSAL_REQUEST_WAIT: Duration = Duration::from_secs(2);
 
-/// Most refused connections lingering at once per accept loop; past it a refused connection is
-/// closed as soon as its answer is written. Bounds the descriptors a flood of refusals holds
-/// (the derived `limits.max_connections` keeps them in reserve).
-pub const MAX_LINGERING_REFUSALS: usize = 64;
+/// Longest a refused connection is kept after its answer, for the client to read it and close:
+/// closing with the client's bytes still arriving would send a reset, which can destroy the
+/// answer before the client reads it. Short, so a client that keeps its socket open after the
+/// answer (a load driver that holds it until its run ends) holds a refusal's place briefly.
+pub const REFUSAL_CLOSE_WAIT: Duration = Duration::from_millis(250);
+
+/// Most refused connections being answered at once per accept loop ([`REFUSAL_REQUEST_WAIT`],
+/// [`REFUSAL_CLOSE_WAIT`]); past it a refused connection is answered with whatever its client
+/// has sent so far and closed at once. Bounds the descriptors a flood of refusals holds (the
+/// derived `limits.max_connections` keeps them in reserve). A flood of 5,000 connections a
+/// second from clients that read and close is answered properly with room to spare.
+pub const MAX_LINGERING_REFUSALS: usize = 256;
 
 /// Most bytes read (and dropped) from a refused connection while it lingers.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
@@ -372,7 +380,7 @@ pub async fn accept_loop<H: Handler>(
             Some(caps) => match caps.admit(peer.ip(), settings.proxy_header_timeout.is_some()) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
-                    refuse(stream, &refusal, &lingering, &tracker);
+                    refuse(stream, refusal, &lingering, &tracker);
                     continue;
                 }
             },
@@ -430,8 +438,8 @@ async fn serve_connection<H: Handler>(
         // The per-address cap, now that the client is known.
         if let (Some(caps), Some(slot)) = (&settings.caps, slot.as_mut()) {
             if let Err(refusal) = caps.admit_client(slot, peer.ip()) {
-                answer_refusal(&stream, &refusal);
-                linger(stream).await;
+                // The request may have come with the header: put nothing back, drop it all.
+                answer_and_close(stream, refusal).await;
                 return;
             }
         }
@@ -580,57 +588,84 @@ async fn sniff_preface(stream: &mut TcpStream, already: Vec<u8>) -> io::Result<B
     Ok(Bytes::copy_from_slice(&buf))
 }
 
-/// Writes a refused connection's answer without waiting: the request the client already sent is
-/// read off first (so that the close is a FIN, not a reset that could destroy the answer before
-/// the client reads it), then the answer (a few hundred bytes) goes into the empty send buffer.
-fn answer_refusal(stream: &TcpStream, refusal: &CapRefusal) {
+/// Reads off (and drops) what the client has sent so far, without waiting: `Some(bytes read)`,
+/// or `None` once the client has closed or the socket failed.
+fn drain_waiting(stream: &TcpStream) -> Option<usize> {
     let mut scratch = [0u8; 2048];
     let mut drained = 0;
     // Bounded: at most REFUSAL_DRAIN_BYTES, stopping as soon as nothing is waiting.
     while drained < REFUSAL_DRAIN_BYTES {
         match stream.try_read(&mut scratch) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return None,
             Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return None,
         }
     }
+    Some(drained)
+}
+
+/// Writes a refused connection's answer without waiting: what the client has sent so far is
+/// read off first (so that the close is a FIN, not a reset that could destroy the answer before
+/// the client reads it), then the answer (a few hundred bytes) goes into the empty send buffer.
+fn answer_refusal(stream: &TcpStream, refusal: &CapRefusal) {
+    let _ = drain_waiting(stream);
     let _ = stream.try_write(refusal.answer());
 }
 
-/// Shuts the sending side of an answered refusal and waits up to [`REFUSAL_LINGER`] for the
-/// client to close, dropping what it sends.
-async fn linger(mut stream: TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut scratch = [0u8; 2048];
-        let mut drained = 0;
-        // Bounded: REFUSAL_DRAIN_BYTES, and the REFUSAL_LINGER deadline around it.
-        while drained < REFUSAL_DRAIN_BYTES {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
+/// Answers a refused connection once its client has sent something (within
+/// [`REFUSAL_REQUEST_WAIT`]), shuts the sending side, and drops what the client sends until it
+/// closes (within [`REFUSAL_CLOSE_WAIT`]).
+async fn answer_and_close(mut stream: TcpStream, refusal: CapRefusal) {
+    let asked = async {
+        // Bounded: by REFUSAL_REQUEST_WAIT; a pass ends on bytes, a close, or a false wake-up.
+        loop {
+            stream.readable().await.ok()?;
+            match drain_waiting(&stream) {
+                Some(0) => continue,
+                Some(_) => return Some(()),
+                None => return None,
             }
         }
     };
-    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
+    if !matches!(
+        tokio::time::timeout(REFUSAL_REQUEST_WAIT, asked).await,
+        Ok(Some(()))
+    ) {
+        return;
+    }
+    let _ = stream.try_write(refusal.answer());
+    // The answer is all there is: a FIN says so at once (the request was read off, so the close
+    // does not cut it short), and the client closes its side in turn.
+    let _ = stream.shutdown().await;
+    let closed = async {
+        // Bounded: by REFUSAL_CLOSE_WAIT; each pass waits for readiness, the close ends it.
+        loop {
+            if stream.readable().await.is_err() || drain_waiting(&stream).is_none() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_CLOSE_WAIT, closed).await;
 }
 
-/// Answers a connection the caps refused at accept, and closes it: after lingering in a task of
-/// its own if fewer than [`MAX_LINGERING_REFUSALS`] do, else at once. The accept loop never
-/// waits on it.
+/// Answers a connection the caps refused at accept and closes it, in a task of its own
+/// ([`answer_and_close`]) if fewer than [`MAX_LINGERING_REFUSALS`] are open, else at once with
+/// whatever the client has sent so far. The accept loop never waits on it.
 fn refuse(
     stream: TcpStream,
-    refusal: &CapRefusal,
+    refusal: CapRefusal,
     lingering: &Arc<AtomicUsize>,
     tracker: &TaskTracker,
 ) {
-    answer_refusal(&stream, refusal);
     if lingering.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING_REFUSALS {
         lingering.fetch_sub(1, Ordering::AcqRel);
+        answer_refusal(&stream, &refusal);
         return;
     }
     let lingering = lingering.clone();
     tracker.spawn(async move {
-        linger(stream).await;
+        answer_and_close(stream, refusal).await;
         lingering.fetch_sub(1, Ordering::AcqRel);
     });
 }
