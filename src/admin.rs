@@ -366,6 +366,8 @@ struct AdmissionView {
     streams: u64,
     addresses_with_streams: usize,
     rate_limited_addresses: usize,
+    /// New addresses not tracked because the rate limiter held `limits.per_ip.max_tracked`.
+    untracked_addresses: u64,
     refusals: RefusalCounts,
 }
 
@@ -401,6 +403,7 @@ fn summary(registry: &Registry, connections: &ConnectionCounts, admission: &Admi
             streams: admission.streams(),
             addresses_with_streams: admission.addresses_with_streams(),
             rate_limited_addresses: admission.tracked_addresses(),
+            untracked_addresses: admission.untracked_addresses(),
             refusals: admission.refusals(),
         },
     }
