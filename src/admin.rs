@@ -379,6 +379,8 @@ struct AdmissionView {
     connections: u64,
     max_connections: u64,
     addresses_with_connections: usize,
+    /// New addresses not tracked because the rate limiter held `limits.per_ip.max_tracked`.
+    untracked_addresses: u64,
     refusals: RefusalCounts,
 }
 
@@ -422,6 +424,7 @@ fn summary(
             connections: caps.open(),
             max_connections: caps.max(),
             addresses_with_connections: caps.addresses(),
+            untracked_addresses: admission.untracked_addresses(),
             refusals: admission.refusals(),
         },
     }

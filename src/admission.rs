@@ -7,6 +7,12 @@
 //!   stream ends, however it ends;
 //! - every refusal counted by reason in the [`Refusals`] it shares with the acceptor's
 //!   connection caps, and logged at a rate that cannot flood the log.
+//! - bounded memory however many addresses come: the rate limiter holds at most
+//!   `limits.per_ip.max_tracked` addresses ([`capped`]) and forgets quiet ones when pruned (on a
+//!   schedule, and sooner when it is full); the per-address stream counts hold only addresses
+//!   with a live stream, so they are bounded by the stream caps.
+
+mod capped;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -17,9 +23,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use self::capped::{CappedStore, Tracked};
 use crate::client_ip::limit_key;
 use crate::config::Limits;
 use crate::error::GatewayError;
@@ -29,8 +35,7 @@ use crate::refusal::{Reason, RefusalCounts, Refusals};
 /// last as long as they last; the SDKs back off further on their own.
 const STREAM_SLOT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-type IpRateLimiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type IpRateLimiter = RateLimiter<IpAddr, CappedStore, DefaultClock, StateInformationMiddleware>;
 
 /// The gateway's admission state, shared by every worker.
 pub struct Admission {
@@ -41,17 +46,27 @@ pub struct Admission {
     per_ip_max_streams: u32,
     max_streams: u64,
     streams: Arc<AtomicU64>,
+    /// Stream counts by client key; an entry goes when its count reaches zero, so this holds
+    /// only addresses with a live stream (at most `limits.max_streams` when that is set).
     streams_by_ip: Arc<DashMap<IpAddr, u32>>,
     refusals: Arc<Refusals>,
+    /// The addresses the rate limiter holds (also when it is off: then none).
+    tracked: Arc<Tracked>,
 }
 
 impl Admission {
     pub fn new(limits: &Limits) -> Admission {
         let per_ip = &limits.per_ip;
+        let tracked = Arc::new(Tracked::new(
+            usize::try_from(per_ip.max_tracked).unwrap_or(usize::MAX),
+        ));
         let rate = NonZeroU32::new(per_ip.requests_per_second).map(|rps| {
             let burst = NonZeroU32::new(per_ip.burst).unwrap_or(rps);
-            RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst))
-                .with_middleware::<StateInformationMiddleware>()
+            IpRateLimiter::new(
+                Quota::per_second(rps).allow_burst(burst),
+                CappedStore(tracked.clone()),
+                DefaultClock::default(),
+            )
         });
         Admission {
             rate,
@@ -62,6 +77,7 @@ impl Admission {
             streams: Arc::new(AtomicU64::new(0)),
             streams_by_ip: Arc::new(DashMap::new()),
             refusals: Arc::new(Refusals::default()),
+            tracked,
         }
     }
 
@@ -147,9 +163,25 @@ impl Admission {
         }
     }
 
-    /// Addresses the rate limiter holds state for.
+    /// Returns when a new address has found the rate limiter full since the last call (at once
+    /// if one did before): the pruner then need not wait for its schedule.
+    pub async fn rate_limiter_full(&self) {
+        self.tracked.full().await;
+    }
+
+    /// Addresses the rate limiter holds state for (at most `limits.per_ip.max_tracked`).
     pub fn tracked_addresses(&self) -> usize {
-        self.rate.as_ref().map_or(0, |l| l.len())
+        self.tracked.len()
+    }
+
+    /// Bytes of the rate limiter's table: its capacity times the size of an entry.
+    pub fn tracked_table_bytes(&self) -> usize {
+        self.tracked.table_bytes()
+    }
+
+    /// New addresses decided without being tracked because the rate limiter was full.
+    pub fn untracked_addresses(&self) -> u64 {
+        self.tracked.untracked()
     }
 
     fn refused(&self, reason: &Reason, name: &'static str, ip: IpAddr) {
@@ -179,6 +211,8 @@ impl Drop for StreamSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
+    use std::time::Instant;
 
     fn admission(configure: impl FnOnce(&mut Limits)) -> Admission {
         let mut limits = Limits::default();
@@ -253,6 +287,105 @@ mod tests {
                 ..RefusalCounts::default()
             }
         );
+    }
+
+    #[test]
+    fn a_full_rate_limiter_decides_new_addresses_as_fresh_without_tracking_them() {
+        let a = admission(|l| {
+            l.per_ip.requests_per_second = 1;
+            l.per_ip.burst = 1;
+            l.per_ip.max_tracked = 2;
+        });
+        let ip = |last: u8| IpAddr::from([192, 0, 2, last]);
+        a.check_rate(ip(1)).unwrap();
+        a.check_rate(ip(2)).unwrap();
+        // Tracked addresses keep their state: the second request within the second is refused.
+        assert!(a.check_rate(ip(1)).is_err());
+        // A third address finds the limiter full: every request of it is a first one.
+        for _ in 0..3 {
+            a.check_rate(ip(3)).unwrap();
+        }
+        assert_eq!(a.tracked_addresses(), 2);
+        assert_eq!(a.untracked_addresses(), 3);
+        assert_eq!(a.refusals().ip_rate, 1);
+    }
+
+    /// The resident set of this process, in bytes (Linux; 0 elsewhere).
+    fn rss_bytes() -> usize {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .map_or(0, |pages| pages * 4096)
+    }
+
+    /// Sends one request from each of `count` distinct client keys (half IPv4, half IPv6 /64s)
+    /// through `check_rate`, checking that the tracked count never exceeds `max_tracked`, then
+    /// prunes once the states are stale; returns the figures.
+    fn spray(count: u32, max_tracked: u32) -> String {
+        // 1,000 requests/s, burst 1: a state is stale (indistinguishable from a fresh one) 2 ms
+        // after its request, so the prune below need not wait long.
+        let a = admission(|l| {
+            l.per_ip.requests_per_second = 1000;
+            l.per_ip.burst = 1;
+            l.per_ip.max_tracked = max_tracked;
+        });
+        let rss_before = rss_bytes();
+        let started = Instant::now();
+        // Bounded: `count` requests.
+        for i in 0..count {
+            let ip = if i % 2 == 0 {
+                IpAddr::from(i.to_be_bytes())
+            } else {
+                // One per /64: the prefix is what is keyed.
+                IpAddr::V6(Ipv6Addr::from(
+                    0x2001_0db8_u128 << 96 | u128::from(i) << 64 | 1,
+                ))
+            };
+            a.check_rate(ip).unwrap();
+            if i % 1024 == 0 {
+                assert!(a.tracked_addresses() <= max_tracked as usize);
+            }
+        }
+        let inserted = started.elapsed();
+        let tracked = a.tracked_addresses();
+        assert_eq!(tracked, count.min(max_tracked) as usize);
+        assert_eq!(
+            a.untracked_addresses(),
+            u64::from(count.saturating_sub(max_tracked))
+        );
+        let (full_bytes, full_rss) = (a.tracked_table_bytes(), rss_bytes());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Bounded: until the deadline.
+        while a.tracked_addresses() > 0 && Instant::now() < deadline {
+            a.prune();
+            std::thread::yield_now();
+        }
+        assert_eq!(a.tracked_addresses(), 0);
+        format!(
+            "{count} keys, max_tracked {max_tracked}: {tracked} tracked, table {full_bytes} B \
+             ({} B per tracked key), RSS +{} KiB; after prune: table {} B, RSS +{} KiB; \
+             inserting took {inserted:?}",
+            full_bytes / tracked.max(1),
+            full_rss.saturating_sub(rss_before) / 1024,
+            a.tracked_table_bytes(),
+            rss_bytes().saturating_sub(rss_before) / 1024,
+        )
+    }
+
+    /// A million addresses against the default cap (about 1.5 s in a debug build): figures in
+    /// RESULTS.md, "Bounded memory under address spraying".
+    #[test]
+    fn a_million_addresses_are_capped_and_pruned() {
+        println!("{}", spray(1_000_000, crate::config::DEFAULT_MAX_TRACKED));
+    }
+
+    /// The reference for the figures: a million addresses with a cap that holds them all, for
+    /// the bytes each tracked address costs. Ignored: it allocates some 70 MB and takes several
+    /// seconds in a debug build; CI runs it with `--release`.
+    #[test]
+    #[ignore = "allocates ~70 MB: run with --release (CI does)"]
+    fn a_million_addresses_tracked_cost_bytes_each() {
+        println!("{}", spray(1_000_000, 1_000_000));
     }
 
     #[test]

@@ -335,15 +335,18 @@ impl GatewayError {
         let class = self.class();
         let body = ErrorBody {
             error: ErrorObject {
-                message: self.to_string(),
+                message: Message(self),
                 kind: class.kind,
                 param: class.param,
                 code: class.code,
             },
         };
-        // Serializing plain strings into a Vec cannot fail; the fallback keeps the type total.
-        serde_json::to_vec(&body)
-            .map(Bytes::from)
+        // One allocation that fits every body (refusals answered by the thousand go through
+        // here). Serializing plain strings into a Vec cannot fail; the fallback keeps the type
+        // total.
+        let mut json = Vec::with_capacity(ERROR_JSON_CAPACITY);
+        serde_json::to_writer(&mut json, &body)
+            .map(|()| Bytes::from(json))
             .unwrap_or_else(|_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal"}}"#))
     }
 
@@ -363,9 +366,21 @@ struct ErrorBody<'a> {
     error: ErrorObject<'a>,
 }
 
+/// Bytes reserved for an error's JSON body: the longest fixed parts and a long message.
+const ERROR_JSON_CAPACITY: usize = 256;
+
+/// The error's message, written straight into the JSON (escaped) without a `String` of its own.
+struct Message<'a>(&'a GatewayError);
+
+impl Serialize for Message<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorObject<'a> {
-    message: String,
+    message: Message<'a>,
     #[serde(rename = "type")]
     kind: &'a str,
     param: Option<&'a str>,

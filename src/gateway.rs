@@ -59,15 +59,26 @@ pub const CONNECTION_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// bounded by the addresses seen in about this long, not since start.
 pub const ADMISSION_PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-/// Prunes the admission state on a schedule until `stop`.
+/// Least time between two prunes when the rate limiter keeps filling up (a spray of addresses):
+/// a prune walks every tracked address, so it must not run once per new one.
+pub const ADMISSION_PRUNE_WHEN_FULL_GAP: Duration = Duration::from_secs(1);
+
+/// Prunes the admission state on a schedule, and when the rate limiter is full (at most once
+/// per [`ADMISSION_PRUNE_WHEN_FULL_GAP`]), until `stop`.
 async fn prune_admission(admission: Arc<Admission>, stop: CancellationToken) {
     let mut every = tokio::time::interval(ADMISSION_PRUNE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Bounded: ends with the gateway.
+    // Bounded: ends with the gateway; each turn waits at least the gap.
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => admission.prune(),
+            _ = every.tick() => {}
+            _ = admission.rate_limiter_full() => {}
+        }
+        admission.prune();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ADMISSION_PRUNE_WHEN_FULL_GAP) => {}
         }
     }
 }

@@ -24,7 +24,8 @@ pub struct Refusals {
     pub global_connections: Reason,
 }
 
-/// One reason's count, and when it was last logged.
+/// One reason's count, and when it was last logged (also used for other events logged at a
+/// bounded rate, such as addresses the rate limiter could not track).
 #[derive(Default)]
 pub struct Reason {
     count: AtomicU64,
@@ -36,20 +37,26 @@ impl Reason {
     /// Counts one refusal of `client` and logs it unless this reason was logged within
     /// [`REFUSAL_LOG_EVERY`]; the line carries the total so far.
     pub fn record(&self, name: &'static str, client: IpAddr) {
+        if let Some(total) = self.tick() {
+            tracing::warn!(reason = name, client = %client, total, "refused by admission control");
+        }
+    }
+
+    /// Counts one; `Some(total)` when a log line is due (at most one per [`REFUSAL_LOG_EVERY`]),
+    /// for events that write their own line.
+    pub fn tick(&self) -> Option<u64> {
         let total = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         let now_ms = u64::try_from(epoch().elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let last = self.logged_ms.load(Ordering::Relaxed);
         let every = REFUSAL_LOG_EVERY.as_millis() as u64;
-        if (last == 0 || now_ms.saturating_sub(last) >= every)
+        ((last == 0 || now_ms.saturating_sub(last) >= every)
             && self
                 .logged_ms
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(reason = name, client = %client, total, "refused by admission control");
-        }
+                .is_ok())
+        .then_some(total)
     }
 
     pub fn count(&self) -> u64 {

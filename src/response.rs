@@ -4,7 +4,7 @@
 //! other.
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::error::GatewayError;
@@ -41,14 +41,12 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         GatewayError::RateLimited { retry_after, limit } => {
             set_retry_after(headers, *retry_after);
             // The headers the OpenAI SDKs read; `reset` in OpenAI's own "250ms" / "2s" form.
-            headers.insert("x-ratelimit-limit-requests", HeaderValue::from(*limit));
-            headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(0u32));
-            let millis = u64::try_from(retry_after.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            if let Ok(reset) = HeaderValue::from_str(&format!("{millis}ms")) {
-                headers.insert("x-ratelimit-reset-requests", reset);
-            }
+            headers.insert(X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(*limit));
+            headers.insert(
+                X_RATELIMIT_REMAINING_REQUESTS,
+                HeaderValue::from_static("0"),
+            );
+            headers.insert(X_RATELIMIT_RESET_REQUESTS, millis_value(*retry_after));
         }
         _ => {}
     }
@@ -91,7 +89,29 @@ fn set_retry_after(headers: &mut http::HeaderMap, wait: std::time::Duration) {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-    headers.insert("retry-after-ms", HeaderValue::from(millis.max(1)));
+    headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis.max(1)));
+}
+
+// The refusal headers' names, made once: a `&str` name is parsed again on every insert, and
+// refusals are answered by the thousand.
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-requests");
+const X_RATELIMIT_REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RATELIMIT_RESET_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-reset-requests");
+
+/// `wait` in whole milliseconds, at least 1, as `"250ms"`, without the formatting machinery.
+fn millis_value(wait: std::time::Duration) -> HeaderValue {
+    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    // u64::MAX has 20 digits, then "ms".
+    let mut text = Vec::with_capacity(22);
+    crate::mock::push_u64(&mut text, millis);
+    text.extend_from_slice(b"ms");
+    // Digits and "ms" only: always a valid header value.
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("1ms"))
 }
 
 /// The 405 error for `request`, naming the methods its path allows (`"GET, DELETE"`).
@@ -142,5 +162,14 @@ mod tests {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
         assert!(require_method(&request, &Method::POST, "POST").is_ok());
+    }
+
+    #[test]
+    fn the_reset_header_is_whole_milliseconds_at_least_one() {
+        use std::time::Duration;
+        assert_eq!(millis_value(Duration::from_micros(250_400)), "250ms");
+        assert_eq!(millis_value(Duration::ZERO), "1ms");
+        assert_eq!(millis_value(Duration::from_secs(2)), "2000ms");
+        assert_eq!(millis_value(Duration::MAX), "18446744073709551615ms");
     }
 }

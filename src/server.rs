@@ -438,8 +438,8 @@ async fn serve_connection<H: Handler>(
         // The per-address cap, now that the client is known.
         if let (Some(caps), Some(slot)) = (&settings.caps, slot.as_mut()) {
             if let Err(refusal) = caps.admit_client(slot, peer.ip()) {
-                // The request may have come with the header: put nothing back, drop it all.
-                answer_and_close(stream, refusal).await;
+                // The request may have come with the header: then it is answered at once.
+                answer_and_close(stream, refusal, !first_bytes.is_empty()).await;
                 return;
             }
         }
@@ -613,11 +613,15 @@ fn answer_refusal(stream: &TcpStream, refusal: &CapRefusal) {
     let _ = stream.try_write(refusal.answer());
 }
 
-/// Answers a refused connection once its client has sent something (within
-/// [`REFUSAL_REQUEST_WAIT`]), shuts the sending side, and drops what the client sends until it
+/// Answers a refused connection once its client has sent something (`already_asked`: bytes of
+/// its request were read already; else within [`REFUSAL_REQUEST_WAIT`]), shuts the sending side, and drops what the client sends until it
 /// closes (within [`REFUSAL_CLOSE_WAIT`]).
-async fn answer_and_close(mut stream: TcpStream, refusal: CapRefusal) {
+async fn answer_and_close(mut stream: TcpStream, refusal: CapRefusal, already_asked: bool) {
     let asked = async {
+        if already_asked {
+            let _ = drain_waiting(&stream);
+            return Some(());
+        }
         // Bounded: by REFUSAL_REQUEST_WAIT; a pass ends on bytes, a close, or a false wake-up.
         loop {
             stream.readable().await.ok()?;
@@ -665,7 +669,7 @@ fn refuse(
     }
     let lingering = lingering.clone();
     tracker.spawn(async move {
-        answer_and_close(stream, refusal).await;
+        answer_and_close(stream, refusal, false).await;
         lingering.fetch_sub(1, Ordering::AcqRel);
     });
 }

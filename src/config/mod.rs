@@ -142,6 +142,14 @@ pub const REQUESTS_PER_SECOND_RANGE: RangeInclusive<u32> = 0..=1_000_000;
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// Allowed `limits.per_ip.ipv6_prefix`: 16 to 128 bits.
 pub const IPV6_PREFIX_RANGE: RangeInclusive<u32> = 16..=128;
+/// Default `limits.per_ip.max_tracked`: 100,000 client addresses, 4–7 MiB of rate-limiter state
+/// at the 37–73 bytes per address measured (table and RSS, RESULTS.md "Bounded memory under
+/// address spraying"): more clients than one gateway serves within a rate period, while a
+/// spray of millions of addresses costs no more.
+pub const DEFAULT_MAX_TRACKED: u32 = 100_000;
+/// Allowed `limits.per_ip.max_tracked`: 1 to 10,000,000 (under 1 GiB): always a cap, since
+/// bounding memory is its point.
+pub const MAX_TRACKED_RANGE: RangeInclusive<u32> = 1..=10_000_000;
 /// Allowed `limits.max_streams` and `limits.per_ip.max_streams`: 0 (no cap) to 10,000,000.
 pub const MAX_STREAMS_CAP_RANGE: RangeInclusive<u32> = 0..=10_000_000;
 /// Allowed `limits.max_connections` and `limits.per_ip.max_connections`: 0 (derived, or no
@@ -804,6 +812,14 @@ pub struct PerIpLimits {
     /// close. Trusted proxies are exempt. 0 (the default) is no cap. Allowed
     /// [`MAX_CONNECTIONS_RANGE`].
     pub max_connections: u32,
+    /// Most client addresses the request rate is tracked for at once
+    /// (`limits.per_ip.max_tracked`), so clients spraying source addresses cannot grow memory
+    /// without bound. Quiet addresses are forgotten every 30 s, and sooner when it is full;
+    /// while it is full a new address is not tracked and gets a fresh burst, as any address seen
+    /// for the first time (counted as `admission.untracked_addresses` in `/admin/summary`).
+    /// Default [`DEFAULT_MAX_TRACKED`], allowed [`MAX_TRACKED_RANGE`].
+    #[default(DEFAULT_MAX_TRACKED)]
+    pub max_tracked: u32,
 }
 
 /// `[streams]`: keeping long-lived streaming responses alive through idle
@@ -1220,6 +1236,11 @@ impl Config {
                 "limits.per_ip.max_connections",
                 p.max_connections,
                 &MAX_CONNECTIONS_RANGE,
+            ),
+            (
+                "limits.per_ip.max_tracked",
+                p.max_tracked,
+                &MAX_TRACKED_RANGE,
             ),
         ] {
             c.check(path, check_count(value, range));

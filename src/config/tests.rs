@@ -68,6 +68,7 @@ burst = 20
 ipv6_prefix = 56
 max_streams = 8
 max_connections = 16
+max_tracked = 5000
 
 [streams]
 heartbeat_interval = "250ms"
@@ -229,6 +230,7 @@ fn full_file_sets_every_key() {
                 ipv6_prefix: 56,
                 max_streams: 8,
                 max_connections: 16,
+                max_tracked: 5000,
             },
         },
         streams: StreamsConfig {
@@ -2541,8 +2543,9 @@ fn admission_limits_are_checked_and_off_by_default() {
     assert_eq!(c.limits.max_streams, 0);
     assert_eq!(c.limits.per_ip.requests_per_second, 0);
     assert_eq!(c.limits.per_ip.ipv6_prefix, DEFAULT_IPV6_PREFIX);
+    assert_eq!(c.limits.per_ip.max_tracked, DEFAULT_MAX_TRACKED);
     let errors = Config::from_toml_str(
-        "[limits]\nmax_streams = 20000000\n[limits.per_ip]\nipv6_prefix = 8\nrequests_per_second = 2000000\n",
+        "[limits]\nmax_streams = 20000000\n[limits.per_ip]\nipv6_prefix = 8\nrequests_per_second = 2000000\nmax_tracked = 0\n",
     )
     .unwrap_err();
     let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
@@ -2551,7 +2554,8 @@ fn admission_limits_are_checked_and_off_by_default() {
         [
             "limits.max_streams",
             "limits.per_ip.requests_per_second",
-            "limits.per_ip.ipv6_prefix"
+            "limits.per_ip.ipv6_prefix",
+            "limits.per_ip.max_tracked"
         ]
     );
     let errors = Config::from_toml_str("[limits.per_ip]\nrequests_per_secnd = 5\n").unwrap_err();

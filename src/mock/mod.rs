@@ -144,6 +144,9 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+/// Decimal digits without the formatting machinery, also for the gateway's refusal headers.
+pub(crate) use sse::push_u64;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

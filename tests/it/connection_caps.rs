@@ -200,6 +200,14 @@ async fn proxy_protocol_v1_and_v2_name_the_client_and_a_missing_header_closes() 
         .unwrap();
     let answer = answer_then_close(second, &health_request(env.gateway)).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // The same with the request in the header's own packet.
+    let third = TcpStream::connect(env.gateway).await.unwrap();
+    let both = format!(
+        "PROXY TCP4 198.51.100.7 127.0.0.1 40004 443\r\n{}",
+        health_request(env.gateway)
+    );
+    let answer = answer_then_close(third, &both).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
 
     // No header, or a bad one: closed without an answer.
     for preamble in [&b""[..], b"PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n"] {
@@ -208,7 +216,7 @@ async fn proxy_protocol_v1_and_v2_name_the_client_and_a_missing_header_closes() 
         let answer = answer_then_close(socket, &health_request(env.gateway)).await;
         assert_eq!(answer, "", "{preamble:?}");
     }
-    assert_eq!(summary(&env).await["refusals"]["ip_connections"], 1);
+    assert_eq!(summary(&env).await["refusals"]["ip_connections"], 2);
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ pub mod chart;
 pub mod client;
 pub mod procfs;
 pub mod report;
+pub mod requests;
 pub mod sse;
 pub mod stats;
 
@@ -202,6 +203,20 @@ pub struct BenchArgs {
     /// No progress lines on stderr
     #[arg(long)]
     pub quiet: bool,
+    /// Request mode: instead of streams, send requests to PATH (/healthz; a /v1/ path gets a
+    /// small non-streaming chat POST) back to back on --connections keep-alive HTTP/1.1
+    /// connections for --duration; report requests/s by status and each --pid's CPU per request
+    #[arg(long, value_name = "PATH",
+          conflicts_with_all = ["hold", "drop_after_events", "drop_after_ms", "stall_after_headers"])]
+    pub requests: Option<String>,
+    /// Request mode: concurrent connections (clients)
+    #[arg(long, default_value_t = 32, value_name = "N", requires = "requests",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+    /// Request mode: a new connection for every request, bound to the next source address of
+    /// 127.10.0.1, 127.10.0.2, ... (a client spraying addresses)
+    #[arg(long, requires = "requests")]
+    pub new_address_per_request: bool,
 }
 
 /// A duration flag: "90s", "10m", "500ms", "1h 30m" (humantime's syntax; a unit is required).
@@ -392,24 +407,12 @@ fn check_writable(path: &Path) -> Result<(), String> {
 
 /// Runs `tidegate-bench`; returns the exit code.
 pub fn main(args: BenchArgs) -> ExitCode {
-    let prepared = match prepare(&args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("tidegate-bench: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.threads))
-        .thread_name("bench")
-        .enable_all()
-        .build();
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tidegate-bench: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    if let Some(path) = &args.requests {
+        return requests_main(&args, path);
+    }
+    let (prepared, runtime) = match start(prepare(&args), args.threads) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     if !args.quiet {
         eprintln!(
@@ -459,6 +462,65 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     }
     code
+}
+
+/// What was prepared and the driver's runtime with `threads` workers, or the exit code: bad
+/// arguments (`prepared` is an error, printed) or a runtime that cannot start.
+fn start<T>(
+    prepared: Result<T, String>,
+    threads: u16,
+) -> Result<(T, tokio::runtime::Runtime), ExitCode> {
+    let prepared = prepared.map_err(|e| {
+        eprintln!("tidegate-bench: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(threads))
+        .thread_name("bench")
+        .enable_all()
+        .build()
+        .map(|runtime| (prepared, runtime))
+        .map_err(|e| {
+            eprintln!("tidegate-bench: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILED)
+        })
+}
+
+/// Request mode ([`requests`]): the run and its table.
+fn requests_main(args: &BenchArgs, path: &str) -> ExitCode {
+    let plan = Target::parse(&args.url).and_then(|target| {
+        if args.duration.is_zero() {
+            return Err("--duration must be more than 0".into());
+        }
+        let limit = tidegate::sys::raise_nofile_limit()
+            .map_err(|e| format!("cannot raise the open-files limit: {e}"))?;
+        if u64::from(args.connections) + SPARE_FDS > limit.after {
+            return Err(format!(
+                "{} connections do not fit the open-files limit {}",
+                args.connections, limit.after
+            ));
+        }
+        requests::RequestPlan::new(
+            target.addr,
+            path,
+            &args.model,
+            args.connections,
+            args.duration,
+            args.new_address_per_request,
+        )
+    });
+    let (plan, runtime) = match start(plan, args.threads) {
+        Ok(both) => both,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(requests::run(plan, &args.pids));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    print!("{}", report.table());
+    if report.counts.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
 }
 
 /// `"; each dropped after 1 event"` for the start line and the report's first line, or nothing.
