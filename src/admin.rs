@@ -1,6 +1,7 @@
 //! The admin API, on the operator listener: list, inspect and end live streams, and a summary.
 //!
-//! - `GET /admin/streams?ip=&model=&state=&limit=`: live streams, oldest first.
+//! - `GET /admin/streams?ip=&api_key=&model=&state=&limit=`: live streams, oldest first
+//!   (`api_key` is a key's name).
 //! - `GET /admin/streams/{id}`: one stream.
 //! - `DELETE /admin/streams/{id}`: ends the stream with a final `terminated_by_admin` error
 //!   event and cancels its upstream request.
@@ -19,6 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::admission::Admission;
+use crate::auth::bearer_token;
 use crate::config::Secret;
 use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
@@ -161,17 +163,6 @@ fn authorize<B>(token: Option<&Secret>, request: &Request<B>) -> Result<(), Gate
     }
 }
 
-/// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110).
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let space = value.iter().position(|b| *b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let start = rest.iter().position(|b| *b != b' ')?;
-    Some(&rest[start..])
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // The length is not secret (the token's length is fixed by the operator); the content is.
     if a.len() != b.len() {
@@ -184,6 +175,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug, Default, PartialEq)]
 struct Filter {
     ip: Option<IpAddr>,
+    api_key: Option<String>,
     model: Option<String>,
     state: Option<StreamState>,
     limit: Option<usize>,
@@ -205,6 +197,7 @@ impl Filter {
                         expected: "an IPv4 or IPv6 address".into(),
                     })?)
                 }
+                "api_key" => filter.api_key = Some(value),
                 "model" => filter.model = Some(value),
                 "state" => {
                     filter.state = Some(StreamState::parse(&value).ok_or_else(|| {
@@ -229,7 +222,7 @@ impl Filter {
                 _ => {
                     return Err(GatewayError::InvalidParameter {
                         param: "query",
-                        expected: "only the parameters ip, model, state and limit".into(),
+                        expected: "only the parameters ip, api_key, model, state and limit".into(),
                     })
                 }
             }
@@ -239,6 +232,10 @@ impl Filter {
 
     fn matches(&self, stream: &StreamHandle) -> bool {
         self.ip.is_none_or(|ip| stream.client_ip() == ip)
+            && self
+                .api_key
+                .as_deref()
+                .is_none_or(|k| stream.api_key() == Some(k))
             && self.model.as_deref().is_none_or(|m| stream.model() == m)
             && self.state.is_none_or(|s| stream.state() == s)
     }
@@ -276,7 +273,7 @@ pub struct StreamView<'a> {
     pub id: &'a str,
     pub state: StreamState,
     pub client_ip: IpAddr,
-    /// The API key's name, once the gateway has keys of its own.
+    /// The name of the stream's API key (`[auth] mode = "keys"`), never the key.
     pub api_key: Option<&'a str>,
     pub model: &'a str,
     /// The upstream asked last (none before the first attempt).
@@ -305,7 +302,7 @@ fn view<'a>(registry: &Registry, stream: &'a StreamHandle) -> StreamView<'a> {
         id: stream.id(),
         state: stream.state(),
         client_ip: stream.client_ip(),
-        api_key: None,
+        api_key: stream.api_key(),
         model: stream.model(),
         upstream: stream.upstream(),
         attempts: stream.attempts(),
@@ -482,8 +479,11 @@ mod tests {
     #[test]
     fn filters_parse_and_reject_what_they_do_not_know() {
         assert_eq!(Filter::parse("").unwrap(), Filter::default());
-        let f = Filter::parse("ip=%3A%3A1&model=gpt-4o+mini&state=streaming&limit=5").unwrap();
+        let f =
+            Filter::parse("ip=%3A%3A1&model=gpt-4o+mini&state=streaming&limit=5&api_key=team-a")
+                .unwrap();
         assert_eq!(f.ip, Some("::1".parse().unwrap()));
+        assert_eq!(f.api_key.as_deref(), Some("team-a"));
         assert_eq!(f.model.as_deref(), Some("gpt-4o mini"));
         assert_eq!(f.state, Some(StreamState::Streaming));
         assert_eq!(f.limit, Some(5));
@@ -500,16 +500,6 @@ mod tests {
             assert_eq!(err.class().param, Some(param), "{query}");
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         }
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"bearer  abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"BEARER abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer_token(b"Basic abc"), None);
-        assert_eq!(bearer_token(b"Bearer"), None);
-        assert_eq!(bearer_token(b"Bearer "), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   `limits.per_ip.max_tracked` addresses ([`capped`]) and forgets quiet ones when pruned (on a
 //!   schedule, and sooner when it is full); the per-address stream counts hold only addresses
 //!   with a live stream, so they are bounded by the stream caps.
+//! - with `[auth] mode = "keys"`, a gateway API key on every request ([`crate::auth`]): its own
+//!   request rate, stream cap (its slot held by the same [`StreamSlot`]) and model allowlist.
 
 mod capped;
 
@@ -24,11 +26,13 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
+use http::HeaderMap;
 
 use self::capped::{CappedStore, Tracked};
+use crate::auth::{Key, KeySlot, Keys, NoKey};
 use crate::client_ip::limit_key;
 use crate::config::Limits;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, LimitScope};
 use crate::refusal::{Reason, RefusalCounts, Refusals};
 
 /// What a refused client should wait before a stream slot may be free: a guess, since streams
@@ -52,6 +56,8 @@ pub struct Admission {
     refusals: Arc<Refusals>,
     /// The addresses the rate limiter holds (also when it is off: then none).
     tracked: Arc<Tracked>,
+    /// The gateway API keys, when `[auth] mode = "keys"`.
+    keys: Option<Arc<Keys>>,
 }
 
 impl Admission {
@@ -76,8 +82,60 @@ impl Admission {
             max_streams: u64::from(limits.max_streams),
             streams: Arc::new(AtomicU64::new(0)),
             streams_by_ip: Arc::new(DashMap::new()),
+            keys: None,
             refusals: Arc::new(Refusals::default()),
             tracked,
+        }
+    }
+
+    /// The same, asking every request for one of `keys`.
+    pub fn with_keys(self, keys: Option<Arc<Keys>>) -> Admission {
+        Admission { keys, ..self }
+    }
+
+    /// The request's API key, and one request taken from the key's rate; `Ok(None)` when the
+    /// gateway asks for no keys. Decided from the headers alone, before the body is read.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        ip: IpAddr,
+    ) -> Result<Option<Arc<Key>>, GatewayError> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let key = keys.authenticate(headers).map_err(|no_key| {
+            self.refused(&self.refusals.auth, "auth", ip);
+            GatewayError::InvalidApiKey {
+                presented: no_key == NoKey::Unknown,
+            }
+        })?;
+        // In the request's span from here: every later line names the key (never the key
+        // itself).
+        tracing::Span::current().record("api_key", &**key.name());
+        key.check_rate().map_err(|wait| {
+            self.refused(&self.refusals.key_rate, "key_rate", ip);
+            GatewayError::RateLimited {
+                retry_after: wait,
+                limit: key.rate_limit(),
+                scope: LimitScope::ApiKey,
+            }
+        })?;
+        Ok(Some(key))
+    }
+
+    /// Whether the request's key (if any) may use `model`.
+    pub fn check_model(
+        &self,
+        key: Option<&Key>,
+        model: &str,
+        ip: IpAddr,
+    ) -> Result<(), GatewayError> {
+        match key {
+            Some(key) if !key.allows(model) => {
+                self.refused(&self.refusals.model_not_allowed, "model_not_allowed", ip);
+                Err(GatewayError::ModelNotAllowed(model.to_owned()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -99,31 +157,39 @@ impl Admission {
                 Err(GatewayError::RateLimited {
                     retry_after: wait,
                     limit: self.rate_limit,
+                    scope: LimitScope::Address,
                 })
             }
         }
     }
 
     /// A stream slot for the client, or the refusal: per address first (429), then in all
-    /// (503). The slot is given back when the returned guard is dropped.
-    pub fn take_stream_slot(&self, ip: IpAddr) -> Result<StreamSlot, GatewayError> {
-        let key = self.client_key(ip);
+    /// (503), then per API key (429). The slot is given back when the returned guard is
+    /// dropped.
+    pub fn take_stream_slot(
+        &self,
+        ip: IpAddr,
+        key: Option<&Key>,
+    ) -> Result<StreamSlot, GatewayError> {
+        let ip_key = self.client_key(ip);
         if self.per_ip_max_streams > 0 {
-            let mut count = self.streams_by_ip.entry(key).or_insert(0);
+            let mut count = self.streams_by_ip.entry(ip_key).or_insert(0);
             if *count >= self.per_ip_max_streams {
                 drop(count);
                 self.refused(&self.refusals.ip_streams, "ip_streams", ip);
                 return Err(GatewayError::TooManyStreams {
                     limit: self.per_ip_max_streams,
                     retry_after: STREAM_SLOT_RETRY_AFTER,
+                    scope: LimitScope::Address,
                 });
             }
             *count += 1;
         }
         let before = self.streams.fetch_add(1, Ordering::AcqRel);
-        let slot = StreamSlot {
+        let mut slot = StreamSlot {
             streams: self.streams.clone(),
-            by_ip: (self.per_ip_max_streams > 0).then(|| (self.streams_by_ip.clone(), key)),
+            by_ip: (self.per_ip_max_streams > 0).then(|| (self.streams_by_ip.clone(), ip_key)),
+            by_key: None,
         };
         if self.max_streams > 0 && before >= self.max_streams {
             drop(slot); // gives both counts back
@@ -131,6 +197,20 @@ impl Admission {
             return Err(GatewayError::ServerOverloaded {
                 retry_after: STREAM_SLOT_RETRY_AFTER,
             });
+        }
+        if let Some(key) = key {
+            match key.take_slot() {
+                Some(key_slot) => slot.by_key = Some(key_slot),
+                None => {
+                    drop(slot); // gives the address's and the global count back
+                    self.refused(&self.refusals.key_streams, "key_streams", ip);
+                    return Err(GatewayError::TooManyStreams {
+                        limit: key.max_streams(),
+                        retry_after: STREAM_SLOT_RETRY_AFTER,
+                        scope: LimitScope::ApiKey,
+                    });
+                }
+            }
         }
         Ok(slot)
     }
@@ -189,10 +269,13 @@ impl Admission {
     }
 }
 
-/// A stream's slot in the global and per-address counts; dropping it gives the slot back.
+/// A stream's slot in the global, per-address and per-key counts; dropping it gives the slot
+/// back.
 pub struct StreamSlot {
     streams: Arc<AtomicU64>,
     by_ip: Option<(Arc<DashMap<IpAddr, u32>>, IpAddr)>,
+    /// Dropped with the slot: gives the key's count back.
+    by_key: Option<KeySlot>,
 }
 
 impl Drop for StreamSlot {
@@ -245,7 +328,9 @@ mod tests {
             a.check_rate(ip).unwrap();
         }
         match a.check_rate(ip) {
-            Err(GatewayError::RateLimited { retry_after, limit }) => {
+            Err(GatewayError::RateLimited {
+                retry_after, limit, ..
+            }) => {
                 assert_eq!(limit, 1);
                 assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
             }
@@ -264,15 +349,15 @@ mod tests {
         });
         let one: IpAddr = "192.0.2.1".parse().unwrap();
         let two: IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = a.take_stream_slot(one).unwrap();
-        let s2 = a.take_stream_slot(one).unwrap();
+        let s1 = a.take_stream_slot(one, None).unwrap();
+        let s2 = a.take_stream_slot(one, None).unwrap();
         assert!(matches!(
-            a.take_stream_slot(one),
+            a.take_stream_slot(one, None),
             Err(GatewayError::TooManyStreams { .. })
         ));
-        let s3 = a.take_stream_slot(two).unwrap();
+        let s3 = a.take_stream_slot(two, None).unwrap();
         assert!(matches!(
-            a.take_stream_slot(two),
+            a.take_stream_slot(two, None),
             Err(GatewayError::ServerOverloaded { .. })
         ));
         assert_eq!(a.streams(), 3);
@@ -395,7 +480,7 @@ mod tests {
         let slots: Vec<_> = (0..1000)
             .map(|_| {
                 a.check_rate(ip).unwrap();
-                a.take_stream_slot(ip).unwrap()
+                a.take_stream_slot(ip, None).unwrap()
             })
             .collect();
         assert_eq!(a.streams(), 1000);

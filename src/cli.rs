@@ -1,23 +1,27 @@
 //! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
-//! upstream on its own, and `check-config`. (The load driver is its own binary, `tidegate-bench`,
+//! upstream on its own, `check-config`, and `hash-key` (an API key's hash for the keys file).
+//! While serving, SIGHUP reloads the API keys file. (The load driver is its own binary, `tidegate-bench`,
 //! in `loadtest/driver/`.)
 //!
 //! The configuration is loaded and validated completely before anything binds; an invalid one
 //! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Keys};
 use crate::config::{Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl};
 use crate::gateway::{self, Listeners};
 use crate::mock::{MockSettings, MockUpstream};
-use crate::signals::Signals;
+use crate::signals::{Hangups, Signals};
 use crate::{logging, sys};
 
 /// Exit code for an invalid configuration.
@@ -30,6 +34,13 @@ pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
 
 /// The mock's per-request override headers, forwarded in demo mode.
 pub const DEMO_FORWARD_HEADERS: &str = "x-mock-*";
+
+/// Most bytes `hash-key` reads from stdin: an API key travels in a request header, which
+/// `limits.max_header_bytes` bounds far below this.
+pub const MAX_HASHED_KEY_BYTES: u64 = 64 * 1024;
+
+/// Shorter keys get a warning from `hash-key`: 20 random characters or more cannot be guessed.
+pub const MIN_RECOMMENDED_KEY_BYTES: usize = 20;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,6 +108,10 @@ pub enum Command {
         /// The TOML file to check
         file: PathBuf,
     },
+    /// Print the SHA-256 (lower-case hex) of an API key read from stdin, for the `sha256` of a
+    /// `[[keys]]` entry in the keys file (`auth.keys_file`); one trailing newline is ignored.
+    /// Example: `openssl rand -hex 24 | tee key.txt | tidegate hash-key`
+    HashKey,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -106,6 +121,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let huge_pages = sys::disable_transparent_huge_pages();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => check_config(file),
+        Some(Command::HashKey) => hash_key(&mut std::io::stdin().lock(), &mut std::io::stdout()),
         Some(Command::MockUpstream {
             listen,
             chunks,
@@ -165,8 +181,8 @@ fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Everything a config must pass before anything binds: the file's own rules, the environment
-/// (the upstream key), and the log filter.
-fn finish_config(config: &mut Config) -> Result<(), ConfigErrors> {
+/// (the upstream key), the log filter, and the API keys file, whose keys it returns.
+fn finish_config(config: &mut Config) -> Result<Option<Arc<Keys>>, ConfigErrors> {
     config.validate()?;
     config.resolve_secrets(|name| std::env::var(name).ok())?;
     logging::parse_filter(&config.log.level).map_err(|message| {
@@ -175,25 +191,72 @@ fn finish_config(config: &mut Config) -> Result<(), ConfigErrors> {
             message,
         }])
     })?;
-    Ok(())
+    Keys::from_config(&config.auth)
 }
 
 fn check_config(path: &Path) -> ExitCode {
     let result = read_config_file(path).and_then(|mut config| {
-        finish_config(&mut config)?;
-        Ok(config)
+        let keys = finish_config(&mut config)?;
+        // Printing fails only for a config validate() rejects; report it as a config error.
+        let printed = config.to_redacted_toml().map_err(ConfigErrors::from)?;
+        let keys_line =
+            keys.map(|keys| format!("# auth.keys_file: {} keys, valid\n", keys.current().len()));
+        Ok((printed, keys_line))
     });
-    // Printing fails only for a config validate() rejects; report it as a config error anyway.
-    let result = result.and_then(|config| config.to_redacted_toml().map_err(ConfigErrors::from));
     match result {
-        Ok(printed) => {
+        Ok((printed, keys_line)) => {
             println!("# {}: valid", path.display());
-            print!("{printed}");
+            print!("{}{printed}", keys_line.unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(errors) => {
             print_config_errors(&path.display().to_string(), &errors);
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `tidegate hash-key`: the SHA-256 of the key on `input` (one trailing newline ignored), in
+/// lower-case hex and a newline on `output`. An empty key, or one that cannot be sent in an
+/// `Authorization` header, is refused with [`EXIT_CONFIG`]; the key is never printed.
+pub fn hash_key(input: &mut impl Read, output: &mut impl Write) -> ExitCode {
+    let refuse = |message: &str| {
+        eprintln!("tidegate hash-key: {message}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let mut key = Vec::new();
+    if let Err(e) = input.take(MAX_HASHED_KEY_BYTES + 1).read_to_end(&mut key) {
+        return refuse(&format!("cannot read the key from stdin: {e}"));
+    }
+    if key.len() as u64 > MAX_HASHED_KEY_BYTES {
+        return refuse(&format!(
+            "more than {MAX_HASHED_KEY_BYTES} bytes on stdin: not an API key"
+        ));
+    }
+    let key = key
+        .strip_suffix(b"\n")
+        .map(|k| k.strip_suffix(b"\r").unwrap_or(k))
+        .unwrap_or(&key);
+    if key.is_empty() {
+        return refuse("no key on stdin: pipe the key in, e.g. `tidegate hash-key < key.txt`");
+    }
+    if !key.iter().all(u8::is_ascii_graphic) {
+        return refuse(
+            "the key holds spaces, control or non-ASCII characters, which cannot be sent in an \
+             Authorization header; use letters, digits and punctuation only",
+        );
+    }
+    if key.len() < MIN_RECOMMENDED_KEY_BYTES {
+        eprintln!(
+            "tidegate hash-key: warning: the key is shorter than {MIN_RECOMMENDED_KEY_BYTES} \
+             characters; long random keys (e.g. `openssl rand -hex 24`) cannot be guessed"
+        );
+    }
+    match writeln!(output, "{}", hex::encode(auth::hash_key(key))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidegate hash-key: cannot write the hash: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -214,10 +277,13 @@ fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
         print_config_errors("command line", &errors);
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Err(errors) = finish_config(&mut config) {
-        print_config_errors("effective configuration", &errors);
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let keys = match finish_config(&mut config) {
+        Ok(keys) => keys,
+        Err(errors) => {
+            print_config_errors("effective configuration", &errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     logging::init(config.log.format, logging_filter(&config.log.level));
     match sys::raise_nofile_limit() {
         Ok(l) => tracing::info!(
@@ -234,7 +300,7 @@ fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
             "could not turn transparent huge pages off; RSS per stream may be higher"
         ),
     }
-    block_on(serve_async(config, demo))
+    block_on(serve_async(config, demo, keys))
 }
 
 fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), ConfigErrors> {
@@ -290,7 +356,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ExitCode> {
     })
 }
 
-async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
+async fn serve_async(mut config: Config, demo: bool, keys: Option<Arc<Keys>>) -> ExitCode {
     let shutdown = CancellationToken::new();
     let mut mock_stop = None;
     if demo {
@@ -331,6 +397,7 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
     // Before the "listening" line: whoever reads it may signal at once, and a signal that
     // arrives before the handlers exist kills the process instead of draining it.
     let signals = Signals::new();
+    let hangups = Hangups::new();
     let listen = api.local_addr().unwrap_or(config.listen);
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -344,7 +411,11 @@ async fn serve_async(mut config: Config, demo: bool) -> ExitCode {
     }
 
     tokio::spawn(watch_signals(signals, shutdown.clone()));
-    let result = gateway::run(config, Listeners { api, admin }, shutdown).await;
+    if let Some(keys) = &keys {
+        tracing::info!(keys = keys.current().len(), "API keys loaded");
+    }
+    tokio::spawn(reload_on_hangup(hangups, keys.clone()));
+    let result = gateway::run_with_keys(config, Listeners { api, admin }, shutdown, keys).await;
     if let Some(stop) = mock_stop {
         stop.cancel();
     }
@@ -383,6 +454,24 @@ async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
     signals.recv().await;
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// Each SIGHUP reloads the API keys file ([`Keys::reload`] logs the outcome; a bad file keeps
+/// the keys in use). Without keys there is nothing to reload, and the signal is only logged
+/// (its default action would have ended the process).
+async fn reload_on_hangup(mut hangups: Hangups, keys: Option<Arc<Keys>>) {
+    // Bounded: ends with the process.
+    loop {
+        hangups.recv().await;
+        match &keys {
+            Some(keys) => {
+                // Reading a file: off the async workers.
+                let keys = keys.clone();
+                let _ = tokio::task::spawn_blocking(move || keys.reload()).await;
+            }
+            None => tracing::info!(r#"SIGHUP: nothing to reload (auth.mode is "none")"#),
+        }
+    }
 }
 
 async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {

@@ -41,16 +41,23 @@ pub enum GatewayError {
     },
     #[error("The gateway is shutting down.")]
     NotReady,
-    #[error("Rate limit reached for requests from your address ({limit} per second); retry in {} ms.", .retry_after.as_millis().max(1))]
+    #[error("Rate limit reached for requests from {} ({limit} per second); retry in {} ms.", .scope.whose(), .retry_after.as_millis().max(1))]
     RateLimited {
         retry_after: std::time::Duration,
         limit: u32,
+        scope: LimitScope,
     },
-    #[error("Your address already has {limit} streams open; wait for one to end.")]
+    #[error("Too many streams: {} already has {limit} streams open; wait for one to end.", .scope.whose())]
     TooManyStreams {
         limit: u32,
         retry_after: std::time::Duration,
+        scope: LimitScope,
     },
+    /// No key, or one this gateway did not issue. The key is never repeated, not even masked.
+    #[error("{}", if *.presented { "Incorrect API key provided. Use a key issued for this gateway." } else { "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'." })]
+    InvalidApiKey { presented: bool },
+    #[error("Your API key may not use the model '{0}'.")]
+    ModelNotAllowed(String),
     #[error("The gateway is at its limit of concurrent streams; retry shortly.")]
     ServerOverloaded { retry_after: std::time::Duration },
     #[error("Your address already has {limit} connections open; reuse one or wait.")]
@@ -98,6 +105,23 @@ pub enum GatewayError {
     StreamNotFound(String),
     #[error("The admin API needs 'Authorization: Bearer <admin token>'.")]
     AdminUnauthorized,
+}
+
+/// Whose limit a request went over: its client address's or its API key's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    Address,
+    ApiKey,
+}
+
+impl LimitScope {
+    /// For messages: "your address", "your API key".
+    pub fn whose(self) -> &'static str {
+        match self {
+            LimitScope::Address => "your address",
+            LimitScope::ApiKey => "your API key",
+        }
+    }
 }
 
 /// What the table says about one error: status, OpenAI `type`, stable `code`, `param`.
@@ -204,6 +228,18 @@ impl GatewayError {
                 SERVER_ERROR,
                 "server_overloaded",
                 None,
+            ),
+            InvalidApiKey { .. } => (
+                StatusCode::UNAUTHORIZED,
+                INVALID_REQUEST,
+                "invalid_api_key",
+                None,
+            ),
+            ModelNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                INVALID_REQUEST,
+                "model_not_allowed",
+                Some("model"),
             ),
             ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,
@@ -441,11 +477,15 @@ mod tests {
             GatewayError::RateLimited {
                 retry_after: Duration::ZERO,
                 limit: 0,
+                scope: LimitScope::Address,
             },
             GatewayError::TooManyStreams {
                 limit: 0,
                 retry_after: Duration::ZERO,
+                scope: LimitScope::ApiKey,
             },
+            GatewayError::InvalidApiKey { presented: true },
+            GatewayError::ModelNotAllowed(String::new()),
             GatewayError::ServerOverloaded {
                 retry_after: Duration::ZERO,
             },

@@ -13,8 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminApi;
 use crate::admission::Admission;
+use crate::auth::Keys;
 use crate::client_ip::ClientIp;
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{Config, ConfigErrors, UpstreamProtocol};
 use crate::connection::{ConnectionCaps, ConnectionCounts, RefusalAnswers};
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
@@ -49,6 +50,8 @@ pub enum RunError {
     Upstream(#[from] GatewayError),
     #[error("cannot start the worker threads: {0}")]
     Workers(#[from] std::io::Error),
+    #[error("invalid keys file: {0}")]
+    Keys(#[from] ConfigErrors),
 }
 
 /// What a connection refused by the caps is told to wait: connections turn over quickly, and
@@ -187,13 +190,28 @@ fn connection_settings(config: &Config) -> ConnectionSettings {
 /// `shutdown.drain_timeout`. At the deadline every remaining stream ends with a final
 /// `server_shutdown` error event; connections still open [`SHUTDOWN_EVENT_GRACE`] later are
 /// closed. Returns once every connection is gone.
+///
+/// The API keys (`[auth]`) are read from `auth.keys_file` here; [`run_with_keys`] takes keys
+/// read by the caller, who can then reload them.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let keys = Keys::from_config(&config.auth)?;
+    run_with_keys(config, listeners, shutdown, keys).await
+}
+
+/// [`run`], with the API keys the caller read from `config.auth` ([`Keys::from_config`]) and
+/// reloads (the command line does on SIGHUP); `None` asks for no keys.
+pub async fn run_with_keys(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    keys: Option<Arc<Keys>>,
+) -> Result<(), RunError> {
     let backends = Arc::new(Backends::new(&config));
-    let admission = Arc::new(Admission::new(&config.limits));
+    let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
     let registry = Arc::new(Registry::new(&backends.names()));
     let api_connections = Arc::new(ConnectionCounts::default());
     let client_ip = ClientIp::with_header(

@@ -153,6 +153,7 @@ mod tests {
             .map(|_| {
                 registry.register(NewStream {
                     client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    api_key: None,
                     model: "m",
                     request_id: "r",
                     connection: None,

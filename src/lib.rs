@@ -2,7 +2,7 @@
 //! streaming chat completions as Server-Sent Events.
 //!
 //! Data flow: [`server`] accepts connections (HTTP/1.1, HTTP/2), [`router`] maps each request to
-//! a handler, [`admission`] decides whether it may cost anything (rates, stream slots), [`relay`] forwards it to an upstream chosen by [`upstream`] (routes, pools,
+//! a handler, [`admission`] decides whether it may cost anything (rates, stream slots, [`auth`]'s API keys), [`relay`] forwards it to an upstream chosen by [`upstream`] (routes, pools,
 //! breakers; retrying before the first byte) and relays the answer, [`sse`] finds event
 //! boundaries in the upstream bytes, and [`error`] turns every failure into an OpenAI-shaped
 //! error ([`response`] builds the JSON responses). [`registry`] knows every live stream,
@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod client_ip;
 pub mod config;

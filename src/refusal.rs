@@ -22,6 +22,11 @@ pub struct Refusals {
     pub ip_connections: Reason,
     pub global_streams: Reason,
     pub global_connections: Reason,
+    /// No API key, or an unknown one.
+    pub auth: Reason,
+    pub key_rate: Reason,
+    pub key_streams: Reason,
+    pub model_not_allowed: Reason,
 }
 
 /// One reason's count, and when it was last logged (also used for other events logged at a
@@ -78,6 +83,11 @@ pub struct RefusalCounts {
     pub ip_connections: u64,
     pub global_streams: u64,
     pub global_connections: u64,
+    /// No API key, or an unknown one.
+    pub auth: u64,
+    pub key_rate: u64,
+    pub key_streams: u64,
+    pub model_not_allowed: u64,
 }
 
 impl Refusals {
@@ -88,6 +98,10 @@ impl Refusals {
             ip_connections: self.ip_connections.count(),
             global_streams: self.global_streams.count(),
             global_connections: self.global_connections.count(),
+            auth: self.auth.count(),
+            key_rate: self.key_rate.count(),
+            key_streams: self.key_streams.count(),
+            model_not_allowed: self.model_not_allowed.count(),
         }
     }
 }

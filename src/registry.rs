@@ -144,6 +144,8 @@ impl From<EndReason> for GatewayError {
 #[derive(Debug)]
 pub struct NewStream<'a> {
     pub client_ip: IpAddr,
+    /// The name of the request's API key (`[auth] mode = "keys"`), never the key.
+    pub api_key: Option<Arc<str>>,
     pub model: &'a str,
     pub request_id: &'a str,
     pub connection: Option<ConnectionInfo>,
@@ -195,6 +197,7 @@ impl Registry {
             seq,
             id: format!("{STREAM_ID_PREFIX}{}_{seq}", self.instance).into_boxed_str(),
             client_ip: new.client_ip,
+            api_key: new.api_key,
             model: truncate_chars(new.model, MAX_MODEL_CHARS).into(),
             request_id: new.request_id.into(),
             upstream_names: self.upstream_names.clone(),
@@ -313,6 +316,8 @@ pub struct StreamHandle {
     seq: u64,
     id: Box<str>,
     client_ip: IpAddr,
+    /// Shared with the key set, so a stream costs a pointer, not a copy of the name.
+    api_key: Option<Arc<str>>,
     model: Box<str>,
     request_id: Box<str>,
     upstream_names: Arc<[Arc<str>]>,
@@ -354,6 +359,11 @@ impl StreamHandle {
 
     pub fn client_ip(&self) -> IpAddr {
         self.client_ip
+    }
+
+    /// The name of the API key the stream was opened with, if the gateway asks for keys.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     pub fn model(&self) -> &str {
@@ -556,6 +566,7 @@ mod tests {
     fn new_stream(model: &str) -> NewStream<'_> {
         NewStream {
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_key: None,
             model,
             request_id: "req-1",
             connection: None,

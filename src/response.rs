@@ -28,7 +28,7 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         GatewayError::MethodNotAllowed { allowed, .. } => {
             headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
         }
-        GatewayError::AdminUnauthorized => {
+        GatewayError::AdminUnauthorized | GatewayError::InvalidApiKey { .. } => {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         GatewayError::NoUpstreamAvailable { retry_after }
@@ -38,7 +38,9 @@ pub fn error<B: From<Bytes>>(error: &GatewayError) -> Response<B> {
         | GatewayError::ConnectionsExhausted { retry_after } => {
             set_retry_after(headers, *retry_after);
         }
-        GatewayError::RateLimited { retry_after, limit } => {
+        GatewayError::RateLimited {
+            retry_after, limit, ..
+        } => {
             set_retry_after(headers, *retry_after);
             // The headers the OpenAI SDKs read; `reset` in OpenAI's own "250ms" / "2s" form.
             headers.insert(X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(*limit));

@@ -119,6 +119,8 @@ where
         method = %request.method(),
         path = %request.uri().path(),
         stream_id = tracing::field::Empty,
+        // The name of the request's API key, once known (never the key).
+        api_key = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();

@@ -476,7 +476,7 @@ fn suggest(known: &[(String, String)], parent: &str, key: &str) -> Option<String
 }
 
 /// Turns toml's error into one located `ConfigError`.
-fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
     let message = error
         .message()
         .trim()

@@ -229,6 +229,9 @@ pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
 /// Default `breaker.open_for`: 10 s an open breaker keeps its upstream out before one probe
 /// request decides whether it closes: short enough that a recovered upstream is back quickly.
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
+/// Default `auth.mode`: no keys asked, as before keys existed; a gateway serving anyone but
+/// trusted clients sets `"keys"`.
+pub const DEFAULT_AUTH_MODE: AuthMode = AuthMode::None;
 /// Default log output format.
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Default log filter directive.
@@ -291,6 +294,44 @@ pub struct Config {
     pub log: LogConfig,
     /// Which address a request comes from (`[client_ip]`).
     pub client_ip: ClientIpConfig,
+    /// Who may use the API: gateway API keys (`[auth]`).
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: whether clients must present a gateway API key, and where the keys are.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (an [auth] section)")]
+pub struct AuthConfig {
+    /// `"none"`: anyone who reaches the listener may use the API. `"keys"`: every API request
+    /// (`/v1/...`; not the health checks) needs `Authorization: Bearer <key>` with a key of
+    /// `keys_file`, else `401 invalid_api_key`; each key has its own rate, stream cap and model
+    /// allowlist (`auth.mode`). Default [`DEFAULT_AUTH_MODE`].
+    #[default(DEFAULT_AUTH_MODE)]
+    pub mode: AuthMode,
+    /// The keys file (`auth.keys_file`): TOML `[[keys]]` entries, each a `name`, the key's
+    /// `sha256` (from `tidegate hash-key`; the keys themselves are never stored), and optional
+    /// `requests_per_second`, `burst`, `max_streams` and `models`. Kept apart from this file so
+    /// the config can be committed and printed while the keys stay with the secrets. Read at
+    /// start (a bad file stops the gateway) and again on SIGHUP (a bad file keeps the keys in
+    /// use). A relative path is from the working directory. Required when `mode = "keys"`, and
+    /// only then.
+    pub keys_file: Option<String>,
+}
+
+/// Whether the API asks for gateway API keys (`auth.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `"none"`: no key asked.
+    None,
+    /// `"keys"`: a key of `auth.keys_file` on every API request.
+    Keys,
+}
+
+impl Default for AuthMode {
+    fn default() -> Self {
+        DEFAULT_AUTH_MODE
+    }
 }
 
 /// `[client_ip]`: the address a request is counted, limited and logged under.
@@ -589,8 +630,9 @@ pub fn route_index(routes: &[RouteConfig], model: &str) -> Option<usize> {
 }
 
 /// `*` matches any run of characters (none included), every other character itself. Bytes are
-/// compared, which is exact for UTF-8: a literal character matches only its own bytes.
-fn wildcard_match(pattern: &str, text: &str) -> bool {
+/// compared, which is exact for UTF-8: a literal character matches only its own bytes. The one
+/// pattern rule for `[[routes]]` models and API keys' model allowlists.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
     let (mut p, mut t) = (0, 0);
     // Where the last `*` was (pattern index after it) and the text index it has swallowed up to.
@@ -1272,6 +1314,23 @@ impl Config {
             check_at_most_max(drain).and_then(|()| check_whole_millis(drain)),
         );
         c.check("log.level", check_log_level(&self.log.level));
+        let a = &self.auth;
+        c.check(
+            "auth.keys_file",
+            match (a.mode, a.keys_file.as_deref()) {
+                (AuthMode::Keys, None) => Err(
+                    r#"required when auth.mode = "keys": name the keys file (see `tidegate hash-key`)"#
+                        .to_owned(),
+                ),
+                (AuthMode::Keys, Some("")) => Err("must name a file".to_owned()),
+                // A keys file that is never read would look like protection and be none.
+                (AuthMode::None, Some(_)) => Err(
+                    r#"is set but auth.mode is "none", so no key would be asked for: set auth.mode = "keys", or remove keys_file"#
+                        .to_owned(),
+                ),
+                _ => Ok(()),
+            },
+        );
 
         if c.0.is_empty() {
             Ok(())
@@ -1482,6 +1541,12 @@ impl Config {
     }
 }
 
+/// A TOML syntax error in `text` as one [`ConfigError`] at `line L, column C`, with toml's
+/// message but not the text around it (for files that hold secrets or their hashes).
+pub fn toml_syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    load::syntax_error(text, error)
+}
+
 // ---- the rules validate applies ----------------------------------------------
 
 /// The errors [`Config::validate`] collects, each at its key path, in the order found.
@@ -1503,7 +1568,10 @@ impl Checks {
 /// order. (Unique names and route references need the whole config: see [`Config::validate`].)
 fn validate_upstream(c: &mut Checks, path: &str, u: &UpstreamConfig) {
     let at = |key: &str| format!("{path}.{key}");
-    c.check(at("name"), check_upstream_name(&u.name));
+    c.check(
+        at("name"),
+        check_name(&u.name, "upstream", r#""openai" or "local""#),
+    );
     if let Some(name) = &u.api_key_env {
         c.check(at("api_key_env"), check_env_name(name, EnvVar::ApiKey));
     }
@@ -1554,18 +1622,20 @@ fn validate_upstream(c: &mut Checks, path: &str, u: &UpstreamConfig) {
     }
 }
 
-/// An upstream name: 1 to [`MAX_UPSTREAM_NAME_CHARS`] of `a-z`, `0-9`, `_`, `.`, `-`. It goes
-/// as is into log fields, metric labels and a response header, where nothing must need quoting.
-fn check_upstream_name(name: &str) -> Result<(), String> {
+/// The name of an upstream or an API key (`what`): 1 to [`MAX_UPSTREAM_NAME_CHARS`] of `a-z`,
+/// `0-9`, `_`, `.`, `-`. It goes as is into log fields, metric labels, the admin API and a
+/// response header, where nothing must need quoting.
+/// `examples` are quoted names that fit, for the message about an empty one.
+pub fn check_name(name: &str, what: &str, examples: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b);
     if name.is_empty() {
-        return Err(
-            r#"must not be empty; name the upstream, such as "openai" or "local""#.to_owned(),
-        );
+        return Err(format!(
+            "must not be empty; name the {what}, such as {examples}"
+        ));
     }
     if !name.bytes().all(allowed) {
         return Err(format!(
-            "{name:?} is not a valid upstream name: use lower-case letters a-z, digits, '_', '.' \
+            "{name:?} is not a valid {what} name: use lower-case letters a-z, digits, '_', '.' \
              and '-'"
         ));
     }
@@ -1600,7 +1670,7 @@ fn quoted_list(names: &[impl AsRef<str>]) -> String {
 }
 
 /// A count against its allowed range.
-fn check_count(value: u32, range: &RangeInclusive<u32>) -> Result<(), String> {
+pub fn check_count(value: u32, range: &RangeInclusive<u32>) -> Result<(), String> {
     if range.contains(&value) {
         Ok(())
     } else {

@@ -87,6 +87,10 @@ trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "2001:db8::/32"]
 forwarded_header = "forwarded"
 proxy_protocol = true
 proxy_header_timeout = "3s"
+
+[auth]
+mode = "keys"
+keys_file = "/etc/tidegate/keys.toml"
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -254,6 +258,10 @@ fn full_file_sets_every_key() {
             forwarded_header: ForwardedHeader::Forwarded,
             proxy_protocol: true,
             proxy_header_timeout: Duration::from_secs(3),
+        },
+        auth: AuthConfig {
+            mode: AuthMode::Keys,
+            keys_file: Some("/etc/tidegate/keys.toml".to_owned()),
         },
     };
     assert_eq!(c, expected);
@@ -1007,7 +1015,7 @@ fn default_config_prints_every_key_and_round_trips() {
     // Absent optional keys are named in a comment, straight from the schema.
     assert!(
         printed.lines().any(|l| l
-            == "# not set: admin.listen, admin.token_env, upstream.api_key_env, \
+            == "# not set: admin.listen, admin.token_env, auth.keys_file, upstream.api_key_env, \
                 upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
                 upstream.idle_timeout"),
         "{printed}"
@@ -2573,4 +2581,30 @@ fn trusted_proxies_take_networks_and_addresses_and_name_a_bad_one() {
             .unwrap_err();
     assert_eq!(errors.0[0].path, "client_ip.trusted_proxies");
     assert!(errors.0[0].message.contains("\"nope\""), "{errors:?}");
+}
+
+#[test]
+fn auth_keys_need_a_keys_file_and_a_keys_file_needs_keys_mode() {
+    let c = Config::default();
+    assert_eq!(c.auth.mode, AuthMode::None);
+    assert_eq!(c.auth.keys_file, None);
+    assert_eq!(
+        only_error("[auth]\nmode = \"keys\"\n"),
+        r#"auth.keys_file: required when auth.mode = "keys": name the keys file (see `tidegate hash-key`)"#
+    );
+    assert_eq!(
+        only_error("[auth]\nmode = \"keys\"\nkeys_file = \"\"\n"),
+        "auth.keys_file: must name a file"
+    );
+    assert_eq!(
+        only_error("[auth]\nkeys_file = \"keys.toml\"\n"),
+        r#"auth.keys_file: is set but auth.mode is "none", so no key would be asked for: set auth.mode = "keys", or remove keys_file"#
+    );
+    let error = only_error("[auth]\nmode = \"key\"\n");
+    assert!(
+        error.starts_with("auth.mode: unknown variant `key`, expected `none` or `keys`"),
+        "{error}"
+    );
+    let c = Config::from_toml_str("[auth]\nmode = \"keys\"\nkeys_file = \"k.toml\"\n").unwrap();
+    assert_eq!(c.auth.mode, AuthMode::Keys);
 }

@@ -293,8 +293,10 @@ pub async fn handle(
         upstreams,
         limits,
     } = relay;
-    // Before the body is read: a refused request costs a lookup and its answer.
+    // Before the body is read: a refused request costs a lookup and its answer. The address's
+    // rate first (cheapest), then the API key (a hash and a lookup) and its rate.
     admission.check_rate(peer.ip())?;
+    let key = admission.authenticate(request.headers(), peer.ip())?;
     let (parts, body) = request.into_parts();
     let (payload, validated) = if endpoint.method() == Method::POST {
         if !has_content_type(&parts.headers, APPLICATION_JSON) {
@@ -302,13 +304,16 @@ pub async fn handle(
         }
         let payload = read_body(body, &parts.headers, limits).await?;
         let validated = endpoint.validate(&payload)?;
+        admission.check_model(key.as_deref(), &validated.model, peer.ip())?;
         (payload, validated)
     } else {
         (Bytes::new(), Validated::default())
     };
-    // With routes, the model list is theirs; without, the upstream's.
+    // With routes, the model list is theirs; without, the upstream's. A key with a model
+    // allowlist sees only the models it may use.
+    let allowed = |model: &str| key.as_deref().is_none_or(|k| k.allows(model));
     if endpoint == Endpoint::Models {
-        if let Some(list) = backends.models_json() {
+        if let Some(list) = backends.models_json(allowed) {
             return Ok(crate::response::json(StatusCode::OK, list));
         }
     }
@@ -337,11 +342,12 @@ pub async fn handle(
     }
 
     // The stream's slot, before the upstream is asked.
-    let slot = admission.take_stream_slot(peer.ip())?;
+    let slot = admission.take_stream_slot(peer.ip(), key.as_deref())?;
     // Registered before the upstream is asked, so a client that leaves while we wait is
     // recorded, and the stream is visible (and endable) from the start.
     let entry = registry.register(NewStream {
         client_ip: peer.ip(),
+        api_key: key.as_ref().map(|k| k.name().clone()),
         model: &validated.model,
         request_id: request_id.to_str().unwrap_or_default(),
         connection: parts.extensions.get::<ConnectionInfo>().cloned(),

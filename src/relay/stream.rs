@@ -580,6 +580,7 @@ mod tests {
     fn lifetime(registry: &Arc<Registry>) -> StreamLifetime {
         let entry = registry.register(NewStream {
             client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_key: None,
             model: "m",
             request_id: "r",
             connection: None,

@@ -222,8 +222,9 @@ impl Backends {
     }
 
     /// `GET /v1/models` from the routes: every exact model name they list (patterns cannot be
-    /// listed), in file order, once. None when there are no routes (the upstream answers).
-    pub fn models_json(&self) -> Option<Bytes> {
+    /// listed), in file order, once, those `allowed` (an API key's allowlist) only. None when
+    /// there are no routes (the upstream answers).
+    pub fn models_json(&self, allowed: impl Fn(&str) -> bool) -> Option<Bytes> {
         #[derive(Serialize)]
         struct Model<'a> {
             id: &'a str,
@@ -245,7 +246,11 @@ impl Backends {
                 .first()
                 .and_then(|m| self.backends.get(m.index))
                 .map_or("tidegate", |b| &*b.name);
-            for id in route.models.iter().filter(|m| !m.contains('*')) {
+            for id in route
+                .models
+                .iter()
+                .filter(|m| !m.contains('*') && allowed(m))
+            {
                 if !data.iter().any(|d| d.id == id) {
                     data.push(Model {
                         id,

@@ -7,12 +7,12 @@ use std::process::Stdio;
 
 use crate::common::*;
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
 
-fn temp_file(name: &str, contents: &str) -> PathBuf {
+pub(crate) fn temp_file(name: &str, contents: &str) -> PathBuf {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -21,15 +21,33 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_with_input(args, env, b"").await
+}
+
+/// [`run`], with `input` on the command's stdin.
+pub(crate) async fn run_with_input(
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: &[u8],
+) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("TIDEGATE_CONFIG")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(PATIENCE, cmd.output())
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A command that does not read its stdin may close it first: that is not a failure.
+    let _ = stdin.write_all(input).await;
+    drop(stdin);
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
         .expect("command finished in time")
         .unwrap();
@@ -209,14 +227,14 @@ async fn an_admin_listener_off_loopback_without_a_token_exits_64() {
 }
 
 /// A running `tidegate` process with its output lines.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Lines<BufReader<ChildStderr>>,
 }
 
 impl Running {
-    fn spawn(args: &[&str]) -> Running {
+    pub(crate) fn spawn(args: &[&str]) -> Running {
         let mut child = Command::new(BIN)
             .args(args)
             .env_remove("TIDEGATE_CONFIG")
@@ -236,22 +254,22 @@ impl Running {
     }
 
     /// Reads stdout lines until one contains `needle`.
-    async fn stdout_line(&mut self, needle: &str) -> String {
+    pub(crate) async fn stdout_line(&mut self, needle: &str) -> String {
         next_line_matching(&mut self.stdout, "stdout", |l| l.contains(needle)).await
     }
 
     /// Reads stderr (log) lines until one satisfies `pred`.
-    async fn stderr_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) async fn stderr_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
         next_line_matching(&mut self.stderr, "stderr", pred).await
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill(2) with a pid we spawned and own.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
-    async fn exit_code(mut self) -> i32 {
+    pub(crate) async fn exit_code(mut self) -> i32 {
         tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("exited in time")

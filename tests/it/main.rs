@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod admission;
+mod auth;
 mod backpressure;
 mod cancellation;
 mod cli;

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use tidegate::auth::Keys;
 use tidegate::config::Config;
 use tidegate::mock::{MockSettings, MockUpstream, StatsSnapshot};
 use tidegate::{gateway, Listeners};
@@ -48,6 +50,15 @@ pub async fn start_with(
     mock_settings: MockSettings,
     configure: impl FnOnce(&mut Config),
 ) -> TestEnv {
+    start_with_keys(mock_settings, configure).await.0
+}
+
+/// [`start_with`], also returning the gateway's API keys (read from `auth.keys_file` as the
+/// binary reads them), so a test can reload them as SIGHUP does.
+pub async fn start_with_keys(
+    mock_settings: MockSettings,
+    configure: impl FnOnce(&mut Config),
+) -> (TestEnv, Option<Arc<Keys>>) {
     let mock_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = mock_listener.local_addr().unwrap();
     let mock_stop = CancellationToken::new();
@@ -66,22 +77,25 @@ pub async fn start_with(
     let gateway = api.local_addr().unwrap();
     let admin = admin_listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let gateway_task = tokio::spawn(gateway::run(
+    let keys = Keys::from_config(&config.auth).expect("a valid keys file");
+    let gateway_task = tokio::spawn(gateway::run_with_keys(
         config,
         Listeners {
             api,
             admin: Some(admin_listener),
         },
         shutdown.clone(),
+        keys.clone(),
     ));
-    TestEnv {
+    let env = TestEnv {
         gateway,
         admin,
         mock,
         shutdown,
         mock_stop,
         gateway_task,
-    }
+    };
+    (env, keys)
 }
 
 /// Polls `check` until it returns Some, or panics after `within`. Bounded in time and count.
