@@ -38,6 +38,9 @@ STREAMS=${STREAMS:-300}
 CHUNKS=${CHUNKS:-40}
 DELAY_MS=${DELAY_MS:-50}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-callgrind.XXXXXX)}
+# mktemp makes it 0700: nginx's workers (an unprivileged user) must reach their profile folders
+# inside it, or they write no profile and nginx's counts come out as 0.
+chmod 755 "$OUT_DIR"
 
 LOG_NAME=callgrind-events
 # shellcheck source=loadtest/lib.sh

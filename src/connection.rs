@@ -218,11 +218,8 @@ impl ConnectionCaps {
         let key = limit_key(client, self.ipv6_prefix);
         let mut count = self.by_address.entry(key).or_insert(0);
         if *count >= self.per_address {
-            let empty = *count == 0;
+            // Never a fresh entry: per_address > 0, and a fresh one (0) is below it.
             drop(count);
-            if empty {
-                self.by_address.remove_if(&key, |_, n| *n == 0);
-            }
             self.refusals
                 .ip_connections
                 .record("ip_connections", client);

