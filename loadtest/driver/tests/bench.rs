@@ -780,3 +780,54 @@ async fn help_lists_the_options() {
         assert!(run.stdout.contains(option), "--help mentions {option}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_mode_counts_answers_by_status() {
+    // Two requests a second per address: nearly every request of the run is a 429.
+    let env = start_with(MockSettings::default(), |c| {
+        c.limits.per_ip.requests_per_second = 2;
+    })
+    .await;
+    let url = format!("http://{}", env.gateway);
+    let run = bench_at(
+        &url,
+        "--requests /v1/chat/completions --connections 2 --duration 500ms",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout
+            .starts_with("POST /v1/chat/completions on 2 keep-alive connections"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("429="), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("200="),
+        "the burst answered: {}",
+        run.stdout
+    );
+
+    let run = bench_at(
+        &url,
+        "--requests /healthz --connections 1 --duration 200ms",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stdout.starts_with("GET /healthz"), "{}", run.stdout);
+    assert!(
+        !run.stdout.contains("429"),
+        "health checks are not limited: {}",
+        run.stdout
+    );
+}
