@@ -120,14 +120,6 @@ pub fn derived_max_connections(
 
 /// `limits.max_connections` in effect: the configured value, or the derived one (logged).
 fn effective_max_connections(config: &Config, workers: usize) -> u64 {
-    if config.limits.max_connections > 0 {
-        let max = u64::from(config.limits.max_connections);
-        tracing::info!(
-            max_connections = max,
-            "client connection cap from limits.max_connections"
-        );
-        return max;
-    }
     // Streams per upstream socket: 1 if any upstream may speak HTTP/1.1, else the smallest
     // `max_streams_per_connection`.
     let streams_per_upstream_socket = config
@@ -142,15 +134,37 @@ fn effective_max_connections(config: &Config, workers: usize) -> u64 {
         })
         .min()
         .unwrap_or(1);
-    let nofile = match sys::open_files_limit() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-files limit: no client connection cap");
-            return 0;
+    let nofile = sys::open_files_limit();
+    let derived = nofile
+        .as_ref()
+        .ok()
+        .map(|&n| derived_max_connections(n, workers, streams_per_upstream_socket));
+    let configured = u64::from(config.limits.max_connections);
+    if configured > 0 {
+        tracing::info!(
+            max_connections = configured,
+            "client connection cap from limits.max_connections"
+        );
+        // More than the descriptors allow: past the room, clients wait in the backlog again.
+        if let (Ok(nofile), Some(room)) = (&nofile, derived) {
+            if configured > room.unwrap_or(0) {
+                tracing::warn!(
+                    max_connections = configured,
+                    room = room.unwrap_or(0),
+                    open_files_limit = nofile,
+                    "limits.max_connections is more than the open-files limit leaves room for \
+                     (with upstream sockets and the reserve): raise the limit or lower the cap"
+                );
+            }
         }
-    };
-    match derived_max_connections(nofile, workers, streams_per_upstream_socket) {
-        Some(max) => {
+        return configured;
+    }
+    match (nofile, derived.flatten()) {
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit: no client connection cap");
+            0
+        }
+        (Ok(nofile), Some(max)) => {
             tracing::info!(
                 max_connections = max,
                 open_files_limit = nofile,
@@ -160,7 +174,7 @@ fn effective_max_connections(config: &Config, workers: usize) -> u64 {
             );
             max
         }
-        None => {
+        (Ok(nofile), None) => {
             tracing::warn!(
                 open_files_limit = nofile,
                 "the open-files limit leaves no room for a client connection cap; none is set"
