@@ -24,6 +24,7 @@ pub mod error;
 pub mod gateway;
 pub mod heartbeat;
 pub mod logging;
+pub mod metrics;
 pub mod mock;
 pub mod proxy_protocol;
 pub mod refusal;
