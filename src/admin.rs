@@ -25,8 +25,10 @@ use crate::config::Secret;
 use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
+use crate::metrics::{Live, Metrics};
 use crate::refusal::RefusalCounts;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
+use crate::resilience::breaker::BreakerState;
 use crate::resilience::budget::BudgetSnapshot;
 use crate::response::{self, method_not_allowed, require_method};
 use crate::upstream::backends::{BackendView, Backends};
@@ -56,8 +58,15 @@ fn upstreams(backends: &Backends) -> UpstreamsView<'_> {
 
 /// Whether `path` belongs to the admin API (anything else on the listener is health or 404).
 pub fn is_admin_path(path: &str) -> bool {
-    path == "/admin" || path.starts_with("/admin/")
+    path == "/admin" || path.starts_with("/admin/") || path == METRICS_PATH
 }
+
+/// Prometheus' scrape path; behind the admin token like the rest of the admin API (a scrape
+/// config sends it with `authorization: { credentials_file: ... }`).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The content type of the Prometheus text format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the admin API reads and acts on.
 pub struct AdminApi {
@@ -73,6 +82,10 @@ pub struct AdminApi {
     pub admission: Arc<Admission>,
     /// The API listener's connection caps, for the summary.
     pub connection_caps: Arc<ConnectionCaps>,
+    /// The exported metrics, rendered on `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// `limits.max_streams`, exported for saturation alerts.
+    pub max_streams: u64,
 }
 
 impl AdminApi {
@@ -86,7 +99,78 @@ impl AdminApi {
             require_method(request, &Method::GET, "GET")?;
             return Ok(json(StatusCode::OK, &upstreams(&self.backends)));
         }
+        if request.uri().path() == METRICS_PATH {
+            require_method(request, &Method::GET, "GET")?;
+            let text = self.metrics.render(&self.live());
+            let mut response = response::json::<B>(StatusCode::OK, text);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
+            return Ok(response);
+        }
         route(self, request)
+    }
+
+    /// What the gateway counts anyway, read for a scrape.
+    fn live(&self) -> Live {
+        let (mut events, mut bytes, mut heartbeats) = (0, 0, 0);
+        let mut streams = 0;
+        // Bounded: one pass over the live streams.
+        self.registry.for_each(|s| {
+            streams += 1;
+            events += s.events();
+            bytes += s.bytes();
+            heartbeats += s.heartbeats();
+        });
+        let upstreams = self
+            .backends
+            .snapshot(std::time::Instant::now())
+            .into_iter()
+            .map(|b| {
+                let state = match b.breaker.state {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                };
+                (
+                    b.name.to_owned(),
+                    state,
+                    i64::try_from(b.h2_connections).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        let r = self.admission.refusals();
+        Live {
+            connections: [Protocol::Http1, Protocol::Http2]
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.as_str(),
+                        self.connections.get(p),
+                        self.connections.opened_by(p),
+                    )
+                })
+                .collect(),
+            streams_active: streams,
+            live_events: events,
+            live_bytes: bytes,
+            live_heartbeats: heartbeats,
+            upstreams,
+            refusals: vec![
+                ("ip_rate", r.ip_rate),
+                ("ip_streams", r.ip_streams),
+                ("ip_connections", r.ip_connections),
+                ("global_streams", r.global_streams),
+                ("global_connections", r.global_connections),
+                ("key_rate", r.key_rate),
+                ("key_streams", r.key_streams),
+                ("auth", r.auth),
+                ("model_not_allowed", r.model_not_allowed),
+            ],
+            max_connections: self.connection_caps.max(),
+            max_streams: self.max_streams,
+        }
     }
 }
 

@@ -26,6 +26,16 @@ pub enum Protocol {
     Http2,
 }
 
+impl Protocol {
+    /// `"http1"` or `"http2"`, as the admin API and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        }
+    }
+}
+
 /// What a request knows about its connection; the acceptor puts it in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -41,6 +51,8 @@ pub struct ConnectionCounts {
     http1: AtomicU64,
     http2: AtomicU64,
     opened: AtomicU64,
+    opened_http1: AtomicU64,
+    opened_http2: AtomicU64,
 }
 
 impl ConnectionCounts {
@@ -48,6 +60,11 @@ impl ConnectionCounts {
     pub fn open(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
         self.counter(protocol).fetch_add(1, Ordering::Relaxed);
         self.opened.fetch_add(1, Ordering::Relaxed);
+        match protocol {
+            Protocol::Http1 => &self.opened_http1,
+            Protocol::Http2 => &self.opened_http2,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
             counts: self.clone(),
             protocol,
@@ -63,6 +80,15 @@ impl ConnectionCounts {
     /// connections a client spreads its requests over (an HTTP/2 client, a connection pool).
     pub fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Connections of `protocol` opened so far.
+    pub fn opened_by(&self, protocol: Protocol) -> u64 {
+        match protocol {
+            Protocol::Http1 => &self.opened_http1,
+            Protocol::Http2 => &self.opened_http2,
+        }
+        .load(Ordering::Relaxed)
     }
 
     fn counter(&self, protocol: Protocol) -> &AtomicU64 {

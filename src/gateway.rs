@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigErrors, UpstreamProtocol};
 use crate::connection::{ConnectionCaps, ConnectionCounts, RefusalAnswers};
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
+use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{EndReason, Registry};
 use crate::relay::Relay;
 use crate::response;
@@ -52,6 +53,8 @@ pub enum RunError {
     Workers(#[from] std::io::Error),
     #[error("invalid keys file: {0}")]
     Keys(#[from] ConfigErrors),
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// What a connection refused by the caps is told to wait: connections turn over quickly, and
@@ -224,6 +227,7 @@ pub async fn run_with_keys(
     shutdown: CancellationToken,
     keys: Option<Arc<Keys>>,
 ) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new()?);
     let backends = Arc::new(Backends::new(&config));
     let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
     let registry = Arc::new(Registry::new(&backends.names()));
@@ -261,6 +265,7 @@ pub async fn run_with_keys(
                 backends: backends.clone(),
                 upstreams,
                 limits: config.limits.clone(),
+                metrics: metrics.clone(),
             })))
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;
@@ -332,6 +337,8 @@ pub async fn run_with_keys(
             backends: backends.clone(),
             admission: admission.clone(),
             connection_caps: caps,
+            metrics,
+            max_streams: u64::from(config.limits.max_streams),
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,

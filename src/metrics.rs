@@ -92,3 +92,501 @@ pub const NAMES: [&str; 22] = [
     MAX_CONNECTIONS,
     MAX_STREAMS,
 ];
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Time to first token, in seconds: the OpenTelemetry GenAI semantic conventions' boundaries for
+/// `gen_ai.server.time_to_first_token`, so the two can be compared bucket for bucket.
+pub const TIME_TO_FIRST_TOKEN_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Request durations, in seconds: the OpenTelemetry GenAI boundaries for
+/// `gen_ai.client.operation.duration` (0.01 s doubling to 81.92 s).
+pub const REQUEST_DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// Stream durations, in seconds: the same doubling boundaries carried on to 43.7 minutes, so a
+/// stream near `limits.max_stream_duration`'s default (30 min) still lands in a bucket.
+pub const STREAM_DURATION_BUCKETS: [f64; 19] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84,
+    327.68, 655.36, 1310.72, 2621.44,
+];
+
+/// Upstream time to response headers, in seconds: from a millisecond (a local model server on
+/// loopback) to a minute (`limits.first_byte_timeout` is 60 s by default).
+pub const UPSTREAM_FIRST_BYTE_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The gateway's own delay per event, in seconds: tens of microseconds when all is well,
+/// milliseconds under load (`loadtest/RESULTS.md`).
+pub const RELAY_DELAY_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// The API routes, the `route` label's values.
+pub const ROUTES: [&str; 4] = ["chat_completions", "completions", "embeddings", "models"];
+
+/// What the gateway observes as things happen, and renders with what it reads at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    streams_total: IntCounterVec,
+    requests_total: IntCounterVec,
+    rejections_total: IntCounterVec,
+    time_to_first_token: Histogram,
+    stream_duration: Histogram,
+    request_duration: HistogramVec,
+    relay_delay: Histogram,
+    upstream_requests_total: IntCounterVec,
+    upstream_first_byte: HistogramVec,
+    upstream_retries_total: IntCounter,
+    tokens_total: IntCounterVec,
+    // Read at scrape time ([`Live`]).
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    streams_active: IntGauge,
+    stream_events_total: IntCounter,
+    stream_bytes_total: IntCounter,
+    heartbeats_total: IntCounter,
+    upstream_circuit_state: IntGaugeVec,
+    upstream_connections: IntGaugeVec,
+    max_connections: IntGauge,
+    max_streams: IntGauge,
+    /// Events, bytes and heartbeats of the streams that have ended; the live streams' are
+    /// added at scrape time.
+    ended: EndedStreams,
+    /// One scrape at a time: counters read from elsewhere are brought up to date by difference.
+    scrape: Mutex<()>,
+}
+
+#[derive(Default)]
+struct EndedStreams {
+    events: AtomicU64,
+    bytes: AtomicU64,
+    heartbeats: AtomicU64,
+}
+
+/// What a stream had when it ended, for [`Metrics::stream_ended`].
+#[derive(Debug, Clone, Copy)]
+pub struct EndedStream {
+    pub outcome: &'static str,
+    pub time_to_first_event: Option<Duration>,
+    pub duration: Duration,
+    pub events: u64,
+    pub bytes: u64,
+    pub heartbeats: u64,
+}
+
+/// What the gateway counts anyway, read at scrape time by the admin API.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Per protocol name: open now, and opened so far.
+    pub connections: Vec<(&'static str, u64, u64)>,
+    pub streams_active: u64,
+    /// Events, bytes and heartbeats of the streams live now.
+    pub live_events: u64,
+    pub live_bytes: u64,
+    pub live_heartbeats: u64,
+    /// Per upstream name: circuit state (0 closed, 1 half-open, 2 open), open connections.
+    pub upstreams: Vec<(String, i64, i64)>,
+    /// Refusals by reason, as admission control and the connection caps count them.
+    pub refusals: Vec<(&'static str, u64)>,
+    pub max_connections: u64,
+    pub max_streams: u64,
+}
+
+/// A metric definition the crate refused: only a programming error (a bad name or label) can
+/// cause one, and the unit tests build every metric.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot define the metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        let metrics = Metrics {
+            streams_total: counter_vec(
+                STREAMS_TOTAL,
+                "Streams ended, by outcome (completed, client_gone, or the error code).",
+                &["outcome"],
+            )?,
+            requests_total: counter_vec(
+                REQUESTS_TOTAL,
+                "API requests answered, by route and HTTP status.",
+                &["route", "status"],
+            )?,
+            rejections_total: counter_vec(
+                REJECTIONS_TOTAL,
+                "Requests and connections refused, by reason.",
+                &["reason"],
+            )?,
+            time_to_first_token: histogram(
+                TIME_TO_FIRST_TOKEN,
+                "Streams: request received to the first content event written to the client.",
+                &TIME_TO_FIRST_TOKEN_BUCKETS,
+            )?,
+            stream_duration: histogram(
+                STREAM_DURATION,
+                "Streams: request received to the stream's end.",
+                &STREAM_DURATION_BUCKETS,
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    REQUEST_DURATION,
+                    "Non-streaming API requests: received to answered.",
+                )
+                .buckets(REQUEST_DURATION_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            relay_delay: histogram(
+                RELAY_DELAY,
+                "Per relayed event (sampled): upstream bytes read to the client write.",
+                &RELAY_DELAY_BUCKETS,
+            )?,
+            upstream_requests_total: counter_vec(
+                UPSTREAM_REQUESTS_TOTAL,
+                "Attempts sent to upstreams, by upstream and answer (HTTP status, or error).",
+                &["upstream", "status"],
+            )?,
+            upstream_first_byte: HistogramVec::new(
+                HistogramOpts::new(
+                    UPSTREAM_FIRST_BYTE,
+                    "Attempt sent to the upstream's response headers.",
+                )
+                .buckets(UPSTREAM_FIRST_BYTE_BUCKETS.to_vec()),
+                &["upstream"],
+            )?,
+            upstream_retries_total: IntCounter::new(
+                UPSTREAM_RETRIES_TOTAL,
+                "Attempts beyond the first.",
+            )?,
+            tokens_total: counter_vec(
+                TOKENS_TOTAL,
+                "Tokens reported by the upstreams' usage chunks, by type.",
+                &["type"],
+            )?,
+            connections_active: gauge_vec(
+                CONNECTIONS_ACTIVE,
+                "Client connections open now, by protocol.",
+                &["protocol"],
+            )?,
+            connections_total: counter_vec(
+                CONNECTIONS_TOTAL,
+                "Client connections served, by protocol.",
+                &["protocol"],
+            )?,
+            streams_active: IntGauge::new(STREAMS_ACTIVE, "Streams live now.")?,
+            stream_events_total: IntCounter::new(
+                STREAM_EVENTS_TOTAL,
+                "Events relayed to clients.",
+            )?,
+            stream_bytes_total: IntCounter::new(
+                STREAM_BYTES_TOTAL,
+                "Event bytes relayed to clients.",
+            )?,
+            heartbeats_total: IntCounter::new(
+                HEARTBEATS_TOTAL,
+                "Heartbeat comments written to streams.",
+            )?,
+            upstream_circuit_state: gauge_vec(
+                UPSTREAM_CIRCUIT_STATE,
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                &["upstream"],
+            )?,
+            upstream_connections: gauge_vec(
+                UPSTREAM_CONNECTIONS,
+                "HTTP/2 connections open to the upstream.",
+                &["upstream"],
+            )?,
+            max_connections: IntGauge::new(
+                MAX_CONNECTIONS,
+                "The client connection cap in force (0: none).",
+            )?,
+            max_streams: IntGauge::new(MAX_STREAMS, "limits.max_streams (0: no cap).")?,
+            registry,
+            ended: EndedStreams::default(),
+            scrape: Mutex::new(()),
+        };
+        let build_info = gauge_vec(BUILD_INFO, "The gateway's version; always 1.", &["version"])?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let r = &metrics.registry;
+        r.register(Box::new(build_info))?;
+        r.register(Box::new(metrics.streams_total.clone()))?;
+        r.register(Box::new(metrics.requests_total.clone()))?;
+        r.register(Box::new(metrics.rejections_total.clone()))?;
+        r.register(Box::new(metrics.time_to_first_token.clone()))?;
+        r.register(Box::new(metrics.stream_duration.clone()))?;
+        r.register(Box::new(metrics.request_duration.clone()))?;
+        r.register(Box::new(metrics.relay_delay.clone()))?;
+        r.register(Box::new(metrics.upstream_requests_total.clone()))?;
+        r.register(Box::new(metrics.upstream_first_byte.clone()))?;
+        r.register(Box::new(metrics.upstream_retries_total.clone()))?;
+        r.register(Box::new(metrics.tokens_total.clone()))?;
+        r.register(Box::new(metrics.connections_active.clone()))?;
+        r.register(Box::new(metrics.connections_total.clone()))?;
+        r.register(Box::new(metrics.streams_active.clone()))?;
+        r.register(Box::new(metrics.stream_events_total.clone()))?;
+        r.register(Box::new(metrics.stream_bytes_total.clone()))?;
+        r.register(Box::new(metrics.heartbeats_total.clone()))?;
+        r.register(Box::new(metrics.upstream_circuit_state.clone()))?;
+        r.register(Box::new(metrics.upstream_connections.clone()))?;
+        r.register(Box::new(metrics.max_connections.clone()))?;
+        r.register(Box::new(metrics.max_streams.clone()))?;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        // Families with labels show nothing until a child exists: create the usual ones at zero,
+        // so every family is there from the first scrape (and a rate over it starts at 0).
+        for kind in ["prompt", "completion"] {
+            metrics.tokens_total.with_label_values(&[kind]);
+        }
+        for outcome in ["completed", "client_gone"] {
+            metrics.streams_total.with_label_values(&[outcome]);
+        }
+        for route in ROUTES {
+            metrics.requests_total.with_label_values(&[route, "200"]);
+            metrics.request_duration.with_label_values(&[route]);
+        }
+        Ok(metrics)
+    }
+
+    /// A stream has ended: its outcome, durations and totals (once per stream).
+    pub fn stream_ended(&self, stream: &EndedStream) {
+        self.streams_total
+            .with_label_values(&[stream.outcome])
+            .inc();
+        if let Some(first) = stream.time_to_first_event {
+            self.time_to_first_token.observe(first.as_secs_f64());
+        }
+        self.stream_duration.observe(stream.duration.as_secs_f64());
+        self.ended
+            .events
+            .fetch_add(stream.events, Ordering::Relaxed);
+        self.ended.bytes.fetch_add(stream.bytes, Ordering::Relaxed);
+        self.ended
+            .heartbeats
+            .fetch_add(stream.heartbeats, Ordering::Relaxed);
+    }
+
+    /// An API request has been answered (a stream: its response head).
+    pub fn request_answered(
+        &self,
+        route: &'static str,
+        status: StatusCode,
+        took: Option<Duration>,
+    ) {
+        self.requests_total
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+        if let Some(took) = took {
+            self.request_duration
+                .with_label_values(&[route])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// A request refused for a reason that is not admission control's (those are counted by
+    /// admission control and read at scrape time).
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections_total.with_label_values(&[reason]).inc();
+    }
+
+    /// One attempt to an upstream has its answer (`None`: none came) after `took` (observed as
+    /// time to first byte when an answer came); `retry` when it was not the request's first.
+    pub fn upstream_attempt(
+        &self,
+        upstream: &str,
+        status: Option<StatusCode>,
+        took: Duration,
+        retry: bool,
+    ) {
+        let label = status.as_ref().map_or("error", StatusCode::as_str);
+        self.upstream_requests_total
+            .with_label_values(&[upstream, label])
+            .inc();
+        if status.is_some() {
+            self.upstream_first_byte
+                .with_label_values(&[upstream])
+                .observe(took.as_secs_f64());
+        }
+        if retry {
+            self.upstream_retries_total.inc();
+        }
+    }
+
+    /// One sampled event's delay through the gateway.
+    pub fn relay_delay(&self, delay: Duration) {
+        self.relay_delay.observe(delay.as_secs_f64());
+    }
+
+    /// Tokens from a usage chunk.
+    pub fn tokens(&self, prompt: u64, completion: u64) {
+        self.tokens_total
+            .with_label_values(&["prompt"])
+            .inc_by(prompt);
+        self.tokens_total
+            .with_label_values(&["completion"])
+            .inc_by(completion);
+    }
+
+    /// The Prometheus text exposition of every metric, with `live` read just before.
+    pub fn render(&self, live: &Live) -> String {
+        let _one_scrape = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (protocol, open, opened) in &live.connections {
+            self.connections_active
+                .with_label_values(&[protocol])
+                .set(saturating_i64(*open));
+            catch_up(
+                &self.connections_total.with_label_values(&[protocol]),
+                *opened,
+            );
+        }
+        self.streams_active.set(saturating_i64(live.streams_active));
+        catch_up(
+            &self.stream_events_total,
+            self.ended.events.load(Ordering::Relaxed) + live.live_events,
+        );
+        catch_up(
+            &self.stream_bytes_total,
+            self.ended.bytes.load(Ordering::Relaxed) + live.live_bytes,
+        );
+        catch_up(
+            &self.heartbeats_total,
+            self.ended.heartbeats.load(Ordering::Relaxed) + live.live_heartbeats,
+        );
+        for (name, state, connections) in &live.upstreams {
+            // At zero until the first attempt, as above.
+            self.upstream_requests_total
+                .with_label_values(&[name, "200"]);
+            self.upstream_first_byte.with_label_values(&[name]);
+            self.upstream_circuit_state
+                .with_label_values(&[name])
+                .set(*state);
+            self.upstream_connections
+                .with_label_values(&[name])
+                .set(*connections);
+        }
+        for (reason, count) in &live.refusals {
+            catch_up(&self.rejections_total.with_label_values(&[reason]), *count);
+        }
+        self.max_connections
+            .set(saturating_i64(live.max_connections));
+        self.max_streams.set(saturating_i64(live.max_streams));
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Text encoding into a Vec fails only on a metric the crate itself built wrongly.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Brings a counter up to `value` (never down: a stream that ends between reading the live
+/// streams and the ended totals is briefly missed, and comes in with the next scrape).
+fn catch_up(counter: &IntCounter, value: u64) {
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
+    }
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The reason under which an error that ends a request before any upstream work is counted in
+/// `tidegate_rejections_total`, for errors admission control does not count itself.
+pub fn rejection_reason(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "request_too_large" => "body_too_large",
+        "request_body_timeout" => "body_timeout",
+        "invalid_json"
+        | "missing_required_parameter"
+        | "invalid_type"
+        | "unsupported_media_type" => "bad_request",
+        "model_not_found" => "model_not_found",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_defined_and_rendered_under_its_name() {
+        let m = Metrics::new().unwrap();
+        m.stream_ended(&EndedStream {
+            outcome: "completed",
+            time_to_first_event: Some(Duration::from_millis(120)),
+            duration: Duration::from_secs(3),
+            events: 10,
+            bytes: 1000,
+            heartbeats: 1,
+        });
+        m.request_answered("chat_completions", StatusCode::OK, None);
+        m.request_answered(
+            "embeddings",
+            StatusCode::OK,
+            Some(Duration::from_millis(30)),
+        );
+        m.rejected("bad_request");
+        m.upstream_attempt(
+            "default",
+            Some(StatusCode::OK),
+            Duration::from_millis(5),
+            false,
+        );
+        m.relay_delay(Duration::from_micros(80));
+        let text = m.render(&Live {
+            connections: vec![("http1", 2, 5), ("http2", 0, 1)],
+            streams_active: 1,
+            live_events: 4,
+            upstreams: vec![("default".into(), 0, 1)],
+            refusals: vec![("ip_rate", 3)],
+            ..Live::default()
+        });
+        for name in NAMES {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+        #[cfg(target_os = "linux")]
+        for name in PROCESS_NAMES {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(text.contains("tidegate_stream_events_total 14\n"), "{text}");
+        assert!(text.contains(r#"tidegate_rejections_total{reason="ip_rate"} 3"#));
+        assert!(text.contains(r#"tidegate_connections_total{protocol="http1"} 5"#));
+        // Counters read from elsewhere never go down, even if the source reads lower once.
+        let text = m.render(&Live::default());
+        assert!(text.contains("tidegate_stream_events_total 14\n"), "{text}");
+    }
+}

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminApi};
 use crate::error::GatewayError;
+use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
 use crate::relay::body::ResponseBody;
 use crate::relay::{self, Endpoint, Relay};
@@ -57,7 +58,10 @@ impl Handler for ApiRoutes {
             if request.method() != endpoint.method() {
                 return Err(method_not_allowed(&request, endpoint.method().as_str()));
             }
-            relay::handle(endpoint, request, &relay, peer, &id).await
+            let started = Instant::now();
+            let answer = relay::handle(endpoint, request, &relay, peer, &id).await;
+            count_answer(&relay.metrics, endpoint, &answer, started);
+            answer
         })
     }
 }
@@ -78,6 +82,34 @@ impl Handler for AdminRoutes {
                 health(&admin.registry, &request)
             }
         })
+    }
+}
+
+/// Counts an API request's answer: by route and status, its duration unless it is a stream
+/// (whose end is counted when it ends), and, for a refusal admission control does not count
+/// itself, its reason.
+fn count_answer(
+    metrics: &Metrics,
+    endpoint: Endpoint,
+    answer: &Result<Response<ResponseBody>, GatewayError>,
+    started: Instant,
+) {
+    match answer {
+        Ok(response) => {
+            let streaming = response.headers().contains_key(relay::STREAM_ID_HEADER);
+            let took = (!streaming).then(|| started.elapsed());
+            metrics.request_answered(endpoint.metric_route(), response.status(), took);
+        }
+        Err(error) => {
+            metrics.request_answered(
+                endpoint.metric_route(),
+                error.status(),
+                Some(started.elapsed()),
+            );
+            if let Some(reason) = metrics::rejection_reason(error.code()) {
+                metrics.rejected(reason);
+            }
+        }
     }
 }
 

@@ -136,9 +136,20 @@ pub async fn send(
         // A lost connection says little about the upstream the first time (it may be a GOAWAY
         // after a burst of client cancellations); lost again on a fresh connection, it does.
         let on_fresh_connection = connection_lost.is_some();
+        let metrics = relay.metrics.clone();
+        let named = backends.clone();
+        let sent_at = Instant::now();
         let mut pending: PendingResponse<UpstreamBody> = Box::pin(async move {
             let result = sent.await;
             let now = Instant::now();
+            if let Some(backend) = named.get(index) {
+                metrics.upstream_attempt(
+                    &backend.name,
+                    result.as_ref().ok().map(|r| r.status()),
+                    now.saturating_duration_since(sent_at),
+                    attempt > 1,
+                );
+            }
             match &result {
                 Ok(r) if is_breaker_failure(r.status()) => permit.failure(now),
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => drop(permit),

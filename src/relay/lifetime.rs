@@ -8,8 +8,10 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::admission::StreamSlot;
+use crate::metrics::{EndedStream, Metrics};
 use crate::registry::{StreamEntry, StreamHandle};
 
 /// How a stream ended.
@@ -44,6 +46,8 @@ pub struct StreamLifetime {
     entry: StreamEntry,
     /// The stream's admission slot, given back when the stream ends, however it ends.
     _slot: Option<StreamSlot>,
+    /// Where the stream's end is counted (`None` in unit tests of the body alone).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl StreamLifetime {
@@ -52,15 +56,22 @@ impl StreamLifetime {
             outcome: None,
             entry,
             _slot: None,
+            metrics: None,
         }
     }
 
-    /// Like [`StreamLifetime::begin`], holding the stream's admission slot to its end.
-    pub fn begin_holding(entry: StreamEntry, slot: StreamSlot) -> StreamLifetime {
+    /// Like [`StreamLifetime::begin`], holding the stream's admission slot to its end and
+    /// counting its end in `metrics`.
+    pub fn begin_holding(
+        entry: StreamEntry,
+        slot: StreamSlot,
+        metrics: Arc<Metrics>,
+    ) -> StreamLifetime {
         StreamLifetime {
             outcome: None,
             entry,
             _slot: Some(slot),
+            metrics: Some(metrics),
         }
     }
 
@@ -100,6 +111,20 @@ impl Drop for StreamLifetime {
             None => Outcome::ClientGone,
         });
         let now = self.now_ms();
+        let first_event_ms = handle
+            .first_event_ms()
+            .map(|t| t.saturating_sub(handle.started_ms()));
+        let duration_ms = now.saturating_sub(handle.started_ms());
+        if let Some(metrics) = &self.metrics {
+            metrics.stream_ended(&EndedStream {
+                outcome: outcome.as_str(),
+                time_to_first_event: first_event_ms.map(Duration::from_millis),
+                duration: Duration::from_millis(duration_ms),
+                events: handle.events(),
+                bytes: handle.bytes(),
+                heartbeats: handle.heartbeats(),
+            });
+        }
         let (stream_id, request_id, client) = self.log_fields();
         tracing::info!(
             stream_id,
@@ -112,10 +137,8 @@ impl Drop for StreamLifetime {
             events = handle.events(),
             bytes = handle.bytes(),
             heartbeats = handle.heartbeats(),
-            first_event_ms = handle
-                .first_event_ms()
-                .map(|t| t.saturating_sub(handle.started_ms())),
-            duration_ms = now.saturating_sub(handle.started_ms()),
+            first_event_ms,
+            duration_ms,
             "stream ended"
         );
     }

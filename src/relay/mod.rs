@@ -28,6 +28,7 @@ use crate::client_ip::ClientIp;
 use crate::config::Limits;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::registry::{EndReason, NewStream, Registry};
 use crate::request_id;
 use crate::upstream::backends::Backends;
@@ -50,6 +51,8 @@ pub struct Relay {
     pub upstreams: Vec<Upstream>,
     /// Body, event, time and size limits.
     pub limits: Limits,
+    /// What is exported on `/metrics`: each stream's end, each request's answer, each attempt.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The upstream API endpoints the gateway relays.
@@ -62,6 +65,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint's `route` label in the metrics (one of [`crate::metrics::ROUTES`]).
+    pub fn metric_route(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+
     /// Path below the upstream base URL (which ends in `/v1` for OpenAI).
     pub fn upstream_suffix(self) -> &'static str {
         match self {
@@ -292,6 +305,7 @@ pub async fn handle(
         backends,
         upstreams,
         limits,
+        metrics,
     } = relay;
     // Before the body is read: a refused request costs a lookup and its answer. The address's
     // rate first (cheapest), then the API key (a hash and a lookup) and its rate.
@@ -353,7 +367,7 @@ pub async fn handle(
         connection: parts.extensions.get::<ConnectionInfo>().cloned(),
     });
     tracing::Span::current().record("stream_id", entry.handle().id());
-    let mut lifetime = StreamLifetime::begin_holding(entry, slot);
+    let mut lifetime = StreamLifetime::begin_holding(entry, slot, metrics.clone());
     let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
     // Wait for an upstream's headers (retrying while nothing was sent), unless the stream is

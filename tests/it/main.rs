@@ -17,6 +17,7 @@ mod errors;
 mod fd_limit;
 mod heartbeat;
 mod k6;
+mod metrics;
 mod openai_sdk;
 mod registry;
 mod relay;
