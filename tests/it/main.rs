@@ -12,6 +12,7 @@ mod backpressure;
 mod cancellation;
 mod cli;
 mod connection_caps;
+mod dashboard;
 mod drain;
 mod errors;
 mod fd_limit;
