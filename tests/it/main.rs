@@ -20,6 +20,7 @@ mod heartbeat;
 mod k6;
 mod metrics;
 mod openai_sdk;
+mod prometheus;
 mod registry;
 mod relay;
 mod routing;
