@@ -85,6 +85,25 @@ impl StreamLifetime {
         self.entry.registry().now_ms()
     }
 
+    /// Whether the stream's figures are counted (not in unit tests of the body alone).
+    pub fn has_metrics(&self) -> bool {
+        self.metrics.is_some()
+    }
+
+    /// Tokens from the stream's usage chunk.
+    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.tokens(prompt, completion);
+        }
+    }
+
+    /// One sampled upstream read's time through the gateway.
+    pub fn observe_relay_delay(&self, delay: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.relay_delay(delay);
+        }
+    }
+
     /// Sets how the stream ends; the first call wins.
     pub fn finish(&mut self, outcome: Outcome) {
         self.outcome.get_or_insert(outcome);

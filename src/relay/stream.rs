@@ -127,22 +127,44 @@ pub struct SseRelay<B = UpstreamBody> {
     upstream_sent_error: bool,
     deadlines: Deadlines,
     lifetime: StreamLifetime,
+    /// Upstream reads so far, for sampling the relay delay one read in
+    /// [`RELAY_DELAY_SAMPLE_EVERY`].
+    reads: u32,
+    /// When the sampled read's bytes came from the upstream; observed when the client's
+    /// connection next asks for a frame, having taken them.
+    sampled_read_at: Option<std::time::Instant>,
 }
+
+/// One upstream read in this many has its relay delay observed: the clock and the histogram
+/// cost a few hundred instructions, an event about 11,000 (`loadtest/RESULTS.md`).
+pub const RELAY_DELAY_SAMPLE_EVERY: u32 = 16;
 
 /// What one upstream event's data is, as far as the relay cares.
 enum EventKind {
     /// `[DONE]`: the end of the stream.
     Done,
-    /// A JSON object; `error` says whether it carries an `error` key.
-    Json { error: bool },
+    /// A JSON object; `error` says whether it carries an `error` key, `usage` its token counts
+    /// (the usage chunk an upstream sends with `stream_options.include_usage`).
+    Json { error: bool, usage: Option<Usage> },
     /// Anything else: not what an OpenAI-compatible upstream sends.
     Malformed,
 }
 
-/// Just enough of a chunk to see whether it is an error; every other key is skipped unparsed.
+/// Just enough of a chunk to see whether it is an error, and its token usage if it has any;
+/// every other key is skipped unparsed.
 #[derive(Deserialize)]
 struct ErrorProbe {
     error: Option<IgnoredAny>,
+    usage: Option<Usage>,
+}
+
+/// A usage chunk's token counts.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 fn classify(data: &str) -> EventKind {
@@ -156,6 +178,7 @@ fn classify(data: &str) -> EventKind {
     match serde_json::from_str::<ErrorProbe>(trimmed) {
         Ok(probe) => EventKind::Json {
             error: probe.error.is_some(),
+            usage: probe.usage,
         },
         Err(_) => EventKind::Malformed,
     }
@@ -242,6 +265,8 @@ where
             upstream_sent_error: false,
             deadlines,
             lifetime,
+            reads: 0,
+            sampled_read_at: None,
         }
     }
 
@@ -306,10 +331,15 @@ where
 
     /// Splits one upstream read into whole blocks (queued in `out`) and a held remainder.
     fn on_upstream_bytes(&mut self, chunk: Bytes) {
+        if self.reads % RELAY_DELAY_SAMPLE_EVERY == 0 && self.lifetime.has_metrics() {
+            self.sampled_read_at = Some(std::time::Instant::now());
+        }
+        self.reads = self.reads.wrapping_add(1);
         let mut complete_end = 0;
         let mut stop = None;
         let mut events = 0;
         let mut saw_error = false;
+        let mut usage = None;
         let fed = self.parser.feed(&chunk, |end, event| {
             if stop.is_some() {
                 return;
@@ -317,8 +347,9 @@ where
             if let Some(event) = event {
                 match classify(&event.data) {
                     EventKind::Done => stop = Some(Stop::Done),
-                    EventKind::Json { error } => {
+                    EventKind::Json { error, usage: u } => {
                         saw_error |= error || event.event_type == "error";
+                        usage = u.or(usage);
                         events += 1;
                     }
                     EventKind::Malformed => {
@@ -335,6 +366,10 @@ where
             self.lifetime.handle().record_events(events, now);
         }
         self.upstream_sent_error |= saw_error;
+        if let Some(usage) = usage {
+            self.lifetime
+                .count_tokens(usage.prompt_tokens, usage.completion_tokens);
+        }
 
         if complete_end > 0 {
             let mut blocks = if self.partial.is_empty() {
@@ -480,6 +515,12 @@ where
         // Registers this task to be woken for heartbeats and end requests, and tells the
         // scheduler the client's connection took the last frame.
         this.lifetime.handle().on_poll(cx);
+        // Asked again: the frame made of the sampled read has been taken by the connection.
+        if this.out.is_none() {
+            if let Some(read_at) = this.sampled_read_at.take() {
+                this.lifetime.observe_relay_delay(read_at.elapsed());
+            }
+        }
         // Bounded: every pass returns, or consumes one upstream frame, or moves the source on.
         loop {
             if let Some(bytes) = this.out.take() {
@@ -543,11 +584,32 @@ mod tests {
         assert!(matches!(classify("[DONE]"), EventKind::Done));
         assert!(matches!(
             classify(r#"{"id":"x","choices":[]}"#),
-            EventKind::Json { error: false }
+            EventKind::Json {
+                error: false,
+                usage: None
+            }
         ));
         assert!(matches!(
             classify(r#"{"error":{"message":"boom"}}"#),
-            EventKind::Json { error: true }
+            EventKind::Json { error: true, .. }
+        ));
+        // The usage chunk of stream_options.include_usage; a null usage is none.
+        let usage = classify(
+            r#"{"id":"x","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#,
+        );
+        assert!(matches!(
+            usage,
+            EventKind::Json {
+                error: false,
+                usage: Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 7
+                })
+            }
+        ));
+        assert!(matches!(
+            classify(r#"{"id":"x","choices":[],"usage":null}"#),
+            EventKind::Json { usage: None, .. }
         ));
         assert!(matches!(classify("{not json"), EventKind::Malformed));
         assert!(matches!(classify("[1,2]"), EventKind::Malformed));

@@ -54,6 +54,17 @@ async fn every_family_is_exported_and_the_gauges_are_exact() {
     // goes away, and two held open (one of them ended through the admin API).
     let (_c1, done) = open_stream(env.gateway, "mock-1", &[("x-mock-chunks", "2")]).await;
     read_to_end(done).await;
+    // One with the usage chunk (stream_options.include_usage): its tokens are counted.
+    let body = r#"{"model":"mock-1","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, bytes) = fetch(post(
+        env.gateway,
+        "/v1/chat/completions",
+        body,
+        &[("x-mock-chunks", "3")],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&bytes).contains("\"usage\""));
     let (_c2, failed) = open_stream(env.gateway, "fail-midstream", &[]).await;
     read_to_end(failed).await;
     let (status, _, _) = chat(env.gateway, "fail-500", true).await;
@@ -87,7 +98,7 @@ async fn every_family_is_exported_and_the_gauges_are_exact() {
     .await;
     assert_eq!(
         value(&text, r#"tidegate_streams_total{outcome="completed"}"#),
-        Some(1.0),
+        Some(2.0),
         "{text}"
     );
     assert_eq!(
@@ -111,6 +122,19 @@ async fn every_family_is_exported_and_the_gauges_are_exact() {
         "{text}"
     );
     assert!(value(&text, "tidegate_stream_events_total") > Some(0.0));
+    assert!(
+        value(&text, r#"tidegate_tokens_total{type="completion"}"#) > Some(0.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, r#"tidegate_tokens_total{type="prompt"}"#) > Some(0.0),
+        "{text}"
+    );
+    // The first read of every stream is sampled.
+    assert!(
+        value(&text, "tidegate_relay_delay_seconds_count") >= Some(3.0),
+        "{text}"
+    );
     assert!(value(&text, "tidegate_time_to_first_token_seconds_count") >= Some(2.0));
     assert_eq!(
         value(
