@@ -227,7 +227,7 @@ pub async fn run_with_keys(
     shutdown: CancellationToken,
     keys: Option<Arc<Keys>>,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new()?);
+    let metrics = Arc::new(Metrics::new(&config.metrics)?);
     let backends = Arc::new(Backends::new(&config));
     let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
     let registry = Arc::new(Registry::new(&backends.names()));

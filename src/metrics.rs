@@ -98,6 +98,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::StatusCode;
+
+use crate::config::MetricsConfig;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -141,9 +143,14 @@ pub const ROUTES: [&str; 4] = ["chat_completions", "completions", "embeddings", 
 pub struct Metrics {
     registry: Registry,
     streams_total: IntCounterVec,
+    /// `metrics.models` (sorted, for lookup): the models with a `model` label of their own;
+    /// empty: no `model` label.
+    models: Vec<String>,
+    /// `metrics.per_key_labels`: a `key` label with the API key's name.
+    key_label: bool,
     requests_total: IntCounterVec,
     rejections_total: IntCounterVec,
-    time_to_first_token: Histogram,
+    time_to_first_token: HistogramVec,
     stream_duration: Histogram,
     request_duration: HistogramVec,
     relay_delay: Histogram,
@@ -178,8 +185,12 @@ struct EndedStreams {
 
 /// What a stream had when it ended, for [`Metrics::stream_ended`].
 #[derive(Debug, Clone, Copy)]
-pub struct EndedStream {
+pub struct EndedStream<'a> {
     pub outcome: &'static str,
+    /// The model the client asked for.
+    pub model: &'a str,
+    /// The name of the stream's API key, if it had one.
+    pub key: Option<&'a str>,
     pub time_to_first_event: Option<Duration>,
     pub duration: Duration,
     pub events: u64,
@@ -216,8 +227,24 @@ fn histogram(name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, prome
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, MetricsError> {
+    /// The metrics, with the labels `config` allows.
+    pub fn new(config: &MetricsConfig) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
+        let mut models = config.models.clone();
+        models.sort();
+        let model_label = !models.is_empty();
+        let key_label = config.per_key_labels;
+        // The optional labels, in order, after the families' own.
+        let with = |own: &[&'static str], model: bool, key: bool| {
+            let mut labels = own.to_vec();
+            if model {
+                labels.push("model");
+            }
+            if key {
+                labels.push("key");
+            }
+            labels
+        };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
         };
@@ -228,8 +255,10 @@ impl Metrics {
             streams_total: counter_vec(
                 STREAMS_TOTAL,
                 "Streams ended, by outcome (completed, client_gone, or the error code).",
-                &["outcome"],
+                &with(&["outcome"], model_label, key_label),
             )?,
+            models,
+            key_label,
             requests_total: counter_vec(
                 REQUESTS_TOTAL,
                 "API requests answered, by route and HTTP status.",
@@ -240,10 +269,13 @@ impl Metrics {
                 "Requests and connections refused, by reason.",
                 &["reason"],
             )?,
-            time_to_first_token: histogram(
-                TIME_TO_FIRST_TOKEN,
-                "Streams: request received to the first content event written to the client.",
-                &TIME_TO_FIRST_TOKEN_BUCKETS,
+            time_to_first_token: HistogramVec::new(
+                HistogramOpts::new(
+                    TIME_TO_FIRST_TOKEN,
+                    "Streams: request received to the first content event written to the client.",
+                )
+                .buckets(TIME_TO_FIRST_TOKEN_BUCKETS.to_vec()),
+                &with(&[], model_label, false),
             )?,
             stream_duration: histogram(
                 STREAM_DURATION,
@@ -283,7 +315,7 @@ impl Metrics {
             tokens_total: counter_vec(
                 TOKENS_TOTAL,
                 "Tokens reported by the upstreams' usage chunks, by type.",
-                &["type"],
+                &with(&["type"], model_label, key_label),
             )?,
             connections_active: gauge_vec(
                 CONNECTIONS_ACTIVE,
@@ -360,11 +392,16 @@ impl Metrics {
         ))?;
         // Families with labels show nothing until a child exists: create the usual ones at zero,
         // so every family is there from the first scrape (and a rate over it starts at 0).
-        for kind in ["prompt", "completion"] {
-            metrics.tokens_total.with_label_values(&[kind]);
-        }
-        for outcome in ["completed", "client_gone"] {
-            metrics.streams_total.with_label_values(&[outcome]);
+        if !model_label && !key_label {
+            for kind in ["prompt", "completion"] {
+                metrics.tokens_total.with_label_values(&[kind]);
+            }
+            for outcome in ["completed", "client_gone"] {
+                metrics.streams_total.with_label_values(&[outcome]);
+            }
+            metrics
+                .time_to_first_token
+                .with_label_values(&[] as &[&str]);
         }
         for route in ROUTES {
             metrics.requests_total.with_label_values(&[route, "200"]);
@@ -373,13 +410,45 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The `model` label's value for `model`: its own when `metrics.models` lists it, else
+    /// `other`.
+    fn model_value<'m>(&'m self, model: &'m str) -> &'m str {
+        match self.models.binary_search_by(|m| m.as_str().cmp(model)) {
+            Ok(_) => model,
+            Err(_) => "other",
+        }
+    }
+
+    /// `own` followed by the optional labels' values, as the family was defined.
+    fn label_values<'v>(
+        &'v self,
+        own: &'v str,
+        model: &'v str,
+        key: Option<&'v str>,
+        with_key: bool,
+    ) -> ([&'v str; 3], usize) {
+        let mut values = [own, "", ""];
+        let mut n = usize::from(!own.is_empty());
+        if !self.models.is_empty() {
+            values[n] = self.model_value(model);
+            n += 1;
+        }
+        if with_key && self.key_label {
+            values[n] = key.unwrap_or("");
+            n += 1;
+        }
+        (values, n)
+    }
+
     /// A stream has ended: its outcome, durations and totals (once per stream).
     pub fn stream_ended(&self, stream: &EndedStream) {
-        self.streams_total
-            .with_label_values(&[stream.outcome])
-            .inc();
+        let (values, n) = self.label_values(stream.outcome, stream.model, stream.key, true);
+        self.streams_total.with_label_values(&values[..n]).inc();
         if let Some(first) = stream.time_to_first_event {
-            self.time_to_first_token.observe(first.as_secs_f64());
+            let (values, n) = self.label_values("", stream.model, None, false);
+            self.time_to_first_token
+                .with_label_values(&values[..n])
+                .observe(first.as_secs_f64());
         }
         self.stream_duration.observe(stream.duration.as_secs_f64());
         self.ended
@@ -442,14 +511,14 @@ impl Metrics {
         self.relay_delay.observe(delay.as_secs_f64());
     }
 
-    /// Tokens from a usage chunk.
-    pub fn tokens(&self, prompt: u64, completion: u64) {
-        self.tokens_total
-            .with_label_values(&["prompt"])
-            .inc_by(prompt);
-        self.tokens_total
-            .with_label_values(&["completion"])
-            .inc_by(completion);
+    /// Tokens from a usage chunk of a stream of `model` under `key`.
+    pub fn tokens(&self, prompt: u64, completion: u64, model: &str, key: Option<&str>) {
+        for (kind, count) in [("prompt", prompt), ("completion", completion)] {
+            let (values, n) = self.label_values(kind, model, key, true);
+            self.tokens_total
+                .with_label_values(&values[..n])
+                .inc_by(count);
+        }
     }
 
     /// The Prometheus text exposition of every metric, with `live` read just before.
@@ -541,9 +610,11 @@ mod tests {
 
     #[test]
     fn every_metric_is_defined_and_rendered_under_its_name() {
-        let m = Metrics::new().unwrap();
+        let m = Metrics::new(&MetricsConfig::default()).unwrap();
         m.stream_ended(&EndedStream {
             outcome: "completed",
+            model: "gpt-4o",
+            key: None,
             time_to_first_event: Some(Duration::from_millis(120)),
             duration: Duration::from_secs(3),
             events: 10,
@@ -588,5 +659,77 @@ mod tests {
         // Counters read from elsewhere never go down, even if the source reads lower once.
         let text = m.render(&Live::default());
         assert!(text.contains("tidegate_stream_events_total 14\n"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn model_and_key_labels_only_as_configured() {
+        let m = Metrics::new(&MetricsConfig {
+            models: vec!["gpt-4o".into(), "mock-1".into()],
+            per_key_labels: true,
+        })
+        .unwrap();
+        for (model, key) in [("gpt-4o", Some("team-a")), ("made-up-by-a-client", None)] {
+            m.stream_ended(&EndedStream {
+                outcome: "completed",
+                model,
+                key,
+                time_to_first_event: Some(Duration::from_millis(5)),
+                duration: Duration::from_secs(1),
+                events: 1,
+                bytes: 1,
+                heartbeats: 0,
+            });
+        }
+        m.tokens(3, 4, "mock-1", Some("team-a"));
+        let text = m.render(&Live::default());
+        assert!(
+            text.contains(
+                r#"tidegate_streams_total{key="team-a",model="gpt-4o",outcome="completed"} 1"#
+            ),
+            "{text}"
+        );
+        // A model not listed is "other", whatever the client sent.
+        assert!(
+            text.contains(r#"model="other",outcome="completed"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("made-up"), "{text}");
+        assert!(
+            text.contains(
+                r#"tidegate_tokens_total{key="team-a",model="mock-1",type="completion"} 4"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tidegate_time_to_first_token_seconds_count{model="other"} 1"#),
+            "{text}"
+        );
+
+        // Off (the default): no model or key label at all.
+        let m = Metrics::new(&MetricsConfig::default()).unwrap();
+        m.stream_ended(&EndedStream {
+            outcome: "completed",
+            model: "gpt-4o",
+            key: Some("team-a"),
+            time_to_first_event: None,
+            duration: Duration::from_secs(1),
+            events: 1,
+            bytes: 1,
+            heartbeats: 0,
+        });
+        let text = m.render(&Live::default());
+        assert!(
+            text.contains(r#"tidegate_streams_total{outcome="completed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("team-a") && !text.contains("gpt-4o"),
+            "{text}"
+        );
     }
 }

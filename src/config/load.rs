@@ -559,6 +559,7 @@ mod tests {
             empty,
             [
                 "client_ip.trusted_proxies",
+                "metrics.models",
                 "routes[].models",
                 "routes[].upstreams",
                 "upstream.forward_headers",

@@ -296,6 +296,28 @@ pub struct Config {
     pub client_ip: ClientIpConfig,
     /// Who may use the API: gateway API keys (`[auth]`).
     pub auth: AuthConfig,
+    /// What `/metrics` labels (`[metrics]`).
+    pub metrics: MetricsConfig,
+}
+
+/// Most entries of `metrics.models`: each is a label value on a few families, and a
+/// Prometheus series per value and outcome; a few dozen models is already a large fleet.
+pub const MAX_METRIC_MODELS: usize = 64;
+
+/// `[metrics]`: the labels `/metrics` may add, kept bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [metrics] section)")]
+pub struct MetricsConfig {
+    /// Models that get a `model` label of their own on `tidegate_streams_total`,
+    /// `tidegate_time_to_first_token_seconds` and `tidegate_tokens_total`
+    /// (`metrics.models`); every other model is counted as `other`. Names as clients send them,
+    /// at most [`MAX_METRIC_MODELS`]. Default: none, and no `model` label: a label taken from
+    /// what clients send would let them grow the series without bound.
+    pub models: Vec<String>,
+    /// Label `tidegate_streams_total` and `tidegate_tokens_total` with the gateway API key's
+    /// name (`metrics.per_key_labels`; never the key). One series per key and outcome: for a
+    /// fleet with tens of keys, not thousands. Default `false`.
+    pub per_key_labels: bool,
 }
 
 /// `[auth]`: whether clients must present a gateway API key, and where the keys are.
@@ -1329,6 +1351,26 @@ impl Config {
                         .to_owned(),
                 ),
                 _ => Ok(()),
+            },
+        );
+
+        let models = &self.metrics.models;
+        c.check(
+            "metrics.models",
+            if models.len() > MAX_METRIC_MODELS {
+                Err(format!(
+                    "lists {} models; at most {MAX_METRIC_MODELS} get a label of their own",
+                    models.len()
+                ))
+            } else if models.iter().any(|m| m.is_empty() || m == "other") {
+                Err(
+                    r#"entries must not be empty or "other" (the label of every unlisted model)"#
+                        .to_owned(),
+                )
+            } else if (1..models.len()).any(|i| models[..i].contains(&models[i])) {
+                Err("lists a model twice".to_owned())
+            } else {
+                Ok(())
             },
         );
 

@@ -91,6 +91,10 @@ proxy_header_timeout = "3s"
 [auth]
 mode = "keys"
 keys_file = "/etc/tidegate/keys.toml"
+
+[metrics]
+models = ["gpt-4o", "mock-1"]
+per_key_labels = true
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -262,6 +266,10 @@ fn full_file_sets_every_key() {
         auth: AuthConfig {
             mode: AuthMode::Keys,
             keys_file: Some("/etc/tidegate/keys.toml".to_owned()),
+        },
+        metrics: MetricsConfig {
+            models: vec!["gpt-4o".to_owned(), "mock-1".to_owned()],
+            per_key_labels: true,
         },
     };
     assert_eq!(c, expected);
@@ -2607,4 +2615,23 @@ fn auth_keys_need_a_keys_file_and_a_keys_file_needs_keys_mode() {
     );
     let c = Config::from_toml_str("[auth]\nmode = \"keys\"\nkeys_file = \"k.toml\"\n").unwrap();
     assert_eq!(c.auth.mode, AuthMode::Keys);
+}
+
+#[test]
+fn metric_models_are_few_distinct_and_never_other() {
+    for (models, message) in [
+        (r#"["a", "a"]"#, "lists a model twice"),
+        (r#"["other"]"#, "must not be empty or \"other\""),
+        (r#"[""]"#, "must not be empty or \"other\""),
+    ] {
+        let errors = errors_of(&format!("[metrics]\nmodels = {models}\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "metrics.models");
+        assert!(errors[0].message.contains(message), "{errors:?}");
+    }
+    let many: Vec<String> = (0..=MAX_METRIC_MODELS).map(|i| format!("\"m{i}\"")).collect();
+    let errors = errors_of(&format!("[metrics]\nmodels = [{}]\n", many.join(", ")));
+    assert!(errors[0].message.contains("at most 64"), "{errors:?}");
+    let ok = Config::from_toml_str("[metrics]\nmodels = [\"gpt-4o\"]\nper_key_labels = true\n");
+    assert!(ok.is_ok(), "{ok:?}");
 }

@@ -93,7 +93,8 @@ impl StreamLifetime {
     /// Tokens from the stream's usage chunk.
     pub fn count_tokens(&self, prompt: u64, completion: u64) {
         if let Some(metrics) = &self.metrics {
-            metrics.tokens(prompt, completion);
+            let handle = self.entry.handle();
+            metrics.tokens(prompt, completion, handle.model(), handle.api_key());
         }
     }
 
@@ -137,6 +138,8 @@ impl Drop for StreamLifetime {
         if let Some(metrics) = &self.metrics {
             metrics.stream_ended(&EndedStream {
                 outcome: outcome.as_str(),
+                model: handle.model(),
+                key: handle.api_key(),
                 time_to_first_event: first_event_ms.map(Duration::from_millis),
                 duration: Duration::from_millis(duration_ms),
                 events: handle.events(),
