@@ -136,7 +136,7 @@ impl AdminApi {
                 (
                     b.name.to_owned(),
                     state,
-                    i64::try_from(b.h2_connections).unwrap_or(i64::MAX),
+                    i64::try_from(b.h2_connections + b.http1_connections).unwrap_or(i64::MAX),
                 )
             })
             .collect();

@@ -246,15 +246,15 @@ pub async fn run_with_keys(
                 .iter()
                 .enumerate()
                 .map(|(i, u)| {
-                    let h2_connections = backends
+                    let connections = backends
                         .get(i)
-                        .map(|b| b.h2_connections())
+                        .map(|b| b.connections().clone())
                         .unwrap_or_default();
                     Upstream::new(
                         u,
                         &config.limits,
                         config.streams.max_buffered_bytes,
-                        h2_connections,
+                        &connections,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -45,7 +45,7 @@ pub const UPSTREAM_FIRST_BYTE: &str = "tidegate_upstream_first_byte_seconds";
 pub const UPSTREAM_RETRIES_TOTAL: &str = "tidegate_upstream_retries_total";
 /// `tidegate_upstream_circuit_state{upstream}`: 0 closed, 1 half-open, 2 open.
 pub const UPSTREAM_CIRCUIT_STATE: &str = "tidegate_upstream_circuit_state";
-/// `tidegate_upstream_connections{upstream}`: open HTTP/2 connections to the upstream.
+/// `tidegate_upstream_connections{upstream}`: open connections to the upstream, any protocol.
 pub const UPSTREAM_CONNECTIONS: &str = "tidegate_upstream_connections";
 /// `tidegate_tokens_total{type}`: tokens from the upstreams' usage chunks (prompt, completion).
 pub const TOKENS_TOTAL: &str = "tidegate_tokens_total";
@@ -347,7 +347,7 @@ impl Metrics {
             )?,
             upstream_connections: gauge_vec(
                 UPSTREAM_CONNECTIONS,
-                "HTTP/2 connections open to the upstream.",
+                "Connections open to the upstream (HTTP/1.1 and HTTP/2, in use or idle), all workers.",
                 &["upstream"],
             )?,
             max_connections: IntGauge::new(

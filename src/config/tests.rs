@@ -2629,7 +2629,9 @@ fn metric_models_are_few_distinct_and_never_other() {
         assert_eq!(errors[0].path, "metrics.models");
         assert!(errors[0].message.contains(message), "{errors:?}");
     }
-    let many: Vec<String> = (0..=MAX_METRIC_MODELS).map(|i| format!("\"m{i}\"")).collect();
+    let many: Vec<String> = (0..=MAX_METRIC_MODELS)
+        .map(|i| format!("\"m{i}\""))
+        .collect();
     let errors = errors_of(&format!("[metrics]\nmodels = [{}]\n", many.join(", ")));
     assert!(errors[0].message.contains("at most 64"), "{errors:?}");
     let ok = Config::from_toml_str("[metrics]\nmodels = [\"gpt-4o\"]\nper_key_labels = true\n");

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::OpenConnections;
 use crate::config::{route_index, Config, RouteConfig};
 use crate::resilience::backoff::BackoffSettings;
 use crate::resilience::balance::{self, Candidate};
@@ -25,14 +26,14 @@ pub struct Backend {
     pub breaker: Breaker,
     /// Requests sent to it (attempts, retries included).
     attempts_total: AtomicU64,
-    /// Its open HTTP/2 connections, over every worker's pool.
-    h2_connections: Arc<AtomicU64>,
+    /// Its open connections, over every worker's HTTP/2 pool and HTTP/1.1 client.
+    connections: OpenConnections,
 }
 
 impl Backend {
-    /// The counter each worker's HTTP/2 pool for this upstream keeps up to date.
-    pub fn h2_connections(&self) -> Arc<AtomicU64> {
-        self.h2_connections.clone()
+    /// The counters each worker's clients for this upstream keep up to date.
+    pub fn connections(&self) -> &OpenConnections {
+        &self.connections
     }
 }
 
@@ -97,7 +98,7 @@ impl Backends {
                 in_flight: Arc::new(AtomicU64::new(0)),
                 breaker: Breaker::new(u.name.as_str(), breaker),
                 attempts_total: AtomicU64::new(0),
-                h2_connections: Arc::new(AtomicU64::new(0)),
+                connections: OpenConnections::default(),
             })
             .collect();
         let index_of = |name: &str| backends.iter().position(|b| &*b.name == name);
@@ -279,7 +280,8 @@ impl Backends {
                 max_streams: b.max_streams,
                 in_flight: b.in_flight.load(Ordering::Relaxed),
                 attempts_total: b.attempts_total.load(Ordering::Relaxed),
-                h2_connections: b.h2_connections.load(Ordering::Relaxed),
+                h2_connections: b.connections.http2.load(Ordering::Relaxed),
+                http1_connections: b.connections.http1.load(Ordering::Relaxed),
                 breaker: b.breaker.snapshot(now),
             })
             .collect()
@@ -296,7 +298,9 @@ pub struct BackendView<'a> {
     pub in_flight: u64,
     /// Requests sent so far, retries included.
     pub attempts_total: u64,
-    /// Open HTTP/2 connections (HTTP/1.1 connections are hyper-util's and not counted).
+    /// Open HTTP/2 connections.
     pub h2_connections: u64,
+    /// Open HTTP/1.1 connections (in use or idle in the pool).
+    pub http1_connections: u64,
     pub breaker: BreakerSnapshot,
 }

@@ -10,6 +10,7 @@
 
 pub mod backends;
 pub mod body;
+mod counted;
 pub mod pool;
 
 use std::future::Future;
@@ -24,6 +25,8 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+
+use self::counted::CountingConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use self::body::UpstreamBody;
@@ -78,7 +81,7 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("openai-beta"),
 ];
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<CountingConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// One entry of `upstream.forward_headers`.
 #[derive(Debug, Clone)]
@@ -139,16 +142,24 @@ pub struct Upstream {
     extra_headers: Vec<HeaderPattern>,
 }
 
+/// The open connections to one upstream, over every worker, by protocol: each worker's HTTP/2
+/// pool and HTTP/1.1 client count theirs here.
+#[derive(Debug, Clone, Default)]
+pub struct OpenConnections {
+    pub http1: Arc<AtomicU64>,
+    pub http2: Arc<AtomicU64>,
+}
+
 impl Upstream {
     /// `read_buffer` bounds what one read from an HTTP/1.1 upstream holds (at least 8 KiB, the
     /// least hyper accepts) and is each HTTP/2 stream's window: with backpressure it is part of
     /// a stream's memory.
-    /// `h2_connections` counts this upstream's open HTTP/2 connections over all workers.
+    /// `connections` counts this upstream's open connections over all workers.
     pub fn new(
         config: &UpstreamConfig,
         limits: &Limits,
         read_buffer: usize,
-        h2_connections: Arc<AtomicU64>,
+        connections: &OpenConnections,
     ) -> Result<Upstream, GatewayError> {
         let protocol = config.effective_protocol();
         let connect_timeout = config.connect_timeout(limits);
@@ -163,7 +174,10 @@ impl Upstream {
                 .with_tls_config(tls.clone())
                 .https_or_http()
         };
-        let h1_connector = alpn().enable_http1().wrap_connector(http.clone());
+        let h1_connector = CountingConnector::new(
+            alpn().enable_http1().wrap_connector(http.clone()),
+            connections.http1.clone(),
+        );
         let stream_window = u32::try_from(read_buffer).unwrap_or(u32::MAX);
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_timer(TokioTimer::new())
@@ -205,7 +219,7 @@ impl Upstream {
                     idle_timeout: config.idle_connection_timeout,
                     connect_timeout,
                     require_h2: protocol == UpstreamProtocol::Http2,
-                    open_connections: h2_connections,
+                    open_connections: connections.http2.clone(),
                 },
             );
             Transport::Http2 {

@@ -149,3 +149,23 @@ async fn every_family_is_exported_and_the_gauges_are_exact() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_counted_while_open_and_not_after() {
+    let env = start_with(MockSettings::default(), |c| {
+        c.upstream.idle_connection_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let series = r#"tidegate_upstream_connections{upstream="default"}"#;
+    let held = [("x-mock-chunks", "1"), ("x-mock-chunk-delay-ms", "10000")];
+    let (_a, a) = open_stream(env.gateway, "mock-1", &held).await;
+    let (_b, b) = open_stream(env.gateway, "mock-1", &held).await;
+    // Two streams over HTTP/1.1: two upstream connections.
+    assert_eq!(value(&scrape(&env).await, series), Some(2.0));
+    drop((a, b));
+    // Cancelled, then idle past upstream.idle_connection_timeout: none left.
+    wait_for("the upstream connections closed", PATIENCE, || async {
+        (value(&scrape(&env).await, series) == Some(0.0)).then_some(())
+    })
+    .await;
+}
