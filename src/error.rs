@@ -25,6 +25,10 @@ pub enum GatewayError {
     },
     #[error("Content-Type must be application/json.")]
     UnsupportedMediaType,
+    /// A request whose body length is ambiguous (the ground of request smuggling): answered,
+    /// and its connection closed.
+    #[error("The request's body framing is ambiguous: {0}.")]
+    AmbiguousFraming(&'static str),
     #[error("The request body is larger than the limit of {limit} bytes.")]
     BodyTooLarge { limit: u64 },
     #[error("The request body did not arrive within {0:?}.")]
@@ -165,6 +169,12 @@ impl GatewayError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 INVALID_REQUEST,
                 "unsupported_media_type",
+                None,
+            ),
+            AmbiguousFraming(_) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "ambiguous_request_framing",
                 None,
             ),
             BodyTooLarge { .. } => (
@@ -461,6 +471,7 @@ mod tests {
                 expected: "a boolean".into(),
             },
             GatewayError::UnsupportedMediaType,
+            GatewayError::AmbiguousFraming(""),
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::BodyReadTimeout(Duration::ZERO),
             GatewayError::BodyRead(String::new()),

@@ -33,10 +33,6 @@ use crate::upstream::Upstream;
 /// event before their connections are closed regardless.
 pub const SHUTDOWN_EVENT_GRACE: Duration = Duration::from_secs(2);
 
-/// Most concurrent HTTP/2 streams per client connection (what browsers expect, about 100,
-/// with headroom); admission control caps streams per client separately.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-
 /// The sockets the gateway serves on, bound by the caller.
 pub struct Listeners {
     /// Client-facing API.
@@ -194,9 +190,15 @@ fn connection_settings(config: &Config) -> ConnectionSettings {
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         max_buffered_bytes: config.streams.max_buffered_bytes,
-        h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
-        h2_reset_limits: H2ResetLimits::PUBLIC,
-        h2_keepalive: true,
+        h2_max_concurrent_streams: config.http2.max_concurrent_streams,
+        h2_reset_limits: H2ResetLimits {
+            pending_accept: config.http2.max_pending_accept_reset_streams as usize,
+            local_error: Some(config.http2.max_local_error_reset_streams as usize),
+        },
+        h2_keepalive: (!config.http2.keepalive_interval.is_zero()).then_some((
+            config.http2.keepalive_interval,
+            config.http2.keepalive_timeout,
+        )),
         caps: None,
         proxy_header_timeout: None,
     }

@@ -598,7 +598,8 @@ pub fn rejection_reason(code: &str) -> Option<&'static str> {
         "invalid_json"
         | "missing_required_parameter"
         | "invalid_type"
-        | "unsupported_media_type" => "bad_request",
+        | "unsupported_media_type"
+        | "ambiguous_request_framing" => "bad_request",
         "model_not_found" => "model_not_found",
         _ => return None,
     })

@@ -47,7 +47,8 @@ impl Handler for ApiRoutes {
             relay.client_ip.resolve(peer.ip(), request.headers()),
             peer.port(),
         );
-        with_request_span(peer, request, move |request, id| async move {
+        let metrics = Some(relay.metrics.clone());
+        with_request_span(peer, request, metrics, move |request, id| async move {
             let endpoint = match request.uri().path() {
                 "/v1/chat/completions" => Endpoint::ChatCompletions,
                 "/v1/completions" => Endpoint::Completions,
@@ -75,7 +76,7 @@ impl Handler for AdminRoutes {
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let admin = self.0;
-        with_request_span(peer, request, move |request, _id| async move {
+        with_request_span(peer, request, None, move |request, _id| async move {
             if admin::is_admin_path(request.uri().path()) {
                 admin.handle(&request)
             } else {
@@ -113,6 +114,39 @@ fn count_answer(
     }
 }
 
+/// The HTTP/1.1 framing rules nginx applies, which hyper leaves to the application: a request
+/// with both `Content-Length` and `Transfer-Encoding`, with more than one `Content-Length`, or with
+/// a `Transfer-Encoding` other than `chunked` is refused. Each lets two parsers on the way
+/// (a proxy in front and this one) disagree on where the body ends: request smuggling. (hyper
+/// itself refuses differing `Content-Length` lines and lists, and folds identical lines into one
+/// before we see them, which RFC 9112 allows: every parser agrees on that length.)
+fn check_framing(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+    let encodings: Vec<&HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if lengths > 0 && !encodings.is_empty() {
+        return Err(GatewayError::AmbiguousFraming(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if lengths > 1
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes().contains(&b','))
+    {
+        return Err(GatewayError::AmbiguousFraming(
+            "more than one Content-Length",
+        ));
+    }
+    match encodings.as_slice() {
+        [] => Ok(()),
+        [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(GatewayError::AmbiguousFraming(
+            "a Transfer-Encoding other than chunked",
+        )),
+    }
+}
+
 /// `/healthz` (the process is up) and `/readyz` (it takes new work: not once the drain has
 /// begun); anything else is a 404.
 fn health(
@@ -133,10 +167,12 @@ fn health(
 }
 
 /// Runs `handle` inside the request's span, turns its error into a response, stamps the
-/// request id on the response and logs one line with status and latency.
+/// request id on the response and logs one line with status and latency. A request refused for
+/// its framing never reaches `handle`; it is counted in `metrics` (the API's) if given.
 fn with_request_span<F, Fut>(
     peer: SocketAddr,
     request: Request<Incoming>,
+    metrics: Option<Arc<Metrics>>,
     handle: F,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static
 where
@@ -156,7 +192,20 @@ where
     );
     async move {
         let started = Instant::now();
-        let mut response = match handle(request, id.clone()).await {
+        // Before anything reads the body: a request whose length is ambiguous is answered and
+        // its connection closed, as nginx does.
+        let framing = check_framing(request.headers());
+        let ambiguous = framing.is_err();
+        if let (Err(error), Some(metrics)) = (&framing, &metrics) {
+            if let Some(reason) = metrics::rejection_reason(error.code()) {
+                metrics.rejected(reason);
+            }
+        }
+        let handled = match framing {
+            Ok(()) => handle(request, id.clone()).await,
+            Err(error) => Err(error),
+        };
+        let mut response = match handled {
             Ok(response) => response,
             Err(error) => {
                 let status = error.status();
@@ -169,6 +218,12 @@ where
             }
         };
         response.headers_mut().insert(request_id::HEADER, id);
+        if ambiguous {
+            // hyper ends the connection after a response that says so.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = response.status().as_u16();
         let latency_ms = started.elapsed().as_millis() as u64;
         // One info line per request, as an access log has: a stream gets its own line when it

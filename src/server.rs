@@ -95,10 +95,6 @@ pub const MAX_LINGERING_REFUSALS: usize = 256;
 /// Most bytes read (and dropped) from a refused connection while it lingers.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 
-/// Interval and timeout of HTTP/2 PINGs that find dead peers on otherwise idle connections.
-pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// Most bytes the acceptor's first read takes from a new connection (see `sniff_preface`):
 /// enough for a typical chat request's head and body.
 const FIRST_READ_BYTES: usize = 4096;
@@ -120,9 +116,10 @@ pub struct ConnectionSettings {
     pub h2_max_concurrent_streams: u32,
     /// When an HTTP/2 connection is called abusive for the streams reset on it.
     pub h2_reset_limits: H2ResetLimits,
-    /// Send HTTP/2 PINGs ([`H2_KEEPALIVE_INTERVAL`], [`H2_KEEPALIVE_TIMEOUT`]) to find dead
-    /// peers on connections that are otherwise silent.
-    pub h2_keepalive: bool,
+    /// HTTP/2 PINGs that find dead peers on connections that are otherwise silent: sent after
+    /// this much silence, and the connection closed if one is not answered within the second
+    /// duration. `None`: no PINGs.
+    pub h2_keepalive: Option<(Duration, Duration)>,
     /// Caps on open connections, in all and per client address, checked right after accept
     /// before a byte is read; `None`: no caps (the admin listener, the mock).
     pub caps: Option<Arc<ConnectionCaps>>,
@@ -175,10 +172,10 @@ impl Protocols {
             .max_send_buf_size(settings.max_buffered_bytes)
             .max_pending_accept_reset_streams(settings.h2_reset_limits.pending_accept)
             .max_local_error_reset_streams(settings.h2_reset_limits.local_error);
-        if settings.h2_keepalive {
+        if let Some((interval, timeout)) = settings.h2_keepalive {
             http2
-                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout);
         }
         Protocols { http1, http2 }
     }

@@ -298,6 +298,60 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What `/metrics` labels (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// Client-side HTTP/2 limits (`[http2]`).
+    pub http2: Http2Config,
+}
+
+/// Default `http2.max_concurrent_streams`: 256, what browsers expect (about 100) with headroom;
+/// admission control caps streams per client separately.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Allowed `http2.max_concurrent_streams`: 1 to 10,000.
+pub const H2_MAX_CONCURRENT_STREAMS_RANGE: RangeInclusive<u32> = 1..=10_000;
+/// Default `http2.keepalive_interval` and `http2.keepalive_timeout`: 20 s each, so a peer that
+/// vanished without a word (a laptop closed mid-stream) is found within 40 s, well before the
+/// 60 s idle timeouts of the proxies in front; an SSE stream can sit silent for minutes.
+pub const DEFAULT_H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Default `http2.max_pending_accept_reset_streams`: h2's and hyper's own 20, the guard against
+/// rapid-reset floods (CVE-2023-44487).
+pub const DEFAULT_H2_PENDING_ACCEPT_RESETS: u32 = 20;
+/// Default `http2.max_local_error_reset_streams`: hyper's 1024 (RUSTSEC-2024-0003).
+pub const DEFAULT_H2_LOCAL_ERROR_RESETS: u32 = 1024;
+/// Allowed for both reset limits: 1 to 100,000.
+pub const H2_RESET_LIMIT_RANGE: RangeInclusive<u32> = 1..=100_000;
+
+/// `[http2]`: what one client HTTP/2 connection may hold and how dead peers are found. The
+/// header list size is `limits.max_header_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (an [http2] section)")]
+pub struct Http2Config {
+    /// Most concurrent streams per client connection (`http2.max_concurrent_streams`,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS). Default [`DEFAULT_H2_MAX_CONCURRENT_STREAMS`], allowed
+    /// [`H2_MAX_CONCURRENT_STREAMS_RANGE`].
+    #[default(DEFAULT_H2_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// A PING goes to a connection silent this long (`http2.keepalive_interval`); `"0s"` sends
+    /// none. Without it a dead peer's streams (and their upstream requests) live until TCP gives
+    /// up, minutes later. Default [`DEFAULT_H2_KEEPALIVE`], at most [`MAX_DURATION`].
+    #[default(DEFAULT_H2_KEEPALIVE)]
+    #[serde(with = "formats::duration")]
+    pub keepalive_interval: Duration,
+    /// A PING unanswered this long closes the connection, ending its streams and cancelling
+    /// their upstream requests (`http2.keepalive_timeout`). Must be > 0. Default
+    /// [`DEFAULT_H2_KEEPALIVE`].
+    #[default(DEFAULT_H2_KEEPALIVE)]
+    #[serde(with = "formats::duration")]
+    pub keepalive_timeout: Duration,
+    /// Streams a client may reset before the gateway accepted them, per connection, before the
+    /// connection is closed with GOAWAY (`http2.max_pending_accept_reset_streams`): the
+    /// rapid-reset guard. Default [`DEFAULT_H2_PENDING_ACCEPT_RESETS`], allowed
+    /// [`H2_RESET_LIMIT_RANGE`].
+    #[default(DEFAULT_H2_PENDING_ACCEPT_RESETS)]
+    pub max_pending_accept_reset_streams: u32,
+    /// Streams the gateway may reset for a client's protocol errors, per connection, before the
+    /// connection is closed (`http2.max_local_error_reset_streams`). Default
+    /// [`DEFAULT_H2_LOCAL_ERROR_RESETS`], allowed [`H2_RESET_LIMIT_RANGE`].
+    #[default(DEFAULT_H2_LOCAL_ERROR_RESETS)]
+    pub max_local_error_reset_streams: u32,
 }
 
 /// Most entries of `metrics.models`: each is a label value on a few families, and a
@@ -1354,6 +1408,34 @@ impl Config {
             },
         );
 
+        let h2 = &self.http2;
+        for (path, value, range) in [
+            (
+                "http2.max_concurrent_streams",
+                h2.max_concurrent_streams,
+                &H2_MAX_CONCURRENT_STREAMS_RANGE,
+            ),
+            (
+                "http2.max_pending_accept_reset_streams",
+                h2.max_pending_accept_reset_streams,
+                &H2_RESET_LIMIT_RANGE,
+            ),
+            (
+                "http2.max_local_error_reset_streams",
+                h2.max_local_error_reset_streams,
+                &H2_RESET_LIMIT_RANGE,
+            ),
+        ] {
+            c.check(path, check_count(value, range));
+        }
+        c.check(
+            "http2.keepalive_interval",
+            check_at_most_max(h2.keepalive_interval),
+        );
+        c.check(
+            "http2.keepalive_timeout",
+            check_timeout(h2.keepalive_timeout),
+        );
         let models = &self.metrics.models;
         c.check(
             "metrics.models",

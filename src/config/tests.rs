@@ -95,6 +95,13 @@ keys_file = "/etc/tidegate/keys.toml"
 [metrics]
 models = ["gpt-4o", "mock-1"]
 per_key_labels = true
+
+[http2]
+max_concurrent_streams = 128
+keepalive_interval = "30s"
+keepalive_timeout = "10s"
+max_pending_accept_reset_streams = 50
+max_local_error_reset_streams = 500
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -270,6 +277,13 @@ fn full_file_sets_every_key() {
         metrics: MetricsConfig {
             models: vec!["gpt-4o".to_owned(), "mock-1".to_owned()],
             per_key_labels: true,
+        },
+        http2: Http2Config {
+            max_concurrent_streams: 128,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_pending_accept_reset_streams: 50,
+            max_local_error_reset_streams: 500,
         },
     };
     assert_eq!(c, expected);
@@ -2636,4 +2650,25 @@ fn metric_models_are_few_distinct_and_never_other() {
     assert!(errors[0].message.contains("at most 64"), "{errors:?}");
     let ok = Config::from_toml_str("[metrics]\nmodels = [\"gpt-4o\"]\nper_key_labels = true\n");
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn http2_limits_are_checked() {
+    let errors = errors_of(
+        "[http2]\nmax_concurrent_streams = 0\nkeepalive_timeout = \"0s\"\n\
+         max_pending_accept_reset_streams = 0\n",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "http2.max_concurrent_streams",
+            "http2.max_pending_accept_reset_streams",
+            "http2.keepalive_timeout"
+        ],
+        "{errors:?}"
+    );
+    // No PINGs at all is allowed.
+    let c = Config::from_toml_str("[http2]\nkeepalive_interval = \"0s\"\n").unwrap();
+    assert!(c.http2.keepalive_interval.is_zero());
 }

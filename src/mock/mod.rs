@@ -492,7 +492,7 @@ fn mock_connection_settings(settings: &MockSettings) -> ConnectionSettings {
             pending_accept: 4096,
             local_error: None,
         },
-        h2_keepalive: false,
+        h2_keepalive: None,
         caps: None,
         proxy_header_timeout: None,
     }

@@ -448,3 +448,59 @@ async fn a_body_that_never_arrives_is_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "got: {text}");
     assert!(text.contains("request_body_timeout"));
 }
+
+/// Sends `request` on a new connection; returns everything the gateway wrote before closing it
+/// (panics if it keeps the connection open).
+async fn answer_and_close(gateway: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, socket.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("the connection stays open after: {request:?}"))
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn ambiguous_body_framing_is_400_and_the_connection_is_closed() {
+    let env = start().await;
+    let head =
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    for (framing, body) in [
+        (
+            "content-length: 5\r\ntransfer-encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
+        // (Two identical Content-Length lines hyper folds into one before we see them: every
+        // parser agrees on that length, which RFC 9112 allows; they are let through.)
+        ("content-length: 2, 2\r\n", "{}"),
+        (
+            "transfer-encoding: gzip, chunked\r\n",
+            "2\r\n{}\r\n0\r\n\r\n",
+        ),
+        (
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+            "2\r\n{}\r\n0\r\n\r\n",
+        ),
+        ("transfer-encoding: gzip\r\n", "{}"),
+        ("content-length: 2\r\ncontent-length: 3\r\n", "{}"),
+    ] {
+        let answer = answer_and_close(env.gateway, &format!("{head}{framing}\r\n{body}")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing:?}: {answer}");
+    }
+    // Where hyper lets the request through, the refusal is ours, OpenAI-shaped.
+    let answer = answer_and_close(
+        env.gateway,
+        &format!("{head}transfer-encoding: gzip, chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.contains("ambiguous_request_framing"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // The upstream was never asked.
+    assert_eq!(mock_stats(env.mock).await.requests_received, 0);
+}

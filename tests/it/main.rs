@@ -17,6 +17,7 @@ mod drain;
 mod errors;
 mod fd_limit;
 mod heartbeat;
+mod http2;
 mod k6;
 mod metrics;
 mod openai_sdk;

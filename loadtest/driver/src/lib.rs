@@ -68,9 +68,9 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Upper bound on `--streams`, so a typo cannot ask for millions of sockets or tasks.
 pub const MAX_STREAMS: u32 = 200_000;
-/// The gateway's limit of concurrent streams per HTTP/2 connection, the cap on
+/// The gateway's default limit of concurrent streams per HTTP/2 connection (`http2.max_concurrent_streams`), the cap on
 /// `--per-connection`.
-pub const MAX_PER_CONNECTION: u32 = tidegate::gateway::H2_MAX_CONCURRENT_STREAMS;
+pub const MAX_PER_CONNECTION: u32 = tidegate::config::DEFAULT_H2_MAX_CONCURRENT_STREAMS;
 /// Descriptors kept free for everything that is not a stream socket.
 const SPARE_FDS: u64 = 64;
 /// How often the ramp starts the streams that are due.
