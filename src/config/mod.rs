@@ -236,6 +236,9 @@ pub const DEFAULT_AUTH_MODE: AuthMode = AuthMode::None;
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Default log filter directive.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Time a client has to complete its TLS handshake (`tls.handshake_timeout`): rustls has no
+/// deadline of its own, and a client that stalls mid-handshake would hold its socket forever.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---- types ------------------------------------------------------------------
 
@@ -298,6 +301,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What `/metrics` labels (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// TLS termination on the API listener (`[tls]`).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: serve the API listener over TLS (HTTP/2 and HTTP/1.1, chosen by ALPN).
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [tls] section)")]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first (`tls.cert_file`). Read at start (an unreadable,
+    /// expired or not-yet-valid certificate stops the gateway), and again on SIGHUP and when
+    /// its modification time changes (a bad pair keeps the one in use). Set with `key_file`;
+    /// absent by default: the listener speaks cleartext.
+    pub cert_file: Option<String>,
+    /// The certificate's private key, PEM: PKCS#8, PKCS#1 or SEC1 (`tls.key_file`). Must match
+    /// the certificate. Set with `cert_file`.
+    pub key_file: Option<String>,
+    /// Time a client has to complete the TLS handshake after its connection (and PROXY header)
+    /// (`tls.handshake_timeout`). Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+    #[default(DEFAULT_TLS_HANDSHAKE_TIMEOUT)]
+    #[serde(with = "formats::duration")]
+    pub handshake_timeout: Duration,
 }
 
 /// Most entries of `metrics.models`: each is a label value on a few families, and a
@@ -1353,6 +1378,25 @@ impl Config {
                 _ => Ok(()),
             },
         );
+
+        let t = &self.tls;
+        for (path, file, other) in [
+            ("tls.cert_file", &t.cert_file, &t.key_file),
+            ("tls.key_file", &t.key_file, &t.cert_file),
+        ] {
+            c.check(
+                path,
+                match (file.as_deref(), other) {
+                    (Some(""), _) => Err("must name a file".to_owned()),
+                    (None, Some(_)) => Err(
+                        "required with the other of tls.cert_file and tls.key_file: TLS needs both"
+                            .to_owned(),
+                    ),
+                    _ => Ok(()),
+                },
+            );
+        }
+        c.check("tls.handshake_timeout", check_timeout(t.handshake_timeout));
 
         let models = &self.metrics.models;
         c.check(
