@@ -1,7 +1,7 @@
 //! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
 //! upstream on its own, `check-config`, and `hash-key` (an API key's hash for the keys file).
-//! While serving, SIGHUP reloads the API keys file. (The load driver is its own binary, `tidegate-bench`,
-//! in `loadtest/driver/`.)
+//! While serving, SIGHUP reloads the API keys file and the TLS certificate. (The load driver is
+//! its own binary, `tidegate-bench`, in `loadtest/driver/`.)
 //!
 //! The configuration is loaded and validated completely before anything binds; an invalid one
 //! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).

@@ -54,6 +54,8 @@ pub enum TlsError {
     NotYetValid { path: String, not_before: String },
     #[error("the certificate in {path:?} has expired: its validity ended {not_after}")]
     Expired { path: String, not_after: String },
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
 }
 
 impl TlsError {
@@ -252,10 +254,7 @@ impl ServerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::KeyUnusable {
-                path: key_file.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
