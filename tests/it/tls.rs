@@ -179,6 +179,11 @@ pub(crate) async fn connect_tls(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(addr).await.unwrap(), ca_pem, alpn).await
+}
+
+/// A TLS handshake as 127.0.0.1 over `tcp`, trusting only `ca_pem`, offering `alpn`.
+async fn tls_over(tcp: TcpStream, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -190,7 +195,6 @@ pub(crate) async fn connect_tls(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
     tokio::time::timeout(
         PATIENCE,
@@ -239,6 +243,18 @@ async fn http1_over(
     sender
 }
 
+/// An HTTP/2 client connection over `tls`.
+async fn h2_over(
+    tls: TlsStream<TcpStream>,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 #[tokio::test]
 async fn http1_streams_a_completion_over_tls() {
     let (env, _) = start_tls(|_| {}).await;
@@ -262,11 +278,7 @@ async fn h2_by_alpn_carries_a_hundred_concurrent_streams_on_one_connection() {
     // Both offered, h2 first: the server picks h2.
     let tls = connect_tls(env.gateway, &env.pki.ca_pem(), &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_over(tls).await;
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..STREAMS {
         let mut sender = sender.clone();
@@ -297,11 +309,7 @@ async fn without_alpn_the_first_bytes_pick_the_protocol() {
     // HTTP/2 with prior knowledge, no ALPN.
     let tls = connect_tls(env.gateway, &ca, &[]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_over(tls).await;
     let response = sender
         .send_request(stream_request(env.gateway))
         .await
@@ -315,6 +323,25 @@ async fn without_alpn_the_first_bytes_pick_the_protocol() {
         .await
         .unwrap();
     assert_eq!(response.version(), http::Version::HTTP_11);
+    assert!(ends_with_done(&body_of(response).await));
+}
+
+#[tokio::test]
+async fn a_proxy_header_comes_before_the_handshake() {
+    let (env, _) = start_tls(|c| c.client_ip.proxy_protocol = true).await;
+    let mut tcp = TcpStream::connect(env.gateway).await.unwrap();
+    // The header and the ClientHello may arrive in one read: what follows the header is the
+    // handshake's.
+    tcp.write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
+        .await
+        .unwrap();
+    let tls = tls_over(tcp, &env.pki.ca_pem(), &[b"h2"]).await;
+    let mut sender = h2_over(tls).await;
+    let response = sender
+        .send_request(stream_request(env.gateway))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     assert!(ends_with_done(&body_of(response).await));
 }
 
