@@ -1,7 +1,7 @@
 //! Command line: serve (from a config file or `--upstream`), the demo (no arguments), the mock
 //! upstream on its own, `check-config`, and `hash-key` (an API key's hash for the keys file).
-//! While serving, SIGHUP reloads the API keys file. (The load driver is its own binary, `tidegate-bench`,
-//! in `loadtest/driver/`.)
+//! While serving, SIGHUP reloads the API keys file and the TLS certificate. (The load driver is
+//! its own binary, `tidegate-bench`, in `loadtest/driver/`.)
 //!
 //! The configuration is loaded and validated completely before anything binds; an invalid one
 //! prints every error with its key path and exits with 64 (EX_USAGE, as linkerd2-proxy does).
@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl};
 use crate::gateway::{self, Listeners};
 use crate::mock::{MockSettings, MockUpstream};
 use crate::signals::{Hangups, Signals};
+use crate::tls::{self, ServerTls, Validity};
 use crate::{logging, sys};
 
 /// Exit code for an invalid configuration.
@@ -180,9 +181,17 @@ fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
     Config::from_toml_str(&text)
 }
 
+/// What [`finish_config`] read besides the config: the API keys and the TLS certificate.
+struct Loaded {
+    keys: Option<Arc<Keys>>,
+    /// The TLS of `[tls]` and how long its certificate has left.
+    tls: Option<(Arc<ServerTls>, Validity)>,
+}
+
 /// Everything a config must pass before anything binds: the file's own rules, the environment
-/// (the upstream key), the log filter, and the API keys file, whose keys it returns.
-fn finish_config(config: &mut Config) -> Result<Option<Arc<Keys>>, ConfigErrors> {
+/// (the upstream key), the log filter, the API keys file, and the TLS certificate and key
+/// (readable, matching, within their validity); returns what it read.
+fn finish_config(config: &mut Config) -> Result<Loaded, ConfigErrors> {
     config.validate()?;
     config.resolve_secrets(|name| std::env::var(name).ok())?;
     logging::parse_filter(&config.log.level).map_err(|message| {
@@ -191,22 +200,50 @@ fn finish_config(config: &mut Config) -> Result<Option<Arc<Keys>>, ConfigErrors>
             message,
         }])
     })?;
-    Keys::from_config(&config.auth)
+    let keys = Keys::from_config(&config.auth)?;
+    let tls = ServerTls::from_config(&config.tls).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: e.key_path().into(),
+            message: e.to_string(),
+        }])
+    })?;
+    Ok(Loaded { keys, tls })
 }
 
 fn check_config(path: &Path) -> ExitCode {
     let result = read_config_file(path).and_then(|mut config| {
-        let keys = finish_config(&mut config)?;
+        let loaded = finish_config(&mut config)?;
         // Printing fails only for a config validate() rejects; report it as a config error.
         let printed = config.to_redacted_toml().map_err(ConfigErrors::from)?;
-        let keys_line =
-            keys.map(|keys| format!("# auth.keys_file: {} keys, valid\n", keys.current().len()));
-        Ok((printed, keys_line))
+        let keys_line = loaded
+            .keys
+            .map(|keys| format!("# auth.keys_file: {} keys, valid\n", keys.current().len()));
+        let tls_line = loaded.tls.map(|(_, validity)| match validity {
+            Validity::Valid => "# tls.cert_file: certificate and key valid\n".to_owned(),
+            Validity::ExpiresSoon { left } => {
+                // A warning, not an error: it still serves, but not for long.
+                eprintln!(
+                    "tidegate: warning: tls.cert_file: the certificate expires in {} (less than \
+                     {} days): renew it",
+                    humantime::format_duration(left),
+                    tls::EXPIRY_WARNING.as_secs() / 86_400
+                );
+                "# tls.cert_file: certificate and key valid, expiring soon\n".to_owned()
+            }
+        });
+        Ok((
+            printed,
+            format!(
+                "{}{}",
+                keys_line.unwrap_or_default(),
+                tls_line.unwrap_or_default()
+            ),
+        ))
     });
     match result {
-        Ok((printed, keys_line)) => {
+        Ok((printed, loaded_lines)) => {
             println!("# {}: valid", path.display());
-            print!("{}{printed}", keys_line.unwrap_or_default());
+            print!("{loaded_lines}{printed}");
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -277,8 +314,8 @@ fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
         print_config_errors("command line", &errors);
         return ExitCode::from(EXIT_CONFIG);
     }
-    let keys = match finish_config(&mut config) {
-        Ok(keys) => keys,
+    let loaded = match finish_config(&mut config) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             print_config_errors("effective configuration", &errors);
             return ExitCode::from(EXIT_CONFIG);
@@ -300,7 +337,7 @@ fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
             "could not turn transparent huge pages off; RSS per stream may be higher"
         ),
     }
-    block_on(serve_async(config, demo, keys))
+    block_on(serve_async(config, demo, loaded))
 }
 
 fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), ConfigErrors> {
@@ -356,7 +393,14 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ExitCode> {
     })
 }
 
-async fn serve_async(mut config: Config, demo: bool, keys: Option<Arc<Keys>>) -> ExitCode {
+async fn serve_async(mut config: Config, demo: bool, loaded: Loaded) -> ExitCode {
+    let Loaded { keys, tls } = loaded;
+    let tls = tls.map(|(tls, validity)| {
+        if let Some(file) = &config.tls.cert_file {
+            tls::log_validity(file, validity, "TLS certificate loaded");
+        }
+        tls
+    });
     let shutdown = CancellationToken::new();
     let mut mock_stop = None;
     if demo {
@@ -414,8 +458,9 @@ async fn serve_async(mut config: Config, demo: bool, keys: Option<Arc<Keys>>) ->
     if let Some(keys) = &keys {
         tracing::info!(keys = keys.current().len(), "API keys loaded");
     }
-    tokio::spawn(reload_on_hangup(hangups, keys.clone()));
-    let result = gateway::run_with_keys(config, Listeners { api, admin }, shutdown, keys).await;
+    tokio::spawn(reload_on_hangup(hangups, keys.clone(), tls.clone()));
+    let result =
+        gateway::run_with_keys_and_tls(config, Listeners { api, admin }, shutdown, keys, tls).await;
     if let Some(stop) = mock_stop {
         stop.cancel();
     }
@@ -457,20 +502,32 @@ async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
 }
 
 /// Each SIGHUP reloads the API keys file ([`Keys::reload`] logs the outcome; a bad file keeps
-/// the keys in use). Without keys there is nothing to reload, and the signal is only logged
-/// (its default action would have ended the process).
-async fn reload_on_hangup(mut hangups: Hangups, keys: Option<Arc<Keys>>) {
+/// the keys in use) and the TLS certificate ([`ServerTls::reload`], likewise). With neither
+/// there is nothing to reload, and the signal is only logged (its default action would have
+/// ended the process).
+async fn reload_on_hangup(
+    mut hangups: Hangups,
+    keys: Option<Arc<Keys>>,
+    tls: Option<Arc<ServerTls>>,
+) {
     // Bounded: ends with the process.
     loop {
         hangups.recv().await;
-        match &keys {
-            Some(keys) => {
-                // Reading a file: off the async workers.
-                let keys = keys.clone();
-                let _ = tokio::task::spawn_blocking(move || keys.reload()).await;
-            }
-            None => tracing::info!(r#"SIGHUP: nothing to reload (auth.mode is "none")"#),
+        if keys.is_none() && tls.is_none() {
+            tracing::info!(r#"SIGHUP: nothing to reload (auth.mode is "none", no [tls])"#);
+            continue;
         }
+        let (keys, tls) = (keys.clone(), tls.clone());
+        // Reading files: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(keys) = keys {
+                let _ = keys.reload();
+            }
+            if let Some(tls) = tls {
+                let _ = tls.reload();
+            }
+        })
+        .await;
     }
 }
 

@@ -26,6 +26,7 @@ use crate::response;
 use crate::router::{AdminRoutes, ApiRoutes};
 use crate::server::{self, ConnectionSettings, H2ResetLimits, Shutdown};
 use crate::sys;
+use crate::tls::{self, ServerTls, TlsError};
 use crate::upstream::backends::Backends;
 use crate::upstream::Upstream;
 
@@ -51,6 +52,8 @@ pub enum RunError {
     Keys(#[from] ConfigErrors),
     #[error("{0}")]
     Metrics(#[from] MetricsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What a connection refused by the caps is told to wait: connections turn over quickly, and
@@ -201,6 +204,7 @@ fn connection_settings(config: &Config) -> ConnectionSettings {
         )),
         caps: None,
         proxy_header_timeout: None,
+        tls: None,
     }
 }
 
@@ -228,6 +232,25 @@ pub async fn run_with_keys(
     listeners: Listeners,
     shutdown: CancellationToken,
     keys: Option<Arc<Keys>>,
+) -> Result<(), RunError> {
+    let tls = ServerTls::from_config(&config.tls)?.map(|(tls, validity)| {
+        if let Some(file) = &config.tls.cert_file {
+            tls::log_validity(file, validity, "TLS certificate loaded");
+        }
+        tls
+    });
+    run_with_keys_and_tls(config, listeners, shutdown, keys, tls).await
+}
+
+/// [`run_with_keys`], with the TLS of `[tls]` loaded by the caller ([`ServerTls::from_config`];
+/// `None`: cleartext), who can then reload it (the command line does on SIGHUP). The gateway
+/// reloads it by itself when the files change ([`tls::CERT_POLL_INTERVAL`]).
+pub async fn run_with_keys_and_tls(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    keys: Option<Arc<Keys>>,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new(&config.metrics)?);
     let backends = Arc::new(Backends::new(&config));
@@ -294,6 +317,7 @@ pub async fn run_with_keys(
             .client_ip
             .proxy_protocol
             .then_some(config.client_ip.proxy_header_timeout),
+        tls: tls.clone(),
         ..settings.clone()
     };
     // The workers accept on copies of this socket, each in its own runtime.
@@ -303,6 +327,9 @@ pub async fn run_with_keys(
     let scheduler =
         tokio::spawn(Scheduler::new(&config.streams).run(registry.clone(), scheduler_stop.clone()));
     tokio::spawn(prune_admission(admission.clone(), scheduler_stop.clone()));
+    if let Some(tls) = tls {
+        tokio::spawn(tls.watch(tls::CERT_POLL_INTERVAL, scheduler_stop.clone()));
+    }
 
     let api = Shutdown {
         drain: CancellationToken::new(),

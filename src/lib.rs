@@ -38,6 +38,7 @@ pub mod server;
 pub mod signals;
 pub mod sse;
 pub mod sys;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{run, Listeners};

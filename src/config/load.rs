@@ -30,7 +30,7 @@ const API_KEY_HINT: &str = "the key is never read from the file; set api_key_env
 
 /// Extra explanations for keys that look right but are deliberately not
 /// read from the file, by schema path.
-const HINTS: [(&str, &str); 3] = [
+const HINTS: [(&str, &str); 5] = [
     (
         "admin.token",
         "the token is never read from the file; set token_env to the name \
@@ -38,7 +38,14 @@ const HINTS: [(&str, &str); 3] = [
     ),
     ("upstream.api_key", API_KEY_HINT),
     ("upstreams[].api_key", API_KEY_HINT),
+    // The closest schema key would be the top-level [tls], which is the API listener's.
+    ("upstream.tls", UPSTREAM_TLS_HINT),
+    ("upstreams[].tls", UPSTREAM_TLS_HINT),
 ];
+
+/// The hint for a `tls` table inside an upstream.
+const UPSTREAM_TLS_HINT: &str = "an upstream's TLS takes ca_file only; the top-level [tls] is \
+                                 the API listener's";
 
 /// A config with one element in every array of tables, so that serialized it shows every key
 /// of the schema, the elements' keys included (`Config::default()` has empty arrays). A new

@@ -236,6 +236,9 @@ pub const DEFAULT_AUTH_MODE: AuthMode = AuthMode::None;
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Default log filter directive.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Time a client has to complete its TLS handshake (`tls.handshake_timeout`): rustls has no
+/// deadline of its own, and a client that stalls mid-handshake would hold its socket forever.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---- types ------------------------------------------------------------------
 
@@ -300,6 +303,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Client-side HTTP/2 limits (`[http2]`).
     pub http2: Http2Config,
+    /// TLS termination on the API listener (`[tls]`).
+    pub tls: TlsConfig,
 }
 
 /// Default `http2.max_concurrent_streams`: 256, what browsers expect (about 100) with headroom;
@@ -352,6 +357,26 @@ pub struct Http2Config {
     /// [`DEFAULT_H2_LOCAL_ERROR_RESETS`], allowed [`H2_RESET_LIMIT_RANGE`].
     #[default(DEFAULT_H2_LOCAL_ERROR_RESETS)]
     pub max_local_error_reset_streams: u32,
+}
+
+/// `[tls]`: serve the API listener over TLS (HTTP/2 and HTTP/1.1, chosen by ALPN).
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [tls] section)")]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first (`tls.cert_file`). Read at start (an unreadable,
+    /// expired or not-yet-valid certificate stops the gateway), and again on SIGHUP and when
+    /// its modification time changes (a bad pair keeps the one in use). Set with `key_file`;
+    /// absent by default: the listener speaks cleartext.
+    pub cert_file: Option<String>,
+    /// The certificate's private key, PEM: PKCS#8, PKCS#1 or SEC1 (`tls.key_file`). Must match
+    /// the certificate. Set with `cert_file`.
+    pub key_file: Option<String>,
+    /// Time a client has to complete the TLS handshake after its connection (and PROXY header)
+    /// (`tls.handshake_timeout`). Must be > 0 and at most [`MAX_DURATION`]. Default
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+    #[default(DEFAULT_TLS_HANDSHAKE_TIMEOUT)]
+    #[serde(with = "formats::duration")]
+    pub handshake_timeout: Duration,
 }
 
 /// Most entries of `metrics.models`: each is a label value on a few families, and a
@@ -1436,6 +1461,25 @@ impl Config {
             "http2.keepalive_timeout",
             check_timeout(h2.keepalive_timeout),
         );
+        let t = &self.tls;
+        for (path, file, other) in [
+            ("tls.cert_file", &t.cert_file, &t.key_file),
+            ("tls.key_file", &t.key_file, &t.cert_file),
+        ] {
+            c.check(
+                path,
+                match (file.as_deref(), other) {
+                    (Some(""), _) => Err("must name a file".to_owned()),
+                    (None, Some(_)) => Err(
+                        "required with the other of tls.cert_file and tls.key_file: TLS needs both"
+                            .to_owned(),
+                    ),
+                    _ => Ok(()),
+                },
+            );
+        }
+        c.check("tls.handshake_timeout", check_timeout(t.handshake_timeout));
+
         let models = &self.metrics.models;
         c.check(
             "metrics.models",

@@ -102,6 +102,11 @@ keepalive_interval = "30s"
 keepalive_timeout = "10s"
 max_pending_accept_reset_streams = 50
 max_local_error_reset_streams = 500
+
+[tls]
+cert_file = "/etc/tidegate/cert.pem"
+key_file = "/etc/tidegate/key.pem"
+handshake_timeout = "5s"
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -284,6 +289,11 @@ fn full_file_sets_every_key() {
             keepalive_timeout: Duration::from_secs(10),
             max_pending_accept_reset_streams: 50,
             max_local_error_reset_streams: 500,
+        },
+        tls: TlsConfig {
+            cert_file: Some("/etc/tidegate/cert.pem".to_owned()),
+            key_file: Some("/etc/tidegate/key.pem".to_owned()),
+            handshake_timeout: Duration::from_secs(5),
         },
     };
     assert_eq!(c, expected);
@@ -1037,8 +1047,8 @@ fn default_config_prints_every_key_and_round_trips() {
     // Absent optional keys are named in a comment, straight from the schema.
     assert!(
         printed.lines().any(|l| l
-            == "# not set: admin.listen, admin.token_env, auth.keys_file, upstream.api_key_env, \
-                upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
+            == "# not set: admin.listen, admin.token_env, auth.keys_file, tls.cert_file, \
+                tls.key_file, upstream.api_key_env, upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
                 upstream.idle_timeout"),
         "{printed}"
     );
@@ -2386,7 +2396,7 @@ weight = 1
             r#"routes[0].modles: unknown key (did you mean "models"?)"#,
             r#"upstreams[1].api_key: unknown key (the key is never read from the file; set api_key_env to the name of an environment variable holding it)"#,
             r#"upstreams[1].max_attempts: unknown key (did you mean "retry.max_attempts"?)"#,
-            r#"upstreams[1].tls: unknown section"#,
+            r#"upstreams[1].tls: unknown section (an upstream's TLS takes ca_file only; the top-level [tls] is the API listener's)"#,
             r#"upstreams[1].wieght: unknown key (did you mean "weight"?)"#,
             // Unknown keys first (ordered by path), then the rules the config breaks.
             r#"routes[0].models: must list at least one model name or pattern, such as "gpt-4o" or "gpt-4o*""#,
@@ -2671,4 +2681,21 @@ fn http2_limits_are_checked() {
     // No PINGs at all is allowed.
     let c = Config::from_toml_str("[http2]\nkeepalive_interval = \"0s\"\n").unwrap();
     assert!(c.http2.keepalive_interval.is_zero());
+}
+
+#[test]
+fn tls_needs_both_files_and_a_handshake_deadline() {
+    assert!(Config::from_toml_str("[tls]\nhandshake_timeout = \"3s\"\n").is_ok());
+    assert!(Config::from_toml_str("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n").is_ok());
+    let only_cert = errors_of("[tls]\ncert_file = \"c.pem\"\n");
+    assert_eq!(only_cert.len(), 1, "{only_cert:?}");
+    assert_eq!(only_cert[0].path, "tls.key_file");
+    assert!(only_cert[0].message.contains("needs both"), "{only_cert:?}");
+    let only_key = errors_of("[tls]\nkey_file = \"k.pem\"\n");
+    assert_eq!(only_key[0].path, "tls.cert_file");
+    let empty = errors_of("[tls]\ncert_file = \"\"\nkey_file = \"k.pem\"\n");
+    assert_eq!(empty[0].path, "tls.cert_file");
+    assert!(empty[0].message.contains("must name a file"), "{empty:?}");
+    let zero = errors_of("[tls]\nhandshake_timeout = \"0s\"\n");
+    assert_eq!(zero[0].path, "tls.handshake_timeout");
 }

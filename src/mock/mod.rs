@@ -495,6 +495,7 @@ fn mock_connection_settings(settings: &MockSettings) -> ConnectionSettings {
         h2_keepalive: None,
         caps: None,
         proxy_header_timeout: None,
+        tls: None,
     }
 }
 

@@ -263,6 +263,18 @@ impl Running {
         next_line_matching(&mut self.stderr, "stderr", pred).await
     }
 
+    /// Waits for the "tidegate listening" log line; the API listener's address from it.
+    pub(crate) async fn listening_on(&mut self) -> SocketAddr {
+        let line = self.stderr_line(|l| l.contains("tidegate listening")).await;
+        let listen_at = line.find("listen=").expect("listen field") + "listen=".len();
+        line[listen_at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub(crate) fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill(2) with a pid we spawned and own.
@@ -360,14 +372,7 @@ async fn serves_an_upstream_given_by_flag_with_text_logs() {
         "--admin-listen",
         "127.0.0.1:0",
     ]);
-    let line = gw.stderr_line(|l| l.contains("tidegate listening")).await;
-    let listen_at = line.find("listen=").expect("listen field") + "listen=".len();
-    let gateway: SocketAddr = line[listen_at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let gateway = gw.listening_on().await;
     let (status, _, _) = fetch(post(
         gateway,
         "/v1/chat/completions",

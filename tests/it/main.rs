@@ -26,6 +26,7 @@ mod registry;
 mod relay;
 mod routing;
 mod shutdown;
+mod tls;
 mod upstream_h2;
 mod upstream_pool;
 mod upstream_tls;
