@@ -12,19 +12,6 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
-fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-}
-
-async fn admission_summary(env: &TestEnv) -> Value {
-    let (status, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
-    assert_eq!(status, StatusCode::OK);
-    json["admission"].clone()
-}
-
 #[tokio::test]
 async fn over_its_rate_an_address_gets_429_with_the_sdk_headers_before_its_body_is_read() {
     let env = start_with(MockSettings::default(), |c| {

@@ -72,9 +72,7 @@ async fn chat_as(
 }
 
 async fn refusals(env: &TestEnv) -> Value {
-    let (status, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
-    assert_eq!(status, StatusCode::OK);
-    json["admission"]["refusals"].clone()
+    admission_summary(env).await["refusals"].clone()
 }
 
 fn error_of(body: &[u8]) -> Value {
@@ -248,8 +246,7 @@ async fn each_key_has_its_own_rate_and_stream_cap_and_slots_come_back_to_zero() 
 
     drop(first);
     wait_for("every slot back", PATIENCE, || async {
-        let (_, _, summary) = fetch_json(get(env.admin, "/admin/summary")).await;
-        (summary["admission"]["streams"] == 0).then_some(())
+        (admission_summary(&env).await["streams"] == 0).then_some(())
     })
     .await;
     // The key's own slot came back too: it may stream again.

@@ -5,19 +5,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use http::StatusCode;
 use serde_json::Value;
 use tidegate::mock::MockSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::common::*;
-
-async fn summary(env: &TestEnv) -> Value {
-    let (status, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
-    assert_eq!(status, StatusCode::OK);
-    json["admission"].clone()
-}
 
 /// A connection from `source` (any 127.x.y.z: all of 127/8 is loopback).
 async fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
@@ -79,7 +72,7 @@ async fn past_the_global_cap_a_connection_gets_503_at_once_and_a_slot_frees_on_c
     let json: Value = serde_json::from_str(body).unwrap();
     assert_eq!(json["error"]["code"], "server_overloaded");
 
-    let admission = summary(&env).await;
+    let admission = admission_summary(&env).await;
     assert_eq!(admission["refusals"]["global_connections"], 1);
     assert_eq!(admission["max_connections"], 3);
     assert_eq!(admission["connections"], 3);
@@ -87,14 +80,14 @@ async fn past_the_global_cap_a_connection_gets_503_at_once_and_a_slot_frees_on_c
     // A connection that closes gives its place back.
     held.pop();
     wait_for("the closed connection's slot", PATIENCE, || async {
-        (summary(&env).await["connections"] == 2).then_some(())
+        (admission_summary(&env).await["connections"] == 2).then_some(())
     })
     .await;
     let mut socket = connect_from(local, env.gateway).await;
     assert!(healthy(&mut socket, env.gateway).await);
     drop((held, socket));
     wait_for("every slot back", PATIENCE, || async {
-        (summary(&env).await["connections"] == 0).then_some(())
+        (admission_summary(&env).await["connections"] == 0).then_some(())
     })
     .await;
 }
@@ -120,7 +113,7 @@ async fn past_its_cap_an_address_gets_429_while_others_connect() {
     // Another address has places of its own.
     let mut c = connect_from(two, env.gateway).await;
     assert!(healthy(&mut c, env.gateway).await);
-    let admission = summary(&env).await;
+    let admission = admission_summary(&env).await;
     assert_eq!(admission["refusals"]["ip_connections"], 1);
     assert_eq!(admission["addresses_with_connections"], 2);
 }
@@ -231,7 +224,10 @@ async fn proxy_protocol_v1_and_v2_name_the_client_and_a_missing_header_closes() 
             String::from_utf8_lossy(&answer)
         );
     }
-    assert_eq!(summary(&env).await["refusals"]["ip_connections"], 2);
+    assert_eq!(
+        admission_summary(&env).await["refusals"]["ip_connections"],
+        2
+    );
 }
 
 #[tokio::test]

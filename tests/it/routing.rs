@@ -18,13 +18,6 @@ fn route(models: &[&str], upstreams: &[&str]) -> RouteConfig {
     }
 }
 
-fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-}
-
 async fn admin_upstreams(fleet: &Fleet) -> Value {
     let (status, _, json) = fetch_json(get(fleet.admin, "/admin/upstreams")).await;
     assert_eq!(status, StatusCode::OK);

@@ -269,6 +269,21 @@ pub async fn fetch_json(request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap
     (status, headers, json)
 }
 
+/// A response header's value as text ("" when absent or not text).
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The admin summary's `admission` part: slots, connections and refusals by reason.
+pub async fn admission_summary(env: &TestEnv) -> Value {
+    let (status, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
+    assert_eq!(status, StatusCode::OK);
+    json["admission"].clone()
+}
+
 pub async fn mock_stats(mock: SocketAddr) -> StatsSnapshot {
     let (status, _, body) = fetch(get(mock, "/stats")).await;
     assert_eq!(status, StatusCode::OK);
