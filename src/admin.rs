@@ -25,12 +25,13 @@ use crate::config::Secret;
 use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
-use crate::metrics::{Live, Metrics};
+use crate::metrics::{Live, Metrics, TlsLive};
 use crate::refusal::RefusalCounts;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
 use crate::resilience::breaker::BreakerState;
 use crate::resilience::budget::BudgetSnapshot;
 use crate::response::{self, method_not_allowed, require_method};
+use crate::tls::ServerTls;
 use crate::upstream::backends::{BackendView, Backends};
 
 /// Streams listed when the request gives no `limit`.
@@ -86,6 +87,8 @@ pub struct AdminApi {
     pub metrics: Arc<Metrics>,
     /// `limits.max_streams`, exported for saturation alerts.
     pub max_streams: u64,
+    /// The API listener's TLS, for its handshake counts and certificate expiry.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl AdminApi {
@@ -170,6 +173,15 @@ impl AdminApi {
             ],
             max_connections: self.connection_caps.max(),
             max_streams: self.max_streams,
+            tls: self.tls.as_ref().map(|tls| {
+                let r = tls.reading();
+                TlsLive {
+                    handshakes: r.handshakes.map(|(h, n)| (h.as_str(), n)).to_vec(),
+                    reloads_ok: r.reloads_ok,
+                    reloads_failed: r.reloads_failed,
+                    certificate_expiry: r.not_after,
+                }
+            }),
         }
     }
 }

@@ -252,7 +252,11 @@ pub async fn run_with_keys_and_tls(
     keys: Option<Arc<Keys>>,
     tls: Option<Arc<ServerTls>>,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new(&config.metrics)?);
+    let metrics = Metrics::new(&config.metrics)?;
+    let metrics = Arc::new(match tls {
+        Some(_) => metrics.with_tls()?,
+        None => metrics,
+    });
     let backends = Arc::new(Backends::new(&config));
     let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
     let registry = Arc::new(Registry::new(&backends.names()));
@@ -327,8 +331,11 @@ pub async fn run_with_keys_and_tls(
     let scheduler =
         tokio::spawn(Scheduler::new(&config.streams).run(registry.clone(), scheduler_stop.clone()));
     tokio::spawn(prune_admission(admission.clone(), scheduler_stop.clone()));
-    if let Some(tls) = tls {
-        tokio::spawn(tls.watch(tls::CERT_POLL_INTERVAL, scheduler_stop.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(tls::CERT_POLL_INTERVAL, scheduler_stop.clone()),
+        );
     }
 
     let api = Shutdown {
@@ -368,6 +375,7 @@ pub async fn run_with_keys_and_tls(
             connection_caps: caps,
             metrics,
             max_streams: u64::from(config.limits.max_streams),
+            tls: tls.clone(),
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,

@@ -55,6 +55,22 @@ pub const BUILD_INFO: &str = "tidegate_build_info";
 pub const MAX_CONNECTIONS: &str = "tidegate_max_connections";
 /// `tidegate_max_streams`: `limits.max_streams` (0: no cap).
 pub const MAX_STREAMS: &str = "tidegate_max_streams";
+/// `tidegate_tls_handshakes_total{result}`: TLS handshakes on the API listener, by how they
+/// ended (`completed`, `failed`, `timeout`). Only with `[tls]`, as are the next two.
+pub const TLS_HANDSHAKES_TOTAL: &str = "tidegate_tls_handshakes_total";
+/// `tidegate_tls_certificate_reloads_total{result}`: certificate reloads (SIGHUP or changed
+/// files), `ok` or `failed` (the old certificate stayed in use).
+pub const TLS_RELOADS_TOTAL: &str = "tidegate_tls_certificate_reloads_total";
+/// `tidegate_tls_certificate_expiry_timestamp_seconds`: when the certificate new handshakes get
+/// stops being valid (Unix seconds), for the expiry alert.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "tidegate_tls_certificate_expiry_timestamp_seconds";
+
+/// The families exported only when the API listener terminates TLS.
+pub const TLS_NAMES: [&str; 3] = [
+    TLS_HANDSHAKES_TOTAL,
+    TLS_RELOADS_TOTAL,
+    TLS_CERTIFICATE_EXPIRY,
+];
 
 /// The process metrics (the `prometheus` crate's process collector, Linux).
 pub const PROCESS_NAMES: [&str; 6] = [
@@ -174,6 +190,26 @@ pub struct Metrics {
     ended: EndedStreams,
     /// One scrape at a time: counters read from elsewhere are brought up to date by difference.
     scrape: Mutex<()>,
+    /// With `[tls]` ([`Metrics::with_tls`]).
+    tls: Option<TlsFamilies>,
+}
+
+/// The TLS families, read at scrape time ([`TlsLive`]).
+struct TlsFamilies {
+    handshakes_total: IntCounterVec,
+    reloads_total: IntCounterVec,
+    certificate_expiry: IntGauge,
+}
+
+/// The TLS listener's counts, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct TlsLive {
+    /// Handshakes by how they ended (`completed`, `failed`, `timeout`).
+    pub handshakes: Vec<(&'static str, u64)>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// The served certificate's end of validity (Unix seconds).
+    pub certificate_expiry: i64,
 }
 
 #[derive(Default)]
@@ -214,6 +250,8 @@ pub struct Live {
     pub refusals: Vec<(&'static str, u64)>,
     pub max_connections: u64,
     pub max_streams: u64,
+    /// With `[tls]`.
+    pub tls: Option<TlsLive>,
 }
 
 /// A metric definition the crate refused: only a programming error (a bad name or label) can
@@ -358,6 +396,7 @@ impl Metrics {
             registry,
             ended: EndedStreams::default(),
             scrape: Mutex::new(()),
+            tls: None,
         };
         let build_info = gauge_vec(BUILD_INFO, "The gateway's version; always 1.", &["version"])?;
         build_info
@@ -408,6 +447,41 @@ impl Metrics {
             metrics.request_duration.with_label_values(&[route]);
         }
         Ok(metrics)
+    }
+
+    /// The metrics with the TLS families ([`TLS_NAMES`]) too, for an API listener with `[tls]`.
+    pub fn with_tls(mut self) -> Result<Metrics, MetricsError> {
+        let families = TlsFamilies {
+            handshakes_total: IntCounterVec::new(
+                Opts::new(
+                    TLS_HANDSHAKES_TOTAL,
+                    "TLS handshakes on the API listener, by how they ended.",
+                ),
+                &["result"],
+            )?,
+            reloads_total: IntCounterVec::new(
+                Opts::new(
+                    TLS_RELOADS_TOTAL,
+                    "Certificate reloads: ok, or failed (the current certificate stays).",
+                ),
+                &["result"],
+            )?,
+            certificate_expiry: IntGauge::new(
+                TLS_CERTIFICATE_EXPIRY,
+                "When the served certificate stops being valid, in Unix seconds.",
+            )?,
+        };
+        self.registry
+            .register(Box::new(families.handshakes_total.clone()))?;
+        self.registry
+            .register(Box::new(families.reloads_total.clone()))?;
+        self.registry
+            .register(Box::new(families.certificate_expiry.clone()))?;
+        for result in ["ok", "failed"] {
+            families.reloads_total.with_label_values(&[result]);
+        }
+        self.tls = Some(families);
+        Ok(self)
     }
 
     /// The `model` label's value for `model`: its own when `metrics.models` lists it, else
@@ -567,6 +641,19 @@ impl Metrics {
         self.max_connections
             .set(saturating_i64(live.max_connections));
         self.max_streams.set(saturating_i64(live.max_streams));
+        if let (Some(families), Some(tls)) = (&self.tls, &live.tls) {
+            for (result, count) in &tls.handshakes {
+                catch_up(
+                    &families.handshakes_total.with_label_values(&[result]),
+                    *count,
+                );
+            }
+            let reloads = [("ok", tls.reloads_ok), ("failed", tls.reloads_failed)];
+            for (result, count) in reloads {
+                catch_up(&families.reloads_total.with_label_values(&[result]), count);
+            }
+            families.certificate_expiry.set(tls.certificate_expiry);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Text encoding into a Vec fails only on a metric the crate itself built wrongly.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -660,6 +747,38 @@ mod tests {
         // Counters read from elsewhere never go down, even if the source reads lower once.
         let text = m.render(&Live::default());
         assert!(text.contains("tidegate_stream_events_total 14\n"), "{text}");
+        // Without [tls], no TLS family.
+        for name in TLS_NAMES {
+            assert!(!text.contains(name), "{name} without TLS");
+        }
+    }
+
+    #[test]
+    fn the_tls_families_come_with_tls() {
+        let m = Metrics::new(&MetricsConfig::default())
+            .unwrap()
+            .with_tls()
+            .unwrap();
+        let text = m.render(&Live {
+            tls: Some(TlsLive {
+                handshakes: vec![("completed", 7), ("failed", 2), ("timeout", 1)],
+                reloads_ok: 3,
+                reloads_failed: 1,
+                certificate_expiry: 1_900_000_000,
+            }),
+            ..Live::default()
+        });
+        for name in TLS_NAMES {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        for line in [
+            r#"tidegate_tls_handshakes_total{result="completed"} 7"#,
+            r#"tidegate_tls_handshakes_total{result="timeout"} 1"#,
+            r#"tidegate_tls_certificate_reloads_total{result="failed"} 1"#,
+            "tidegate_tls_certificate_expiry_timestamp_seconds 1900000000",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::connection::{
     CapRefusal, ConnectionCaps, ConnectionCounts, ConnectionInfo, ConnectionSlot, Protocol,
 };
 use crate::proxy_protocol::{self, Source};
-use crate::tls::{ServerTls, ALPN_H2};
+use crate::tls::{Handshake, ServerTls, ALPN_H2};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin while
 /// the condition lasts.
@@ -381,6 +381,10 @@ pub async fn accept_loop<H: Handler>(
         let slot = match &settings.caps {
             Some(caps) => match caps.admit(peer.ip(), settings.proxy_header_timeout.is_some()) {
                 Ok(slot) => Some(slot),
+                Err(_) if settings.tls.is_some() => {
+                    close_refused_tls(&stream);
+                    continue;
+                }
                 Err(refusal) => {
                     refuse(stream, refusal, &lingering, &tracker);
                     continue;
@@ -491,8 +495,12 @@ async fn serve_connection<H: Handler>(
         // The per-address cap, now that the client is known.
         if let (Some(caps), Some(slot)) = (&settings.caps, slot.as_mut()) {
             if let Err(refusal) = caps.admit_client(slot, peer.ip()) {
-                // The request may have come with the header: then it is answered at once.
-                answer_and_close(stream, refusal, !first_bytes.is_empty()).await;
+                if settings.tls.is_some() {
+                    close_refused_tls(&stream);
+                } else {
+                    // The request may have come with the header: then it is answered at once.
+                    answer_and_close(stream, refusal, !first_bytes.is_empty()).await;
+                }
                 return;
             }
         }
@@ -541,12 +549,17 @@ async fn serve_tls<H: Handler>(
         r = tokio::time::timeout(tls.handshake_timeout, tls.acceptor().accept(stream)) => r,
     };
     let mut stream = match handshake {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            tls.handshake(Handshake::Completed);
+            stream
+        }
         Ok(Err(e)) => {
+            tls.handshake(Handshake::Failed);
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            tls.handshake(Handshake::TimedOut);
             tracing::debug!(client = %peer, "no TLS handshake within tls.handshake_timeout");
             return;
         }
@@ -762,6 +775,16 @@ async fn answer_and_close(mut stream: TcpStream, refusal: CapRefusal, already_as
         }
     };
     let _ = tokio::time::timeout(REFUSAL_CLOSE_WAIT, closed).await;
+}
+
+/// Closes a connection the caps refused on a TLS listener, without an answer: the answer would
+/// need a handshake first, the very work a refusal exists to save (a cleartext one is garbage to
+/// a TLS client). What the client has sent (its ClientHello) is read off, so the close is
+/// usually a FIN. The client's TLS library reports the connection closed before the handshake,
+/// which the OpenAI SDKs retry and a load balancer answers by trying another instance: no
+/// request was sent, so a retry is always safe. The refusal is counted all the same.
+fn close_refused_tls(stream: &TcpStream) {
+    let _ = drain_waiting(stream);
 }
 
 /// Answers a connection the caps refused at accept and closes it, in a task of its own

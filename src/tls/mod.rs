@@ -6,6 +6,7 @@
 //! swapped on reload: new handshakes get the new pair, running connections keep theirs (rustls
 //! only asks for a certificate while handshaking). A reload that fails keeps the old pair.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -177,6 +178,60 @@ pub fn load_pair(
     Ok((Arc::new(certified), validity))
 }
 
+/// When a pair's leaf certificate stops being valid (Unix seconds), for the expiry metric; `None`
+/// for a leaf that does not parse (load_pair has parsed it already).
+fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// How a TLS handshake ended, for `tidegate_tls_handshakes_total`. The discriminants index
+/// [`TlsCounts::handshakes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Completed = 0,
+    /// The client sent something rustls refused (or went away): scanners, a client that does
+    /// not trust the certificate, a protocol it does not speak.
+    Failed = 1,
+    /// Not done within `tls.handshake_timeout`.
+    TimedOut = 2,
+}
+
+impl Handshake {
+    pub const ALL: [Handshake; 3] = [Handshake::Completed, Handshake::Failed, Handshake::TimedOut];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Completed => "completed",
+            Handshake::Failed => "failed",
+            Handshake::TimedOut => "timeout",
+        }
+    }
+}
+
+/// What the TLS listener has done, for the metrics: counted as it happens, read at scrape time.
+#[derive(Debug, Default)]
+struct TlsCounts {
+    /// By [`Handshake`] (its discriminant).
+    handshakes: [AtomicU64; 3],
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// The served certificate's end of validity (Unix seconds).
+    not_after: AtomicI64,
+}
+
+/// A reading of [`ServerTls`]'s counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsReading {
+    /// Handshakes so far, by [`Handshake`] (in the order of [`Handshake::ALL`]).
+    pub handshakes: [(Handshake, u64); 3],
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// When the certificate new handshakes get stops being valid (Unix seconds).
+    pub not_after: i64,
+}
+
 /// Hands every handshake the current pair; [`CertResolver::swap`] replaces it for the
 /// handshakes that follow.
 #[derive(Debug)]
@@ -228,6 +283,7 @@ pub struct ServerTls {
     pub handshake_timeout: Duration,
     /// The files' modification times when last loaded, for [`ServerTls::watch`].
     seen: Mutex<Mtimes>,
+    counts: TlsCounts,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -258,6 +314,11 @@ impl ServerTls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        let counts = TlsCounts::default();
+        counts.not_after.store(
+            not_after(&resolver.current()).unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let tls = ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             resolver,
@@ -265,8 +326,26 @@ impl ServerTls {
             key_file: key_file.clone(),
             handshake_timeout: config.handshake_timeout,
             seen: Mutex::new(seen),
+            counts,
         };
         Ok(Some((Arc::new(tls), validity)))
+    }
+
+    /// Counts a handshake's end.
+    pub fn handshake(&self, how: Handshake) {
+        self.counts.handshakes[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far, and the served certificate's end of validity.
+    pub fn reading(&self) -> TlsReading {
+        let c = &self.counts;
+        TlsReading {
+            handshakes: Handshake::ALL
+                .map(|h| (h, c.handshakes[h as usize].load(Ordering::Relaxed))),
+            reloads_ok: c.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: c.reloads_failed.load(Ordering::Relaxed),
+            not_after: c.not_after.load(Ordering::Relaxed),
+        }
     }
 
     pub fn acceptor(&self) -> &TlsAcceptor {
@@ -285,11 +364,16 @@ impl ServerTls {
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = seen;
         match load_pair(&self.cert_file, &self.key_file, SystemTime::now()) {
             Ok((key, validity)) => {
+                if let Some(end) = not_after(&key) {
+                    self.counts.not_after.store(end, Ordering::Relaxed);
+                }
+                self.counts.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.resolver.swap(key);
                 log_validity(&self.cert_file, validity, "TLS certificate reloaded");
                 Ok(validity)
             }
             Err(e) => {
+                self.counts.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays in use");
                 Err(e)
             }

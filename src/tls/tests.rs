@@ -166,3 +166,50 @@ fn the_resolver_hands_out_the_pair_swapped_in() {
     resolver.swap(second.clone());
     assert_eq!(resolver.current().cert, second.cert);
 }
+
+#[test]
+fn reloads_and_handshakes_are_counted_and_the_expiry_follows_the_served_certificate() {
+    let (cert, key) = pair();
+    let (cert_file, key_file) = (TempFile::new(&cert), TempFile::new(&key));
+    let config = TlsConfig {
+        cert_file: Some(cert_file.path().to_owned()),
+        key_file: Some(key_file.path().to_owned()),
+        ..TlsConfig::default()
+    };
+    let (tls, _) = ServerTls::from_config(&config).unwrap().unwrap();
+    let start = tls.reading();
+    assert_eq!(start.not_after, NOT_AFTER as i64);
+    assert_eq!((start.reloads_ok, start.reloads_failed), (0, 0));
+
+    // A bad pair: counted as failed, the expiry stays the served certificate's.
+    std::fs::write(cert_file.path(), "not PEM").unwrap();
+    assert!(tls.reload().is_err());
+    let after_bad = tls.reading();
+    assert_eq!((after_bad.reloads_ok, after_bad.reloads_failed), (0, 1));
+    assert_eq!(after_bad.not_after, NOT_AFTER as i64);
+
+    // A good pair expiring a year earlier: counted, and the expiry is the new one's.
+    let key_pair = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2029, 1, 1);
+    let earlier = params.self_signed(&key_pair).unwrap();
+    std::fs::write(cert_file.path(), earlier.pem()).unwrap();
+    std::fs::write(key_file.path(), key_pair.serialize_pem()).unwrap();
+    tls.reload().unwrap();
+    let after_good = tls.reading();
+    assert_eq!((after_good.reloads_ok, after_good.reloads_failed), (1, 1));
+    assert_eq!(after_good.not_after, (NOT_AFTER - 365 * DAY) as i64);
+
+    tls.handshake(Handshake::Completed);
+    tls.handshake(Handshake::Completed);
+    tls.handshake(Handshake::TimedOut);
+    assert_eq!(
+        tls.reading().handshakes,
+        [
+            (Handshake::Completed, 2),
+            (Handshake::Failed, 0),
+            (Handshake::TimedOut, 1)
+        ]
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::Value;
 use tidegate::mock::MockSettings;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const STALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,16 +23,27 @@ async fn raw_stream_request(gateway: SocketAddr, extra: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(gateway).await.unwrap();
+    request_to_first_event(&mut stream, gateway, extra).await;
+    stream
+}
+
+/// Sends a streaming chat request with `extra` header lines over `stream` by hand, and reads the
+/// head and a first bit of the stream; then the caller stops reading.
+pub(crate) async fn request_to_first_event<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    gateway: SocketAddr,
+    extra: &str,
+) {
     let body = chat_body("mock-1", true);
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {gateway}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    // Read the head and a first bit of the stream, then stop reading.
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = tokio::time::Instant::now() + PATIENCE;
+    // Bounded by the deadline.
     while !seen.windows(5).any(|w| w == b"data:") {
         let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
             .await
@@ -42,7 +53,6 @@ async fn raw_stream_request(gateway: SocketAddr, extra: &str) -> TcpStream {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(seen.starts_with(b"HTTP/1.1 200"));
-    stream
 }
 
 async fn only_stream(env: &TestEnv) -> Option<Value> {

@@ -168,9 +168,10 @@ fn metric_refs(expr: &str) -> Vec<MetricRef> {
 
 /// Why `name` (as a query writes it) is not something the gateway exports, if it is not.
 ///
-/// A `tidegate_*` family whose name ends in `_seconds` is a histogram (all five are, and no
-/// counter or gauge of ours ends so): a query reads it as `_bucket`, `_sum` or `_count`, never
-/// bare. Every other family is read by its own name.
+/// A `tidegate_*` family of `NAMES` whose name ends in `_seconds` is a histogram (all five are,
+/// and no counter or gauge there ends so; the TLS families are not on the dashboard): a query
+/// reads it as `_bucket`, `_sum` or `_count`, never bare. Every other family is read by its own
+/// name.
 fn unexported(name: &str) -> Option<String> {
     if PROCESS_NAMES.contains(&name) {
         return None;

@@ -44,7 +44,7 @@ async fn frames(mut body: Incoming) -> Vec<Vec<u8>> {
     }
 }
 
-fn count_heartbeats(bytes: &[u8]) -> usize {
+pub(crate) fn count_heartbeats(bytes: &[u8]) -> usize {
     bytes
         .windows(HEARTBEAT.len())
         .filter(|w| *w == HEARTBEAT)
@@ -53,7 +53,7 @@ fn count_heartbeats(bytes: &[u8]) -> usize {
 
 /// Every heartbeat is at a block boundary: the bytes before it end with a blank line (or it is
 /// the first thing sent), so it can never be inside an event.
-fn assert_heartbeats_between_events(all: &[u8]) {
+pub(crate) fn assert_heartbeats_between_events(all: &[u8]) {
     let mut at = 0;
     while let Some(pos) = all[at..]
         .windows(HEARTBEAT.len())

@@ -27,6 +27,7 @@ mod relay;
 mod routing;
 mod shutdown;
 mod tls;
+mod tls_streams;
 mod upstream_h2;
 mod upstream_pool;
 mod upstream_tls;

@@ -183,7 +183,26 @@ pub(crate) async fn connect_tls(
 }
 
 /// A TLS handshake as 127.0.0.1 over `tcp`, trusting only `ca_pem`, offering `alpn`.
-async fn tls_over(tcp: TcpStream, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub(crate) async fn tls_over(tcp: TcpStream, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tokio::time::timeout(PATIENCE, try_tls_over_with(tcp, ca_pem, alpn))
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+}
+
+/// A TLS handshake as 127.0.0.1 over `tcp` offering `h2` and `http/1.1`, which may fail.
+pub(crate) async fn try_tls_over(
+    tcp: TcpStream,
+    ca_pem: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    try_tls_over_with(tcp, ca_pem, &[b"h2", b"http/1.1"]).await
+}
+
+async fn try_tls_over_with(
+    tcp: TcpStream,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -196,13 +215,9 @@ async fn tls_over(tcp: TcpStream, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<Tcp
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    tokio::time::timeout(
-        PATIENCE,
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake")
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
 }
 
 /// The leaf certificate a new handshake gets.
@@ -233,7 +248,7 @@ fn ends_with_done(body: &[u8]) -> bool {
 }
 
 /// An HTTP/1.1 client connection over `tls`.
-async fn http1_over(
+pub(crate) async fn http1_over(
     tls: TlsStream<TcpStream>,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -244,7 +259,7 @@ async fn http1_over(
 }
 
 /// An HTTP/2 client connection over `tls`.
-async fn h2_over(
+pub(crate) async fn h2_over(
     tls: TlsStream<TcpStream>,
 ) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let (sender, conn) =

@@ -1,15 +1,25 @@
 """The official OpenAI Python SDK, unchanged, pointed at tidegate (base_url = argv[1]).
 
+With an https base_url, argv[2] is the PEM file of the test CA the SDK's HTTP client is to
+trust (as a user's would trust their own CA): the SDK's default client, only its `verify` set.
+
 Run by tests/it/openai_sdk.rs. Exits non-zero with a message on the first thing that is wrong.
 """
+import ssl
 import sys
 
 import openai
 
 base_url = sys.argv[1]
 messages = [{"role": "user", "content": "Hello"}]
+http_client = None
+if base_url.startswith("https://"):
+    trusted = ssl.create_default_context(cafile=sys.argv[2])
+    http_client = openai.DefaultHttpxClient(verify=trusted)
 # The client's key must not matter: the gateway sends its own upstream key.
-client = openai.OpenAI(base_url=base_url, api_key="sk-client-side", max_retries=0, timeout=30)
+client = openai.OpenAI(
+    base_url=base_url, api_key="sk-client-side", max_retries=0, timeout=30, http_client=http_client
+)
 
 # 1. A streamed completion, with the usage chunk.
 stream = client.chat.completions.create(
