@@ -2,8 +2,11 @@
 //! HTTP/1.1 and HTTP/2 clients while they wait for the first token; a client that resets its
 //! stream or goes away cancels the upstream within 1 s; the drain sends HTTP/2 clients a GOAWAY,
 //! lets short streams finish and ends long ones with `server_shutdown`; a client that stops
-//! reading is cut after the stall timeout, and other clients' streams go on. And a connection the caps refuse on a TLS listener is closed without an answer.
+//! reading is cut after the stall timeout, and other clients' streams go on; an HTTP/2 peer
+//! that falls silent is found by PING and its streams cancelled. And a connection the caps
+//! refuse on a TLS listener is closed without an answer; the TLS metrics count handshakes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +14,9 @@ use http::{Request, StatusCode};
 use tidegate::config::Config;
 use tidegate::mock::MockSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 use crate::heartbeat::{assert_heartbeats_between_events, count_heartbeats};
@@ -451,4 +455,109 @@ async fn tls_handshakes_and_the_certificate_expiry_are_exported() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+}
+
+/// A TCP relay in front of the gateway for one connection, which can be frozen: from then on it
+/// forwards nothing either way but keeps both sockets open, as a peer whose network vanished
+/// (no FIN, no reset) looks to the gateway.
+struct FreezableRelay {
+    addr: SocketAddr,
+    freeze: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FreezableRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FreezableRelay {
+    async fn start(target: SocketAddr) -> FreezableRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let freeze = CancellationToken::new();
+        let frozen = freeze.clone();
+        let task = tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let gateway = TcpStream::connect(target).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut gateway_read, mut gateway_write) = gateway.into_split();
+            let up = relay(&mut client_read, &mut gateway_write, &frozen);
+            let down = relay(&mut gateway_read, &mut client_write, &frozen);
+            tokio::join!(up, down);
+            // Frozen (or closed): hold the sockets until the test drops the relay.
+            std::future::pending::<()>().await;
+        });
+        FreezableRelay { addr, freeze, task }
+    }
+}
+
+/// Copies `from` to `to` until either ends or `frozen` fires.
+async fn relay(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    frozen: &CancellationToken,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    // Bounded: ends when frozen, or when either side closes or fails.
+    loop {
+        let n = tokio::select! {
+            _ = frozen.cancelled() => return,
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_http2_peer_over_tls_is_disconnected_and_its_upstreams_cancelled() {
+    let pki = Pki::new();
+    let env = start_tls(&pki, |config| {
+        config.http2.keepalive_interval = Duration::from_millis(300);
+        config.http2.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let relay = FreezableRelay::start(env.gateway).await;
+    let tls_stream = connect_tls(relay.addr, &pki.ca_pem(), &[b"h2"]).await;
+    let mut sender = h2_over(tls_stream).await;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let response = sender
+            .send_request(stream_request(&env, &LONG))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        read_until(&mut body, has_events(1)).await;
+        bodies.push(body);
+    }
+    wait_for_mock(env.mock, "three upstream streams", PATIENCE, |s| {
+        s.streams_active == 3
+    })
+    .await;
+
+    // The network vanishes: the gateway's PING goes unanswered, it drops the connection after
+    // keepalive_interval + keepalive_timeout, and every stream of it is cancelled upstream.
+    relay.freeze.cancel();
+    let s = wait_for_mock(
+        env.mock,
+        "the silent peer's upstreams to be cancelled",
+        // 0.6 s here; PATIENCE for a loaded machine, still far below the 30 s stall timeout
+        // (the only other way the streams could end) and the 20 s default PING interval.
+        PATIENCE,
+        |s| s.streams_active == 0,
+    )
+    .await;
+    assert_eq!(s.streams_cancelled, 3);
+    wait_for("the registry to empty", PATIENCE, || async {
+        (live_streams(&env).await == 0).then_some(())
+    })
+    .await;
+    drop(bodies);
 }
