@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use tidegate::metrics::{NAMES, PROCESS_NAMES};
+use tidegate::metrics::{NAMES, PROCESS_NAMES, TLS_NAMES};
 
 /// The dashboard's uid: links, provisioning and alert annotations find it by this, so a change
 /// must be deliberate.
@@ -169,11 +169,11 @@ fn metric_refs(expr: &str) -> Vec<MetricRef> {
 /// Why `name` (as a query writes it) is not something the gateway exports, if it is not.
 ///
 /// A `tidegate_*` family of `NAMES` whose name ends in `_seconds` is a histogram (all five are,
-/// and no counter or gauge there ends so; the TLS families are not on the dashboard): a query
-/// reads it as `_bucket`, `_sum` or `_count`, never bare. Every other family is read by its own
-/// name.
+/// and no counter or gauge there ends so): a query reads it as `_bucket`, `_sum` or `_count`,
+/// never bare. Every other family, and the TLS ones (a counter and a timestamp gauge), is read
+/// by its own name.
 fn unexported(name: &str) -> Option<String> {
-    if PROCESS_NAMES.contains(&name) {
+    if PROCESS_NAMES.contains(&name) || TLS_NAMES.contains(&name) {
         return None;
     }
     let is_histogram = |base: &str| NAMES.contains(&base) && base.ends_with("_seconds");
@@ -194,7 +194,7 @@ fn unexported(name: &str) -> Option<String> {
         return None;
     }
     Some(format!(
-        "{name} is not exported (tidegate::metrics::NAMES, PROCESS_NAMES)"
+        "{name} is not exported (tidegate::metrics::NAMES, PROCESS_NAMES, TLS_NAMES)"
     ))
 }
 
