@@ -8,6 +8,11 @@
 #   STREAMS [9500]   concurrent streams (HTTP/1.1 clients: a proxied stream holds two sockets in
 #                    the proxy, and the open-files hard cap is 20,000 per process)
 #   PROTOCOL [http1] http1 or h2 between the driver and the target
+#   PER_CONNECTION [100]  h2: streams per connection (the driver's --per-connection)
+#   TLS [0]          1: TLS between the driver and nginx / tidegate (ECDSA P-256 test CA and leaf
+#                    made with openssl in OUT_DIR/tls, the same pair for both; nginx
+#                    `listen ... ssl http2`, tidegate [tls]; ALPN picks the protocol). The mock
+#                    has no TLS, so the "direct" target is refused
 #   CHUNKS [30]  DELAY_MS [1000]  RAMP [1000]  THREADS [1]
 #   NGINX_ACCESS_LOG [0]  1: nginx writes its default access log (one line per request) to a file
 #   TARGETS ["direct nginx tidegate"]; also "tidegate-h2": tidegate with upstream.http2 = true
@@ -22,6 +27,8 @@ cd "$ROOT"
 
 STREAMS=${STREAMS:-9500}
 PROTOCOL=${PROTOCOL:-http1}
+PER_CONNECTION=${PER_CONNECTION:-100}
+TLS=${TLS:-0}
 CHUNKS=${CHUNKS:-30}
 DELAY_MS=${DELAY_MS:-1000}
 RAMP=${RAMP:-1000}
@@ -36,6 +43,12 @@ EXIT_NOTE="logs, reports and charts in $OUT_DIR"
 
 find_binaries
 mkdir -p "$OUT_DIR"
+if [[ $TLS == 1 ]]; then
+    [[ " $TARGETS " != *" direct "* ]] ||
+        die "TLS=1: the mock (target direct) has no TLS; leave it out of TARGETS"
+    make_tls_pki "$OUT_DIR/tls"
+    log "TLS: test CA and certificate in $OUT_DIR/tls"
+fi
 
 # ---- the mock upstream (its own process, shared by all targets) --------------------------------
 start_mock
@@ -57,8 +70,8 @@ for target in $TARGETS; do
     esac
     log "[$target] $STREAMS streams over $PROTOCOL to $TARGET_URL"
     "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --streams "$STREAMS" --ramp "$RAMP" \
-        --protocol "$PROTOCOL" --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" \
-        --threads "$THREADS" "${TARGET_PIDS[@]}" \
+        --protocol "$PROTOCOL" --per-connection "$PER_CONNECTION" --chunks "$CHUNKS" \
+        --chunk-delay-ms "$DELAY_MS" --threads "$THREADS" "${TARGET_PIDS[@]}" "${DRIVER_TLS_ARGS[@]}" \
         --json "$OUT_DIR/$target.json" --svg "$OUT_DIR/$target.svg" \
         >"$OUT_DIR/$target.txt" 2>"$OUT_DIR/$target.progress" || log "[$target] some streams failed"
     cat "$OUT_DIR/$target.txt"

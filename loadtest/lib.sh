@@ -116,21 +116,68 @@ start_mock() {
     MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
 }
 
+# ---- TLS (TLS=1) ---------------------------------------------------------------------------------
+# With TLS=1, start_nginx and start_tidegate serve TLS with the certificate make_tls_pki wrote,
+# TARGET_URL is https://, and DRIVER_TLS_ARGS (--ca-file) must go to tidegate-bench. The upstream
+# side (proxy to mock) stays cleartext.
+# shellcheck disable=SC2034 # read by the script that sourced this file
+DRIVER_TLS_ARGS=()
+
+# Writes an ECDSA P-256 test CA and a leaf for 127.0.0.1 and localhost signed by it (openssl, valid
+# 30 days) into directory $1: ca.pem, cert.pem (the leaf alone), key.pem (PKCS#8). Sets TLS_CERT,
+# TLS_KEY and DRIVER_TLS_ARGS.
+make_tls_pki() {
+    local dir=$1
+    command -v openssl >/dev/null || die "TLS=1 needs the openssl command"
+    mkdir -p "$dir"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$dir/ca.key" -sha256 -days 30 -subj "/CN=tidegate bench CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -out "$dir/ca.pem" 2>/dev/null
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/key.pem" 2>/dev/null
+    openssl req -new -key "$dir/key.pem" -subj "/CN=127.0.0.1" -out "$dir/leaf.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/leaf.ext"
+    openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 30 -sha256 -extfile "$dir/leaf.ext" -out "$dir/cert.pem" 2>/dev/null ||
+        die "openssl could not sign the test certificate"
+    TLS_CERT=$dir/cert.pem
+    TLS_KEY=$dir/key.pem
+    # shellcheck disable=SC2034 # read by the script that sourced this file
+    DRIVER_TLS_ARGS=("--ca-file" "$dir/ca.pem")
+}
+
+# "https" with TLS=1 (after make_tls_pki), else "http".
+scheme() {
+    if [[ ${TLS:-0} == 1 ]]; then
+        [[ -n ${TLS_CERT:-} ]] || die "TLS=1: call make_tls_pki first"
+        echo https
+    else
+        echo http
+    fi
+}
+
 # Starts nginx in front of the mock with loadtest/nginx/nginx.conf.template (one worker per core;
-# NGINX_ACCESS_LOG=1 gives it an access log), its files in directory $1 (default
-# $OUT_DIR/nginx). Sets TARGET_PID (the master), TARGET_URL and TARGET_PIDS (`--pid` options
-# for tidegate-bench, one per worker).
+# NGINX_ACCESS_LOG=1 gives it an access log; TLS=1: `listen ... ssl http2` with TLS_CERT and
+# TLS_KEY), its files in directory $1 (default $OUT_DIR/nginx). Sets TARGET_PID (the master),
+# TARGET_URL and TARGET_PIDS (`--pid` options for tidegate-bench, one per worker).
 start_nginx() {
     command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
-    local port dir=${1:-$OUT_DIR/nginx}
+    local port dir=${1:-$OUT_DIR/nginx} scheme
+    scheme=$(scheme)
     mkdir -p "$dir"
     port=$(free_port)
     local access_log=off
     if [[ ${NGINX_ACCESS_LOG:-0} == 1 ]]; then
         access_log=$dir/access.log
     fi
+    local tls=(-e "s|@LISTEN_OPTS@||")
+    if [[ $scheme == https ]]; then
+        tls=(-e "s|@LISTEN_OPTS@| ssl http2|; s|^\( *\)#TLS |\1|"
+            -e "s|@CERT@|$TLS_CERT|; s|@KEY@|$TLS_KEY|")
+    fi
     sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:$port|" \
-        -e "s|@ACCESS_LOG@|$access_log|" \
+        -e "s|@ACCESS_LOG@|$access_log|" "${tls[@]}" \
         loadtest/nginx/nginx.conf.template >"$dir/nginx.conf"
     nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr.log" &
     TARGET_PID=$!
@@ -138,7 +185,7 @@ start_nginx() {
     wait_for_line "$dir/nginx.pid" '[0-9]' 15 "$TARGET_PID" ||
         die "nginx did not start: $(cat "$dir/stderr.log")"
     sleep 1
-    TARGET_URL=http://127.0.0.1:$port
+    TARGET_URL=$scheme://127.0.0.1:$port
     TARGET_PIDS=()
     local w i=1
     for w in $(pgrep -P "$(cat "$dir/nginx.pid")"); do
@@ -148,16 +195,21 @@ start_nginx() {
 }
 
 # Starts $TIDEGATE_BIN as the gateway NAME ($1) in front of the mock, with `upstream.http2 = $2`
-# (true or false) and `forward_headers = ["x-mock-*"]`; its config and log are $3/NAME.toml and
-# $3/NAME.log (default directory $OUT_DIR). Sets TARGET_PID, TARGET_URL and TARGET_PIDS.
+# (true or false) and `forward_headers = ["x-mock-*"]` (TLS=1: a [tls] section with TLS_CERT and
+# TLS_KEY); its config and log are $3/NAME.toml and $3/NAME.log (default directory $OUT_DIR).
+# Sets TARGET_PID, TARGET_URL and TARGET_PIDS.
 start_tidegate() {
-    local name=$1 http2=$2 dir=${3:-$OUT_DIR}
+    local name=$1 http2=$2 dir=${3:-$OUT_DIR} scheme
     local cfg=$dir/$name.toml glog=$dir/$name.log
+    scheme=$(scheme)
     mkdir -p "$dir"
     {
         printf 'listen = "127.0.0.1:0"\n\n[upstream]\nbase_url = "http://%s/v1"\n' "$MOCK"
         printf 'forward_headers = ["x-mock-*"]\nhttp2 = %s\n\n' "$http2"
         printf '[shutdown]\ndrain_timeout = "1s"\n'
+        if [[ $scheme == https ]]; then
+            printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$TLS_CERT" "$TLS_KEY"
+        fi
         # More TOML from the calling script (e.g. a [limits] table).
         printf '%s\n' "${TIDEGATE_EXTRA_CONFIG:-}"
     } >"$cfg"
@@ -167,7 +219,7 @@ start_tidegate() {
     track "$pid"
     wait_for_line "$glog" 'tidegate listening' 15 "$pid" || die "tidegate did not start: $(cat "$glog")"
     # shellcheck disable=SC2034 # read by the script that sourced this file
-    TARGET_URL=http://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
+    TARGET_URL=$scheme://$(grep -m 1 'tidegate listening' "$glog" | grep -oE 'listen=[0-9.:]+' | cut -d= -f2)
     TARGET_PIDS=("--pid" "$name=$pid")
     sleep 1
 }

@@ -15,12 +15,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::sse::{classify, EventKind, Item, SseReader};
 use super::stats::Live;
+use super::tls::TlsClient;
 use super::Protocol;
 
 /// The path every stream posts to.
@@ -32,6 +34,10 @@ const ERROR_BODY_BYTES: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// The URL's host as written (an IP address or `localhost`): the TLS server name.
+    pub host: String,
+    /// `https://`: TLS (with `--ca-file`).
+    pub https: bool,
     /// `host:port`, for `Host` and `:authority`.
     pub authority: String,
     /// The chat endpoint's absolute URI (HTTP/2 needs scheme and authority).
@@ -39,16 +45,17 @@ pub struct Target {
 }
 
 impl Target {
-    /// Accepts `http://HOST[:PORT][/]` where HOST is a loopback IP address or `localhost`.
+    /// Accepts `http://HOST[:PORT][/]` or `https://…` where HOST is a loopback IP address or
+    /// `localhost`.
     pub fn parse(url: &str) -> Result<Target, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("--url {url:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "--url {url:?}: only http:// (cleartext) is supported"
-            ));
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("--url {url:?}: give an http:// or https:// URL")),
+        };
         let host = uri
             .host()
             .ok_or_else(|| format!("--url {url:?} has no host"))?;
@@ -76,13 +83,17 @@ impl Target {
                 "--url {url:?}: give the base URL without a path; {CHAT_PATH} is appended"
             ));
         }
-        let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
+        let default_port = if https { 443 } else { 80 };
+        let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(default_port));
         let authority = addr.to_string();
-        let absolute: Uri = format!("http://{authority}{CHAT_PATH}")
+        let scheme = if https { "https" } else { "http" };
+        let absolute: Uri = format!("{scheme}://{authority}{CHAT_PATH}")
             .parse()
             .map_err(|e| format!("cannot build the request URI: {e}"))?;
         Ok(Target {
             addr,
+            host: host.to_owned(),
+            https,
             authority,
             absolute,
         })
@@ -94,6 +105,8 @@ impl Target {
 pub struct RequestSpec {
     pub target: Target,
     pub protocol: Protocol,
+    /// For an `https://` target: the TLS client every connection shares.
+    pub tls: Option<Arc<TlsClient>>,
     body: Bytes,
     headers: HeaderMap,
 }
@@ -111,6 +124,7 @@ impl RequestSpec {
     pub fn new(
         target: Target,
         protocol: Protocol,
+        tls: Option<Arc<TlsClient>>,
         options: &RequestOptions,
     ) -> Result<RequestSpec, String> {
         let body = serde_json::json!({
@@ -146,6 +160,7 @@ impl RequestSpec {
         Ok(RequestSpec {
             target,
             protocol,
+            tls,
             body: Bytes::from(body),
             headers,
         })
@@ -164,11 +179,14 @@ impl RequestSpec {
     }
 }
 
+/// A failure before the response: `(kind, message)`, kind as in [`Outcome::Failed`].
+type SendError = (&'static str, String);
+
 /// One HTTP/2 connection, opened by the first of its streams that needs it and shared by the
 /// rest; closed once the last of them drops its handle.
 #[derive(Default)]
 pub struct H2Slot {
-    sender: OnceCell<Result<http2::SendRequest<Full<Bytes>>, String>>,
+    sender: OnceCell<Result<http2::SendRequest<Full<Bytes>>, SendError>>,
 }
 
 /// How one stream reaches the target.
@@ -297,7 +315,7 @@ impl WalkAway {
 pub enum Outcome {
     /// `data: [DONE]`, then a clean end of body.
     Completed,
-    /// `kind` is one of `connect`, `request`, `status_NNN`, `timeout`, `reset`, `eof`,
+    /// `kind` is one of `connect`, `tls` (the handshake), `request`, `status_NNN`, `timeout`, `reset`, `eof`,
     /// `error_event:CODE`.
     Failed { kind: String, message: String },
     /// Stopped by the run (duration cap, interrupt, the end of a hold), not by anything the
@@ -370,13 +388,25 @@ async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<
     Ok(stream)
 }
 
-/// A cleartext HTTP/2 connection (prior knowledge) to `target`, driven by a task of its own.
-async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, String> {
-    let tcp = connect(target, None)
+/// An HTTP/2 connection to the target, driven by a task of its own: cleartext with prior
+/// knowledge, or TLS with ALPN `h2`.
+async fn open_h2(spec: &RequestSpec) -> Result<http2::SendRequest<Full<Bytes>>, SendError> {
+    let tcp = connect(spec.target.addr, None)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| ("connect", format!("connect: {e}")))?;
+    let connection = match &spec.tls {
+        None => h2_over(tcp).await,
+        Some(tls) => h2_over(tls.handshake(tcp).await.map_err(|e| ("tls", e))?).await,
+    };
+    connection.map_err(|e| ("connect", e))
+}
+
+async fn h2_over<IO>(io: IO) -> Result<http2::SendRequest<Full<Bytes>>, String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
     tokio::spawn(async move {
@@ -384,6 +414,20 @@ async fn open_h2(target: SocketAddr) -> Result<http2::SendRequest<Full<Bytes>>, 
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// An HTTP/1.1 connection over `io`, driven by a task of its own (aborted by the handle).
+pub(crate) async fn http1_over<IO>(
+    io: IO,
+) -> hyper::Result<(http1::SendRequest<Full<Bytes>>, tokio::task::AbortHandle)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((sender, task.abort_handle()))
 }
 
 /// The task driving a stream's own HTTP/1.1 connection, aborted when the stream ends, which
@@ -404,16 +448,12 @@ impl Drop for ConnectionTask {
 async fn send(
     route: Route,
     spec: &RequestSpec,
-) -> Result<(http::Response<Incoming>, ConnectionTask), (&'static str, String)> {
+) -> Result<(http::Response<Incoming>, ConnectionTask), SendError> {
     let request = spec.request().map_err(|e| ("request", e))?;
     match route {
         Route::H2(slot) => {
-            let sender = slot
-                .sender
-                .get_or_init(|| open_h2(spec.target.addr))
-                .await
-                .clone();
-            let mut sender = sender.map_err(|e| ("connect", e))?;
+            let sender = slot.sender.get_or_init(|| open_h2(spec)).await.clone();
+            let mut sender = sender?;
             // Waits while the connection is at its concurrent-stream limit.
             sender
                 .ready()
@@ -430,13 +470,13 @@ async fn send(
                 let from = source.map(|ip| format!(" from {ip}")).unwrap_or_default();
                 ("connect", format!("connect{from}: {e}"))
             })?;
-            let (mut sender, connection) = http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| ("connect", format!("HTTP/1.1 handshake: {e}")))?;
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let task = ConnectionTask(Some(task.abort_handle()));
+            let connection = match &spec.tls {
+                None => http1_over(tcp).await,
+                Some(tls) => http1_over(tls.handshake(tcp).await.map_err(|e| ("tls", e))?).await,
+            };
+            let (mut sender, task) =
+                connection.map_err(|e| ("connect", format!("HTTP/1.1 handshake: {e}")))?;
+            let task = ConnectionTask(Some(task));
             let response = sender
                 .send_request(request)
                 .await
@@ -681,6 +721,8 @@ mod tests {
             "http://127.0.0.5:8080/",
             "http://[::1]:8080",
             "http://localhost:8080",
+            "https://127.0.0.1:8443",
+            "https://localhost",
         ] {
             assert!(Target::parse(ok).is_ok(), "{ok}");
         }
@@ -688,7 +730,8 @@ mod tests {
             "http://10.0.0.1:8080",
             "http://192.168.1.1",
             "http://example.com",
-            "https://127.0.0.1:8080",
+            "ftp://127.0.0.1:8080",
+            "https://10.0.0.1:8443",
             "http://127.0.0.1:8080/v1",
             "http://127.0.0.1:8080/?x=1",
             "not a url",
@@ -698,6 +741,12 @@ mod tests {
         let t = Target::parse("http://localhost:9").unwrap();
         assert_eq!(t.authority, "127.0.0.1:9");
         assert_eq!(t.absolute, "http://127.0.0.1:9/v1/chat/completions");
+        assert!(!t.https);
+        let t = Target::parse("https://localhost").unwrap();
+        assert!(t.https);
+        assert_eq!(t.host, "localhost");
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.absolute, "https://127.0.0.1:443/v1/chat/completions");
     }
 
     #[test]
@@ -784,7 +833,7 @@ mod tests {
             api_key: Some("sk-test".into()),
             mock: Some((5, 20)),
         };
-        let spec = RequestSpec::new(target.clone(), Protocol::Http1, &options).unwrap();
+        let spec = RequestSpec::new(target.clone(), Protocol::Http1, None, &options).unwrap();
         let request = spec.request().unwrap();
         assert_eq!(request.uri(), "/v1/chat/completions");
         let h = request.headers();
@@ -802,7 +851,7 @@ mod tests {
             api_key: None,
             mock: None,
         };
-        let spec = RequestSpec::new(target, Protocol::H2, &options).unwrap();
+        let spec = RequestSpec::new(target, Protocol::H2, None, &options).unwrap();
         let request = spec.request().unwrap();
         assert_eq!(request.uri(), "http://127.0.0.1:8080/v1/chat/completions");
         assert!(request.headers().get("host").is_none());

@@ -39,6 +39,7 @@ pub mod report;
 pub mod requests;
 pub mod sse;
 pub mod stats;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,9 +113,14 @@ impl Protocol {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Base URL of the gateway, or of the mock as the reference, e.g. http://127.0.0.1:8080
-    /// (loopback only, no path: /v1/chat/completions is appended)
+    /// (loopback only, no path: /v1/chat/completions is appended); https:// needs --ca-file
     #[arg(long, value_name = "URL")]
     pub url: String,
+    /// TLS to an https:// --url, trusting only the CA certificate(s) in this PEM file; ALPN
+    /// offers the --protocol's name alone (h2 or http/1.1), and every connection makes a full
+    /// handshake (no session resumption)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// Streams to run in all (each once, never retried)
     #[arg(long, default_value_t = 1000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_STREAMS)))]
@@ -123,7 +129,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 500, value_name = "R",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub ramp: u32,
-    /// http1 (one connection per stream) or h2 (cleartext, prior knowledge)
+    /// http1 (one connection per stream) or h2 (cleartext with prior knowledge, or ALPN over
+    /// TLS)
     #[arg(long, value_enum, default_value_t = Protocol::Http1)]
     pub protocol: Protocol,
     /// h2 only: streams per connection (at most the gateway's 256)
@@ -322,8 +329,35 @@ struct Prepared {
     nofile_limit: u64,
 }
 
+/// The TLS client for an `https://` target, which needs `--ca-file` (and a cleartext one
+/// refuses it); `protocol` is offered by ALPN.
+fn tls_for(
+    args: &BenchArgs,
+    target: &Target,
+    protocol: Protocol,
+) -> Result<Option<Arc<tls::TlsClient>>, String> {
+    match (&args.ca_file, target.https) {
+        (None, false) => Ok(None),
+        (Some(ca_file), true) => {
+            let ca_file = ca_file
+                .to_str()
+                .ok_or_else(|| format!("--ca-file {}: not UTF-8", ca_file.display()))?;
+            tls::TlsClient::new(ca_file, &target.host, protocol).map(|c| Some(Arc::new(c)))
+        }
+        (None, true) => Err(format!(
+            "--url {:?}: https:// needs --ca-file (the PEM of the CA to trust)",
+            args.url
+        )),
+        (Some(_), false) => Err(format!(
+            "--ca-file is for an https:// --url, not {:?}",
+            args.url
+        )),
+    }
+}
+
 fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
     let target = Target::parse(&args.url)?;
+    let tls = tls_for(args, &target, args.protocol)?;
     if args.duration.is_zero() {
         return Err("--duration must be more than 0".into());
     }
@@ -355,7 +389,7 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
         api_key: args.api_key.clone(),
         mock: (!args.no_mock_headers).then_some((args.chunks, args.chunk_delay_ms)),
     };
-    let spec = RequestSpec::new(target, args.protocol, &options)?;
+    let spec = RequestSpec::new(target, args.protocol, tls, &options)?;
     // clap already refuses the bad combinations; this is the one place that builds the value.
     let walk_away = args.walk_away()?;
 
@@ -416,10 +450,15 @@ pub fn main(args: BenchArgs) -> ExitCode {
     };
     if !args.quiet {
         eprintln!(
-            "tidegate-bench: {} streams over {} to {} at {}/s; {}{} (stream timeout {:?}, run cap \
-             {:?}, open-files limit {})",
+            "tidegate-bench: {} streams over {}{} to {} at {}/s; {}{} (stream timeout {:?}, run \
+             cap {:?}, open-files limit {})",
             args.streams,
             args.protocol.name(),
+            if prepared.spec.tls.is_some() {
+                " over TLS"
+            } else {
+                ""
+            },
             prepared.spec.target.addr,
             args.ramp,
             if args.no_mock_headers {
@@ -500,8 +539,10 @@ fn requests_main(args: &BenchArgs, path: &str) -> ExitCode {
                 args.connections, limit.after
             ));
         }
+        let tls = tls_for(args, &target, Protocol::Http1)?;
         requests::RequestPlan::new(
             target.addr,
+            tls,
             path,
             &args.model,
             args.connections,
@@ -983,8 +1024,14 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
         all_open_after,
     });
 
+    let tls = ctx.spec.tls.as_ref().map(|tls| {
+        tls.negotiated()
+            .unwrap_or("no handshake completed")
+            .to_owned()
+    });
     Report::build(report::RunData {
         args,
+        tls,
         nofile_limit,
         started_at_unix_ms,
         elapsed,

@@ -58,6 +58,9 @@ pub struct ProcPoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArgsRecord {
     pub url: String,
+    /// Over TLS (`--ca-file`): version, cipher suite, key exchange and ALPN of the first
+    /// handshake (every connection made a full one); `None` in cleartext.
+    pub tls: Option<String>,
     pub protocol: super::Protocol,
     pub streams: u32,
     pub ramp_per_s: u32,
@@ -203,6 +206,8 @@ pub struct Report {
 /// What [`Report::build`] needs from the run.
 pub struct RunData<'a> {
     pub args: &'a BenchArgs,
+    /// Over TLS: what the first handshake agreed, or that none completed.
+    pub tls: Option<String>,
     pub nofile_limit: u64,
     pub started_at_unix_ms: u64,
     pub elapsed: Duration,
@@ -223,6 +228,7 @@ impl Report {
         let mock = !a.no_mock_headers;
         let args = ArgsRecord {
             url: a.url.clone(),
+            tls: run.tls,
             protocol: a.protocol,
             streams: a.streams,
             ramp_per_s: a.ramp,
@@ -373,10 +379,13 @@ impl Report {
             (Some(chunks), Some(delay)) => format!("{chunks} chunks every {delay} ms"),
             _ => "no mock headers".to_owned(),
         };
-        let shape = match a.per_connection {
+        let mut shape = match a.per_connection {
             Some(m) => format!("h2, {m} streams/connection"),
             None => "http1".to_owned(),
         };
+        if let Some(tls) = &a.tls {
+            shape = format!("{shape} over TLS ({tls})");
+        }
         let hold = a
             .hold_s
             .map(|h| format!(", hold {h} s"))

@@ -21,11 +21,12 @@ use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
 
+use super::client::http1_over;
 use super::procfs::{self, ProcSample};
+use super::tls::TlsClient;
 
 /// The first source address of `--new-address-per-request`; the rest follow it.
 const FIRST_SPRAY_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 10, 0, 1);
@@ -38,6 +39,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RequestPlan {
     pub target: SocketAddr,
+    /// For an `https://` target (`--ca-file`): TLS with ALPN `http/1.1`.
+    pub tls: Option<Arc<TlsClient>>,
     pub path: String,
     pub method: Method,
     pub body: Bytes,
@@ -49,6 +52,7 @@ pub struct RequestPlan {
 impl RequestPlan {
     pub fn new(
         target: SocketAddr,
+        tls: Option<Arc<TlsClient>>,
         path: &str,
         model: &str,
         connections: u32,
@@ -70,6 +74,7 @@ impl RequestPlan {
         };
         Ok(RequestPlan {
             target,
+            tls,
             path: path.to_owned(),
             method,
             body,
@@ -128,7 +133,7 @@ impl Counts {
 /// An open HTTP/1.1 connection; its driving task ends when this is dropped.
 struct Connection {
     sender: http1::SendRequest<Full<Bytes>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::AbortHandle,
 }
 
 impl Drop for Connection {
@@ -137,7 +142,8 @@ impl Drop for Connection {
     }
 }
 
-async fn open(target: SocketAddr, source: Option<IpAddr>) -> Result<Connection, String> {
+async fn open(plan: &RequestPlan, source: Option<IpAddr>) -> Result<Connection, String> {
+    let target = plan.target;
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     if let Some(ip) = source {
         socket
@@ -149,12 +155,11 @@ async fn open(target: SocketAddr, source: Option<IpAddr>) -> Result<Connection, 
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-    let task = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let connection = match &plan.tls {
+        None => http1_over(stream).await,
+        Some(tls) => http1_over(tls.handshake(stream).await?).await,
+    };
+    let (sender, task) = connection.map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
     Ok(Connection { sender, task })
 }
 
@@ -206,7 +211,7 @@ async fn client(plan: Arc<RequestPlan>, until: Instant, sources: Arc<AtomicU32>)
                     None
                 };
                 counts.connections += 1;
-                match open(plan.target, source).await {
+                match open(&plan, source).await {
                     Ok(c) => c,
                     Err(e) => {
                         counts.error(e);

@@ -1,7 +1,7 @@
 //! `tidegate-bench` as a user runs it: the real binary against the gateway and mock started
 //! in-process on 127.0.0.1:0, over HTTP/1.1 and HTTP/2; its exit code, its JSON report, its
 //! chart; failures counted by kind; hold mode (`--hold`); clients that go away
-//! (`--drop-after-*`, `--stall-after-headers`); and arguments it must refuse.
+//! (`--drop-after-*`, `--stall-after-headers`); TLS (`--ca-file`); and arguments it must refuse.
 
 mod common;
 
@@ -698,7 +698,22 @@ async fn bad_arguments_exit_with_2() {
     for (case, needle) in [
         ("--url http://10.0.0.1:8080", "non-loopback"),
         ("--url http://example.com", "loopback"),
-        ("--url https://127.0.0.1:8080", "http://"),
+        ("--url ftp://127.0.0.1:8080", "http://"),
+        // TLS: https:// and --ca-file go together, and the file must hold a certificate.
+        ("--url https://127.0.0.1:8080", "needs --ca-file"),
+        ("--ca-file /dev/null", "is for an https:// --url"),
+        (
+            "--url https://127.0.0.1:8080 --ca-file /nonexistent.pem",
+            "--ca-file",
+        ),
+        (
+            "--url https://127.0.0.1:8080 --ca-file /dev/null",
+            "no PEM certificate",
+        ),
+        (
+            "--url https://127.0.0.1:8080 --ca-file /dev/null --requests /healthz",
+            "no PEM certificate",
+        ),
         ("--streams 0", "--streams"),
         ("--protocol h3", "h3"),
         ("--duration 10", "unit"),
@@ -772,6 +787,7 @@ async fn help_lists_the_options() {
         "--pid",
         "--json",
         "--svg",
+        "--ca-file",
         "--hold",
         "--drop-after-events",
         "--drop-after-ms",
@@ -829,5 +845,133 @@ async fn request_mode_counts_answers_by_status() {
         !run.stdout.contains("429"),
         "health checks are not limited: {}",
         run.stdout
+    );
+}
+
+/// A test CA's PEM and a leaf for 127.0.0.1 and localhost signed by it (rcgen, ECDSA P-256),
+/// written to `dir` as `ca.pem`, `cert.pem`, `key.pem`.
+fn write_test_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tidegate-bench test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    let leaf = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// `--ca-file` against the gateway terminating TLS: streams over HTTP/1.1 and HTTP/2 (ALPN),
+/// clients that go away, request mode; a CA that did not sign the certificate fails every
+/// stream as `tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_file_in_every_mode() {
+    raise_fd_limit();
+    let json = out_path("tls", "report.json");
+    let dir = json.parent().unwrap().to_owned();
+    write_test_pki(&dir);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let env = start_with(MockSettings::default(), |c| {
+        c.tls.cert_file = Some(cert.to_string_lossy().into_owned());
+        c.tls.key_file = Some(key.to_string_lossy().into_owned());
+    })
+    .await;
+    let ca = dir.join("ca.pem");
+    let port = env.gateway.port();
+
+    for (url, options, streams) in [
+        (
+            format!("https://127.0.0.1:{port}"),
+            "--streams 60 --source-addrs 4",
+            60,
+        ),
+        (
+            format!("https://localhost:{port}"),
+            "--protocol h2 --per-connection 25 --streams 100",
+            100,
+        ),
+    ] {
+        let run = bench_at(
+            &url,
+            &format!("{options} --ramp 1000 --chunks 3 --chunk-delay-ms 20 --quiet"),
+            &[("--ca-file", &ca), ("--json", &json)],
+        )
+        .await;
+        assert_eq!(
+            run.code, 0,
+            "{url} {options}: {}\n{}",
+            run.stdout, run.stderr
+        );
+        let report = read_json(&json);
+        assert_clean_run(&report, streams, 3);
+        let tls = report["args"]["tls"].as_str().expect("args.tls over TLS");
+        let alpn = if options.contains("h2") {
+            "ALPN h2"
+        } else {
+            "ALPN http/1.1"
+        };
+        assert!(tls.starts_with("TLSv1_3 ") && tls.ends_with(alpn), "{tls}");
+        assert!(run.stdout.contains("over TLS (TLSv1_3"), "{}", run.stdout);
+    }
+
+    // Clients that go away, over TLS on either protocol.
+    for protocol in ["http1", "h2"] {
+        let run = bench_at(
+            &format!("https://127.0.0.1:{port}"),
+            &format!(
+                "--protocol {protocol} --streams 20 --ramp 1000 --chunks 200 \
+                 --chunk-delay-ms 50 --drop-after-events 2 --quiet"
+            ),
+            &[("--ca-file", &ca), ("--json", &json)],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{protocol}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(u(&read_json(&json)["streams"]["dropped"]), 20);
+    }
+
+    // Request mode over TLS.
+    let run = bench_at(
+        &format!("https://127.0.0.1:{port}"),
+        "--requests /healthz --connections 2 --duration 200ms",
+        &[("--ca-file", &ca)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("200="), "{}", run.stdout);
+
+    // A CA that did not sign the gateway's certificate: every handshake fails, kind `tls`.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write_test_pki(&other);
+    let run = bench_at(
+        &format!("https://127.0.0.1:{port}"),
+        "--streams 5 --ramp 1000 --chunks 1 --chunk-delay-ms 10 --quiet",
+        &[("--ca-file", &other.join("ca.pem")), ("--json", &json)],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    assert_eq!(
+        u(&report["streams"]["failed_by_kind"]["tls"]),
+        5,
+        "{report}"
+    );
+    assert_eq!(report["args"]["tls"], "no handshake completed");
+    assert!(
+        report["streams"]["failure_examples"]["tls"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake"),
+        "{report}"
     );
 }
