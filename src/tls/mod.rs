@@ -314,6 +314,13 @@ impl ServerTls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        // Stateless session tickets (rustls's recommended ticketer: keys made at start, rotated
+        // every 6 hours, never leaving the process), as nginx sends by default: a client that
+        // reconnects resumes, skipping the certificate and its signature. Without them, rustls
+        // keeps resumable sessions in a 256-entry cache, which at thousands of clients has
+        // evicted a session long before its client is back.
+        server.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
         let counts = TlsCounts::default();
         counts.not_after.store(
             not_after(&resolver.current()).unwrap_or(0),

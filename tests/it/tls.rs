@@ -618,3 +618,65 @@ async fn curl_streams_over_tls_with_http2_and_http1() {
         );
     }
 }
+
+/// A client configuration trusting only `ca_pem`, offering `http/1.1`, with rustls's default
+/// in-memory session store (so it resumes when it can).
+fn resuming_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// One handshake with `config` and a `/healthz` request on it (TLS 1.3 tickets come after the
+/// handshake: the answer has brought them in); how the handshake went.
+async fn handshake_and_ask(
+    gateway: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let tcp = TcpStream::connect(gateway).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio::time::timeout(
+        PATIENCE,
+        TlsConnector::from(config.clone()).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    let kind = tls.get_ref().1.handshake_kind();
+    let mut sender = http1_over(tls).await;
+    let response = sender.send_request(get(gateway, "/healthz")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body_of(response).await;
+    kind
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_after_many_others_came_between() {
+    // More clients in between than a server-side session cache holds (rustls's default: 256
+    // sessions, two per handshake): only stateless tickets let the first one resume.
+    const OTHERS: usize = 150;
+    let (env, _) = start_tls(|_| {}).await;
+    let ca = env.pki.ca_pem();
+    let returning = resuming_client(&ca);
+    assert_eq!(
+        handshake_and_ask(env.gateway, &returning).await,
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Bounded: OTHERS handshakes, each a fresh client.
+    for _ in 0..OTHERS {
+        handshake_and_ask(env.gateway, &resuming_client(&ca)).await;
+    }
+    assert_eq!(
+        handshake_and_ask(env.gateway, &returning).await,
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
