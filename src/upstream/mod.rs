@@ -30,7 +30,7 @@ use self::counted::CountingConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use self::body::UpstreamBody;
-use self::pool::{H2Pool, PoolError, PoolSettings};
+use self::pool::{BoxingExecutor, H2Pool, PoolError, PoolSettings};
 use crate::config::{Limits, UpstreamConfig, UpstreamProtocol, UpstreamUrl};
 use crate::error::GatewayError;
 use crate::request_id;
@@ -198,7 +198,7 @@ impl Upstream {
             };
             let per_connection = config.max_streams_per_connection.max(1);
             let connection_window = connection_window(per_connection, stream_window);
-            let mut h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            let mut h2 = hyper::client::conn::http2::Builder::new(BoxingExecutor);
             h2.timer(TokioTimer::new())
                 .initial_stream_window_size(stream_window)
                 .initial_connection_window_size(connection_window)

@@ -25,12 +25,33 @@ use http_body_util::Full;
 use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tower_service::Service;
 
 /// The sender half of one HTTP/2 connection.
 pub type H2Sender = http2::SendRequest<Full<Bytes>>;
+
+/// The executor of the upstream HTTP/2 connections' tasks: tokio's, with each future boxed.
+///
+/// hyper spawns tasks per request (one sends the request body, one waits for the response
+/// head), all of one future type: an enum with the connection's own task as a variant, so a
+/// task is about 2.7 KiB. The body task ends once the body is sent, but h2 keeps the waker of
+/// its last poll in the stream's state (`poll_reset`), and tokio frees a task's memory only
+/// with its last waker: unboxed, those 2.7 KiB stayed allocated for the stream's whole life
+/// (RSS per stream 15.2 -> 18.9 KiB in the stream benchmark). Boxed, the future is freed when
+/// it ends and the waker keeps only tokio's task cell (128 bytes), as with hyper-util's client.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
 
 /// Why the pool could not hand out a stream.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -78,7 +99,7 @@ pub struct H2Pool {
 
 struct PoolInner {
     connector: HttpsConnector<HttpConnector>,
-    builder: http2::Builder<TokioExecutor>,
+    builder: http2::Builder<BoxingExecutor>,
     /// `scheme://authority/` of the upstream: what the connector dials.
     target: Uri,
     settings: PoolSettings,
@@ -142,7 +163,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl H2Pool {
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
-        builder: http2::Builder<TokioExecutor>,
+        builder: http2::Builder<BoxingExecutor>,
         target: Uri,
         settings: PoolSettings,
     ) -> H2Pool {
