@@ -203,6 +203,15 @@ async fn try_tls_over_with(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    TlsConnector::from(client_config(ca_pem, alpn))
+        .connect(name, tcp)
+        .await
+}
+
+/// A client configuration trusting only `ca_pem`, offering `alpn`, with rustls's default
+/// in-memory session store (a connector reused across connections resumes when it can).
+fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -214,10 +223,7 @@ async fn try_tls_over_with(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
+    Arc::new(config)
 }
 
 /// The leaf certificate a new handshake gets.
@@ -619,23 +625,6 @@ async fn curl_streams_over_tls_with_http2_and_http1() {
     }
 }
 
-/// A client configuration trusting only `ca_pem`, offering `http/1.1`, with rustls's default
-/// in-memory session store (so it resumes when it can).
-fn resuming_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 /// One handshake with `config` and a `/healthz` request on it (TLS 1.3 tickets come after the
 /// handshake: the answer has brought them in); how the handshake went.
 async fn handshake_and_ask(
@@ -666,14 +655,14 @@ async fn a_returning_client_resumes_after_many_others_came_between() {
     const OTHERS: usize = 150;
     let (env, _) = start_tls(|_| {}).await;
     let ca = env.pki.ca_pem();
-    let returning = resuming_client(&ca);
+    let returning = client_config(&ca, &[b"http/1.1"]);
     assert_eq!(
         handshake_and_ask(env.gateway, &returning).await,
         Some(rustls::HandshakeKind::Full)
     );
     // Bounded: OTHERS handshakes, each a fresh client.
     for _ in 0..OTHERS {
-        handshake_and_ask(env.gateway, &resuming_client(&ca)).await;
+        handshake_and_ask(env.gateway, &client_config(&ca, &[b"http/1.1"])).await;
     }
     assert_eq!(
         handshake_and_ask(env.gateway, &returning).await,
