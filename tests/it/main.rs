@@ -16,6 +16,7 @@ mod dashboard;
 mod drain;
 mod errors;
 mod fd_limit;
+mod fleet;
 mod heartbeat;
 mod http2;
 mod k6;
