@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Keys};
-use crate::config::{Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl};
+use crate::config::{
+    Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl, DEFAULT_LISTEN_BACKLOG,
+};
 use crate::gateway::{self, Listeners};
 use crate::mock::{MockSettings, MockUpstream};
 use crate::signals::{Hangups, Signals};
@@ -385,8 +387,8 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
     Ok(())
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ExitCode> {
-    TcpListener::bind(addr).await.map_err(|e| {
+fn bind(addr: SocketAddr, backlog: u32, what: &str) -> Result<TcpListener, ExitCode> {
+    sys::listen(addr, backlog).map_err(|e| {
         tracing::error!(%addr, error = %e, "cannot listen for the {what}");
         eprintln!("tidegate: cannot listen on {addr} for the {what}: {e}");
         ExitCode::from(EXIT_FAILURE)
@@ -404,7 +406,11 @@ async fn serve_async(mut config: Config, demo: bool, loaded: Loaded) -> ExitCode
     let shutdown = CancellationToken::new();
     let mut mock_stop = None;
     if demo {
-        let listener = match bind(([127, 0, 0, 1], 0).into(), "demo mock upstream").await {
+        let listener = match bind(
+            ([127, 0, 0, 1], 0).into(),
+            DEFAULT_LISTEN_BACKLOG,
+            "demo mock upstream",
+        ) {
             Ok(l) => l,
             Err(code) => return code,
         };
@@ -427,12 +433,12 @@ async fn serve_async(mut config: Config, demo: bool, loaded: Loaded) -> ExitCode
         }
     }
 
-    let api = match bind(config.listen, "API").await {
+    let api = match bind(config.listen, config.limits.listen_backlog, "API") {
         Ok(l) => l,
         Err(code) => return code,
     };
     let admin = match config.admin.listen {
-        Some(addr) => match bind(addr, "admin listener").await {
+        Some(addr) => match bind(addr, config.limits.listen_backlog, "admin listener") {
             Ok(l) => Some(l),
             Err(code) => return code,
         },
@@ -532,7 +538,7 @@ async fn reload_on_hangup(
 }
 
 async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
-    let listener = match bind(listen, "mock upstream").await {
+    let listener = match bind(listen, DEFAULT_LISTEN_BACKLOG, "mock upstream") {
         Ok(l) => l,
         Err(code) => return code,
     };

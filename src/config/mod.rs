@@ -155,6 +155,13 @@ pub const MAX_STREAMS_CAP_RANGE: RangeInclusive<u32> = 0..=10_000_000;
 /// Allowed `limits.max_connections` and `limits.per_ip.max_connections`: 0 (derived, or no
 /// cap per address) to 10,000,000.
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 0..=10_000_000;
+/// Default `limits.listen_backlog`: 4096, Linux's default `net.core.somaxconn` since 5.4 (which
+/// caps it). The standard library and tokio ask for 128, which a burst of new connections
+/// (a reconnect wave after a balancer's restart) overflows: the kernel then drops SYNs, and each
+/// dropped client waits a second or more for its retransmission.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+/// Allowed `limits.listen_backlog`: 1 to 65,535 (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG_RANGE: RangeInclusive<u32> = 1..=65_535;
 /// Default `client_ip.proxy_header_timeout`: 5 s. A load balancer writes the header with the
 /// connection's first bytes; anything slower is not one.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -924,6 +931,12 @@ pub struct Limits {
     /// keeping a reserve for upstream connections, the listeners and files; the start-up log
     /// says what it chose. Allowed [`MAX_CONNECTIONS_RANGE`].
     pub max_connections: u32,
+    /// Connections the kernel may hold completed but not yet accepted on the API and admin
+    /// listeners (`limits.listen_backlog`, the `listen(2)` backlog). The kernel caps it at
+    /// `net.core.somaxconn`. Allowed [`LISTEN_BACKLOG_RANGE`]. Default
+    /// [`DEFAULT_LISTEN_BACKLOG`].
+    #[default(DEFAULT_LISTEN_BACKLOG)]
+    pub listen_backlog: u32,
     /// Limits per client address (`[limits.per_ip]`).
     pub per_ip: PerIpLimits,
 }
@@ -1358,6 +1371,11 @@ impl Config {
                 "limits.max_connections",
                 l.max_connections,
                 &MAX_CONNECTIONS_RANGE,
+            ),
+            (
+                "limits.listen_backlog",
+                l.listen_backlog,
+                &LISTEN_BACKLOG_RANGE,
             ),
             (
                 "limits.per_ip.requests_per_second",

@@ -61,6 +61,7 @@ upstream_idle_timeout = "90s"
 max_stream_duration = "1h"
 max_streams = 5000
 max_connections = 9000
+listen_backlog = 2048
 
 [limits.per_ip]
 requests_per_second = 10
@@ -244,6 +245,7 @@ fn full_file_sets_every_key() {
             max_stream_duration: Duration::from_secs(3600),
             max_streams: 5000,
             max_connections: 9000,
+            listen_backlog: 2048,
             per_ip: PerIpLimits {
                 requests_per_second: 10,
                 burst: 20,
@@ -2698,4 +2700,20 @@ fn tls_needs_both_files_and_a_handshake_deadline() {
     assert!(empty[0].message.contains("must name a file"), "{empty:?}");
     let zero = errors_of("[tls]\nhandshake_timeout = \"0s\"\n");
     assert_eq!(zero[0].path, "tls.handshake_timeout");
+}
+
+#[test]
+fn the_listen_backlog_is_checked_against_its_range() {
+    assert_eq!(Config::default().limits.listen_backlog, 4096);
+    for value in [1, 65_535] {
+        let text = format!("[limits]\nlisten_backlog = {value}\n");
+        let c = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(c.limits.listen_backlog, value);
+    }
+    for value in [0, 65_536] {
+        assert_eq!(
+            only_error(&format!("[limits]\nlisten_backlog = {value}\n")),
+            format!("limits.listen_backlog: must be between 1 and 65535, got {value}")
+        );
+    }
 }

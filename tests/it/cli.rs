@@ -427,3 +427,54 @@ async fn the_binary_allocates_with_mimalloc() {
     assert_eq!(code, 0);
     assert!(err.contains("mimalloc: process init"), "stderr: {err}");
 }
+
+/// The listen backlog of a listening socket on 127.0.0.1:`port`, as `ss` reports it (Send-Q).
+async fn listen_backlog_of(port: u16) -> u32 {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .await
+        .expect("ss on PATH (apt-get install iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog.
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{port} ")))
+        .unwrap_or_else(|| panic!("a listener on port {port}: {text}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs ss (apt-get install iproute2); .ci/run installs it"]
+async fn both_listeners_get_the_configured_backlog() {
+    let env = start().await; // only its mock is used here
+    let upstream = format!("http://{}/v1", env.mock);
+    let config = temp_file("backlog.toml", "[limits]\nlisten_backlog = 333\n");
+    let mut gw = Running::spawn(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--upstream",
+        &upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let line = gw.stderr_line(|l| l.contains("tidegate listening")).await;
+    let port_after = |field: &str| -> u16 {
+        let at = line.find(field).expect("the field") + field.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let api = port_after("listen=127.0.0.1:");
+    let admin = port_after("admin=Some(127.0.0.1:");
+    // The standard library's and tokio's 128 unless the configuration's value is used.
+    assert_eq!(listen_backlog_of(api).await, 333);
+    assert_eq!(listen_backlog_of(admin).await, 333);
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.exit_code().await, 0);
+}
