@@ -874,3 +874,45 @@ async fn a_request_on_a_connection_an_instance_just_closed_goes_to_another_insta
     );
     mock_stop.cancel();
 }
+
+/// nginx's own errors reach clients in the OpenAI shape, as tidegate's do: a body over the
+/// limit (413, before any instance sees it), and no instance left to answer (502, with
+/// `retry-after`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (apt-get install nginx); .ci/run installs it"]
+async fn nginx_answers_its_own_errors_in_the_openai_shape() {
+    let mut fleet = Fleet::start("errors", MockSettings::default(), |toml| toml).await;
+    let nginx = fleet.nginx.addr;
+    let check = |status: StatusCode, headers: &http::HeaderMap, body: &Bytes, code: &str| {
+        assert_eq!(header(headers, "content-type"), "application/json");
+        let json: Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(json["error"]["message"].is_string(), "{json}");
+        assert!(json["error"]["type"].is_string(), "{json}");
+        assert!(json["error"]["param"].is_null(), "{json}");
+    };
+
+    let too_large = format!(
+        r#"{{"model":"mock-1","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(1024 * 1024 + 1)
+    );
+    let (status, headers, body) = fetch(post(nginx, "/v1/chat/completions", &too_large, &[])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    check(status, &headers, &body, "request_too_large");
+
+    for instance in &mut fleet.instances {
+        instance.terminate();
+        assert_eq!(instance.exit_code(PATIENCE).await, 0);
+    }
+    let (status, headers, body) = fetch(post(
+        nginx,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    check(status, &headers, &body, "gateway_unavailable");
+    assert_eq!(header(&headers, "retry-after"), "1");
+}
