@@ -916,3 +916,92 @@ async fn nginx_answers_its_own_errors_in_the_openai_shape() {
     check(status, &headers, &body, "gateway_unavailable");
     assert_eq!(header(&headers, "retry-after"), "1");
 }
+
+/// The value of the nginx directive `name` in `text`: its first use outside comments.
+fn nginx_directive<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|value| value.trim().trim_end_matches(';').trim())
+        })
+        .unwrap_or_else(|| panic!("the directive {name}"))
+}
+
+/// An nginx size ("1m", "16k", "512").
+fn nginx_bytes(value: &str) -> u64 {
+    let (digits, unit) = match value.strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1024),
+        None => match value.strip_suffix(['m', 'M']) {
+            Some(d) => (d, 1024 * 1024),
+            None => (value, 1),
+        },
+    };
+    digits.parse::<u64>().unwrap() * unit
+}
+
+/// The shipped nginx files and the shipped tidegate.toml agree wherever one depends on the
+/// other (no nginx needed): a change to either that breaks the pair fails here first.
+#[test]
+fn the_shipped_nginx_and_tidegate_settings_agree() {
+    let config = tidegate::config::Config::from_toml_str(&shipped("tidegate.toml"))
+        .unwrap_or_else(|e| panic!("deploy/tidegate.toml: {e}"));
+    let main = shipped("nginx/nginx.conf");
+    let site = shipped("nginx/tidegate.conf");
+    let seconds = |v: &str| humantime::parse_duration(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+
+    // nginx closes an idle connection to an instance before the instance does (tidegate closes
+    // one after limits.header_read_timeout), else it may send a request on a closing one.
+    let keepalive = seconds(nginx_directive(&site, "keepalive_timeout"));
+    assert!(
+        keepalive < config.limits.header_read_timeout,
+        "nginx keepalive_timeout {keepalive:?} must be below limits.header_read_timeout {:?}",
+        config.limits.header_read_timeout
+    );
+    // A silent stream gets a heartbeat well before nginx gives up reading it.
+    let read = seconds(nginx_directive(&site, "proxy_read_timeout"));
+    assert!(
+        read >= 2 * config.streams.heartbeat_interval,
+        "proxy_read_timeout {read:?} must allow a missed heartbeat ({:?})",
+        config.streams.heartbeat_interval
+    );
+    // One body limit for both, held in memory, and the 413's message says it.
+    let max_body = nginx_bytes(nginx_directive(&site, "client_max_body_size"));
+    assert_eq!(max_body, config.limits.max_body_bytes);
+    assert!(nginx_bytes(nginx_directive(&site, "client_body_buffer_size")) >= max_body);
+    assert!(site.contains(&format!("the limit of {max_body} bytes")));
+    // Per-address limits are exact only if every address meets one instance, and the instances
+    // see the address nginx hashes on: nginx (here on the same host) is a trusted proxy.
+    assert_eq!(
+        nginx_directive(&site, "hash"),
+        "$remote_addr consistent",
+        "the upstream block pins client addresses"
+    );
+    let nginx_addr: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(
+        config
+            .client_ip
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&nginx_addr)),
+        "client_ip.trusted_proxies must hold nginx's address"
+    );
+    assert_eq!(
+        nginx_directive(&site, "proxy_set_header X-Forwarded-For"),
+        "$proxy_add_x_forwarded_for"
+    );
+    // Requests that never reached an instance go to another, POSTs included.
+    assert!(nginx_directive(&site, "proxy_next_upstream").contains("non_idempotent"));
+    assert_eq!(nginx_directive(&site, "proxy_buffering"), "off");
+    // A worker can hold one instance's streams at its cap: two connections each.
+    let connections: u64 = nginx_directive(&main, "worker_connections")
+        .parse()
+        .unwrap();
+    assert!(connections >= 2 * u64::from(config.limits.max_streams));
+    let nofile: u64 = nginx_directive(&main, "worker_rlimit_nofile")
+        .parse()
+        .unwrap();
+    assert!(nofile >= connections);
+}
