@@ -13,6 +13,7 @@ mod cancellation;
 mod cli;
 mod connection_caps;
 mod dashboard;
+mod deploy;
 mod drain;
 mod errors;
 mod fd_limit;
