@@ -50,6 +50,17 @@ fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
     text.replacen(from, to, 1)
 }
 
+/// `text` with every `from` replaced by `to`; `from` must occur exactly `count` times.
+fn replace_each(text: &str, from: &str, to: &str, count: usize, file: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        count,
+        "{file} should contain `{from}` {count} times: the test renders the shipped file by \
+         replacing it"
+    );
+    text.replace(from, to)
+}
+
 /// A new empty directory for one test's files.
 fn scratch_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -230,15 +241,17 @@ impl Nginx {
             main = replace_once(&main, "user www-data;", "", "deploy/nginx/nginx.conf");
         }
         let mut site = shipped("nginx/tidegate.conf");
+        // Each instance is in both upstream blocks (the second without failure accounting).
+        for (i, shipped_addr) in ["127.0.0.1:8081 ", "127.0.0.1:8082 "].iter().enumerate() {
+            site = replace_each(
+                &site,
+                &format!("server {shipped_addr}"),
+                &format!("server {} ", instances[i]),
+                2,
+                "deploy/nginx/tidegate.conf",
+            );
+        }
         for (from, to) in [
-            (
-                "server 127.0.0.1:8081 ",
-                format!("server {} ", instances[0]),
-            ),
-            (
-                "server 127.0.0.1:8082 ",
-                format!("server {} ", instances[1]),
-            ),
             (
                 "listen 8080 backlog=4096;",
                 format!("listen 127.0.0.1:{port} backlog=4096;"),
@@ -992,6 +1005,23 @@ fn the_shipped_nginx_and_tidegate_settings_agree() {
         nginx_directive(&site, "proxy_set_header X-Forwarded-For"),
         "$proxy_add_x_forwarded_for"
     );
+    // The fallback upstream lists the same instances, pinned the same way.
+    let servers = |block: &str| -> Vec<String> {
+        let start = site.find(&format!("upstream {block} {{")).unwrap();
+        let end = start + site[start..].find("\n}").unwrap();
+        site[start..end]
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("server "))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(servers("tidegate"), servers("tidegate_every_instance"));
+    assert_eq!(
+        site.matches("hash $remote_addr consistent;").count(),
+        2,
+        "both upstream blocks pin client addresses"
+    );
     // Requests that never reached an instance go to another, POSTs included.
     assert!(nginx_directive(&site, "proxy_next_upstream").contains("non_idempotent"));
     assert_eq!(nginx_directive(&site, "proxy_buffering"), "off");
@@ -1004,4 +1034,62 @@ fn the_shipped_nginx_and_tidegate_settings_agree() {
         .parse()
         .unwrap();
     assert!(nofile >= connections);
+}
+
+/// Right after instances come back, nginx's passive checks may still hold every one of them
+/// out: after `max_fails` failures an instance is left out for `fail_timeout`, and taken back
+/// only once a trial request has completed (for a stream, its whole length), so a quick rolling
+/// restart can leave an nginx worker with none. A request must still reach a running instance,
+/// not get 502 "no live upstreams".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (apt-get install nginx); .ci/run installs it"]
+async fn requests_reach_running_instances_that_nginx_still_holds_out() {
+    let mock = MockSettings {
+        chunks: 3,
+        chunk_delay: Duration::from_millis(20),
+        ..MockSettings::default()
+    };
+    let mut fleet = Fleet::start("held-out", mock, |toml| toml).await;
+    let nginx = fleet.nginx.addr;
+
+    // Both instances stop. Requests meanwhile find both refusing, which counts a failure for
+    // each in every nginx worker that serves one (connections spread over the workers).
+    for instance in &mut fleet.instances {
+        instance.terminate();
+        assert_eq!(instance.exit_code(PATIENCE).await, 0);
+    }
+    for n in 2..18 {
+        let response = send_from(client(n), nginx, get(nginx, "/v1/models")).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let _ = response.into_body().collect().await;
+    }
+    let failures_end = Instant::now();
+
+    // Both back on their ports, ready, well within fail_timeout of those failures.
+    for i in 0..2 {
+        let log = fleet.dir.join(format!("tidegate-{i}-start-1.log"));
+        let port = fleet.instances[i].api;
+        fleet.instances[i] = Instance::start(&fleet.config, port, fleet.mock, log).await;
+    }
+    let mut streams = JoinSet::new();
+    for n in 2..18 {
+        streams.spawn(async move {
+            let (status, body) = stream_from(client(n), nginx).await;
+            (n, status, body)
+        });
+    }
+    while let Some(done) = streams.join_next().await {
+        let (n, status, body) = done.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a stream from 127.0.0.{n} with both instances running: {}",
+            fleet.nginx.error_log()
+        );
+        assert_completes("a stream after the restart", body).await;
+    }
+    assert!(
+        failures_end.elapsed() < NGINX_FAIL_TIMEOUT,
+        "the streams must start while nginx still holds the instances out"
+    );
 }
