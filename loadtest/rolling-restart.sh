@@ -64,6 +64,13 @@
 #                          the run fails; tidegate's own drain_timeout stays 5m)
 #   READY_DEADLINE [30]    seconds a restarted instance may take to answer /readyz 200
 #   TRAFFIC_DEADLINE [30]  seconds after its restart until nginx must send it streams again
+#   REJOIN [first]    when the next instance is drained: "first", once the restarted one has a
+#                     stream again (tidegate_streams_active > 0); "share", once it holds half
+#                     its share of the streams alive (streams alive / 3 / 2), within
+#                     TRAFFIC_DEADLINE. nginx re-admits a server that failed max_fails times
+#                     only when a trial request to it has completed (below), so with "first"
+#                     the next drain starts while the restarted instance still gets one new
+#                     stream per fail_timeout per nginx worker
 #   TIDEGATE_BIN [target/release/tidegate]  built (with the driver) unless set
 #   TIDEGATE_BENCH_BIN [tidegate-bench next to TIDEGATE_BIN]  the load driver
 #   OUT_DIR [a new /tmp/tidegate-rolling.XXXXXX]  configs, logs, the driver's JSON reports,
@@ -87,6 +94,7 @@ REFERENCE=${REFERENCE:-1}
 DRAIN_DEADLINE=${DRAIN_DEADLINE:-120}
 READY_DEADLINE=${READY_DEADLINE:-30}
 TRAFFIC_DEADLINE=${TRAFFIC_DEADLINE:-30}
+REJOIN=${REJOIN:-first}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-rolling.XXXXXX)}
 INSTANCES=3
 
@@ -107,6 +115,7 @@ done
 # here) less 64.
 ((STREAMS <= 19900)) || die "STREAMS must be at most 19,900 (the driver's open-files check)"
 [[ $REFERENCE == [01] ]] || die "REFERENCE must be 0 or 1"
+[[ $REJOIN =~ ^(first|share)$ ]] || die "REJOIN must be first or share"
 command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
 command -v curl >/dev/null || die "curl is not installed"
 
@@ -418,14 +427,14 @@ if [[ $REFERENCE == 1 ]]; then
 fi
 
 # ---- the roll -----------------------------------------------------------------------------------
-printf 'instance\tport\tstreams_at_sigterm\tdrain_s\texit_code\tserver_shutdown\tdrain_deadline_passed\tready_s\ttraffic_s\tstep_s\tdriver_alive_at_sigterm\tnote\tspread_at_sigterm\n' \
+printf 'instance\tport\tstreams_at_sigterm\tdrain_s\texit_code\tserver_shutdown\tdrain_deadline_passed\tready_s\ttraffic_s\tstep_s\tdriver_alive_at_sigterm\tnote\tspread_at_sigterm\tshare_s\n' \
     >"$OUT_DIR/steps.tsv"
 ROLL_FAILED=""
 
 # Drains and restarts instance $1; appends its row to steps.tsv. Returns 1 when the roll must
 # stop (the instance did not exit, or did not come back).
 roll_one() {
-    local i=$1 pid=${INST_PID[$1]} old_log=${INST_LOG[$1]} t0 drain_s rc ready_s="" traffic_s=""
+    local i=$1 pid=${INST_PID[$1]} old_log=${INST_LOG[$1]} t0 drain_s rc ready_s="" traffic_s="" share_s=""
     local alive_at_term note="" n shutdown_outcomes deadline_passed at_term spread="" j
     alive_at_term=$(driver_alive)
     # Every instance's live streams just before the SIGTERM: how the load is spread.
@@ -472,16 +481,31 @@ roll_one() {
                 sleep 0.1
             done
             [[ -n $traffic_s ]] || note="no stream within ${TRAFFIC_DEADLINE}s of its restart"
+            # REJOIN=share: also wait (same deadline) until it holds half its share of the
+            # streams alive, so the next drain does not leave the others carrying its share.
+            if [[ -n $traffic_s && $REJOIN == share ]]; then
+                local want
+                while now_us && ((NOW_US < deadline)); do
+                    active=$(streams_active "$i")
+                    want=$(($(driver_alive) / INSTANCES / 2))
+                    if [[ -n $active ]] && ((active >= want)); then
+                        share_s=$(since "$t1")
+                        break
+                    fi
+                    sleep 0.1
+                done
+                [[ -n $share_s ]] || note="under half its share of the streams ${TRAFFIC_DEADLINE}s after its restart"
+            fi
         else
             note="not ready within ${READY_DEADLINE}s of its restart"
         fi
     else
         [[ -n $note ]] || note="exit code $rc"
     fi
-    log "[roll] instance $i: ready ${ready_s:--}s, back in traffic ${traffic_s:--}s after its restart${note:+ ($note)}"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "${API_PORT[i]}" "${at_term:-}" \
+    log "[roll] instance $i: ready ${ready_s:--}s, back in traffic ${traffic_s:--}s after its restart${share_s:+, half its share ${share_s}s}${note:+ ($note)}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "${API_PORT[i]}" "${at_term:-}" \
         "$drain_s" "$rc" "$shutdown_outcomes" "$deadline_passed" "$ready_s" "$traffic_s" \
-        "$(since "$t0")" "${alive_at_term:-}" "$note" "$spread" >>"$OUT_DIR/steps.tsv"
+        "$(since "$t0")" "${alive_at_term:-}" "$note" "$spread" "$share_s" >>"$OUT_DIR/steps.tsv"
     [[ -z $note ]]
 }
 
@@ -509,7 +533,7 @@ end_phase
 
 # ---- the report ---------------------------------------------------------------------------------
 python3 - "$OUT_DIR" "$REFERENCE" <<'PY' | tee "$OUT_DIR/results.md"
-import collections, csv, json, re, sys
+import collections, csv, datetime, json, re, sys
 
 out, reference = sys.argv[1], sys.argv[2] == "1"
 fails = []
@@ -575,6 +599,31 @@ def by_instance(phase):
             last = m.group(6).split(", ")[-1].rsplit(":", 1)[-1]
             n[ports.get(last, last)] += 1
     return n
+
+def iso(ts):
+    return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+def readmitted_after(log_path, per_s):
+    """Seconds from the instance's start ("tidegate listening") until it had started per_s
+    streams within one second: when nginx sends it its share of new streams again. Stream
+    starts are the stream-ended lines' time less their duration_ms."""
+    t0, starts = None, []
+    for line in open(log_path, errors="replace"):
+        if t0 is None and '"tidegate listening"' in line:
+            t0 = iso(json.loads(line)["timestamp"])
+        elif '"stream ended"' in line:
+            d = json.loads(line)
+            starts.append(iso(d["timestamp"]) - d["fields"]["duration_ms"] / 1000)
+    if t0 is None:
+        return None
+    starts.sort()
+    lo = 0
+    for hi, s in enumerate(starts):
+        while starts[lo] <= s - 1:
+            lo += 1
+        if hi - lo + 1 >= per_s:
+            return s - t0
+    return None
 
 def tidegate_outcomes(phase):
     outcomes = collections.Counter()
@@ -656,11 +705,17 @@ print()
 print(f"The roll: {roll_s:.1f} s, from {a:.1f} s to {b:.1f} s into the load; streams alive "
       f"(driver) {alive_min}–{alive_max} during it")
 print()
-print("| instance | streams on instances 1/2/3 just before its SIGTERM | streams at SIGTERM (its log) | drain (s) | exit | server_shutdown | restart → /readyz 200 (s) | restart → streams again (s) | step (s) |")
-print("|---|---|---|---|---|---|---|---|---|")
+# Half of an instance's share of the new streams, per second.
+half_share = roll["args"]["ramp_per_s"] / 3 / 2
+print(f"| instance | streams on instances 1/2/3 just before its SIGTERM | streams at SIGTERM (its log) "
+      f"| drain (s) | exit | server_shutdown | restart → /readyz 200 (s) | restart → first stream (s) "
+      f"| restart → {half_share:.0f} new streams/s, half its share (s) | step (s) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for st in steps:
+    readmit = readmitted_after(f"{out}/instance{st['instance']}.1.log", half_share)
     print(f"| {st['instance']} | {st['spread_at_sigterm']} | {st['streams_at_sigterm'] or '-'} | {st['drain_s']} | {st['exit_code']} "
-          f"| {st['server_shutdown']} | {st['ready_s'] or '-'} | {st['traffic_s'] or '-'} | {st['step_s']} |")
+          f"| {st['server_shutdown']} | {st['ready_s'] or '-'} | {st['traffic_s'] or '-'} "
+          f"| {'-' if readmit is None else f'{readmit:.1f}'} | {st['step_s']} |")
 print()
 
 def ratio(x, y):
