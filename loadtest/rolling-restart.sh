@@ -59,7 +59,8 @@
 #   CHUNKS [10]  DELAY_MS [1000]   each stream's chunks and the delay between them
 #   SOURCE_ADDRS [250]  the driver's source addresses 127.0.0.1 ... 127.0.0.N (at most 255)
 #   THREADS [1]       the driver's worker threads
-#   REFERENCE [1]     0: skip the undisturbed reference run (no ratios then)
+#   REFERENCE [before]  when the undisturbed reference runs: "before" the roll, "after" it (on
+#                     the restarted, warm instances), or "none" (no ratios then)
 #   DRAIN_DEADLINE [120]   seconds a drained instance may take to exit (then it is killed and
 #                          the run fails; tidegate's own drain_timeout stays 5m)
 #   READY_DEADLINE [30]    seconds a restarted instance may take to answer /readyz 200
@@ -90,7 +91,7 @@ CHUNKS=${CHUNKS:-10}
 DELAY_MS=${DELAY_MS:-1000}
 SOURCE_ADDRS=${SOURCE_ADDRS:-250}
 THREADS=${THREADS:-1}
-REFERENCE=${REFERENCE:-1}
+REFERENCE=${REFERENCE:-before}
 DRAIN_DEADLINE=${DRAIN_DEADLINE:-120}
 READY_DEADLINE=${READY_DEADLINE:-30}
 TRAFFIC_DEADLINE=${TRAFFIC_DEADLINE:-30}
@@ -103,7 +104,7 @@ LOG_NAME=rolling-restart
 source loadtest/lib.sh
 EXIT_NOTE="logs and reports in $OUT_DIR"
 
-for var in STREAMS RAMP CHUNKS DELAY_MS SOURCE_ADDRS THREADS REFERENCE DRAIN_DEADLINE \
+for var in STREAMS RAMP CHUNKS DELAY_MS SOURCE_ADDRS THREADS DRAIN_DEADLINE \
     READY_DEADLINE TRAFFIC_DEADLINE; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
 done
@@ -114,7 +115,7 @@ done
 # tidegate-bench refuses an HTTP/1.1 run of more streams than its open-files limit (20,000
 # here) less 64.
 ((STREAMS <= 19900)) || die "STREAMS must be at most 19,900 (the driver's open-files check)"
-[[ $REFERENCE == [01] ]] || die "REFERENCE must be 0 or 1"
+[[ $REFERENCE =~ ^(before|after|none)$ ]] || die "REFERENCE must be before, after or none"
 [[ $REJOIN =~ ^(first|share)$ ]] || die "REJOIN must be first or share"
 command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
 command -v curl >/dev/null || die "curl is not installed"
@@ -415,7 +416,7 @@ driver_alive() {
     tail -n 1 "$OUT_DIR/roll.progress" 2>/dev/null | grep -oE 'alive=[0-9]+' | cut -d= -f2 || true
 }
 
-if [[ $REFERENCE == 1 ]]; then
+run_reference() {
     log "[reference] $STREAMS streams at $RAMP/s, $CHUNKS chunks ${DELAY_MS} ms apart, through nginx; no restarts"
     begin_phase reference
     REF_START=$EPOCHREALTIME
@@ -424,7 +425,8 @@ if [[ $REFERENCE == 1 ]]; then
     wait_idle 60 || log "[reference] streams still active after 60 s"
     end_phase
     log "[reference] $(since "$REF_START") s"
-fi
+}
+[[ $REFERENCE != before ]] || run_reference
 
 # ---- the roll -----------------------------------------------------------------------------------
 printf 'instance\tport\tstreams_at_sigterm\tdrain_s\texit_code\tserver_shutdown\tdrain_deadline_passed\tready_s\ttraffic_s\tstep_s\tdriver_alive_at_sigterm\tnote\tspread_at_sigterm\tshare_s\n' \
@@ -530,12 +532,13 @@ printf 'roll_start\t%s\nroll_end\t%s\nroll_failed\t%s\n' "$ROLL_START" "$ROLL_EN
 finish_driver roll
 wait_idle 60 || log "[roll] streams still active after 60 s"
 end_phase
+[[ $REFERENCE != after ]] || run_reference
 
 # ---- the report ---------------------------------------------------------------------------------
 python3 - "$OUT_DIR" "$REFERENCE" <<'PY' | tee "$OUT_DIR/results.md"
 import collections, csv, datetime, json, re, sys
 
-out, reference = sys.argv[1], sys.argv[2] == "1"
+out, reference = sys.argv[1], sys.argv[2] != "none"
 fails = []
 
 def load(name):
