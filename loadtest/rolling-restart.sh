@@ -59,6 +59,10 @@
 #   CHUNKS [10]  DELAY_MS [1000]   each stream's chunks and the delay between them
 #   SOURCE_ADDRS [250]  the driver's source addresses 127.0.0.1 ... 127.0.0.N (at most 255)
 #   THREADS [1]       the driver's worker threads
+#   WARMUP [30]       seconds of the same load (RAMP streams a second) through nginx and the
+#                     first instances before either run, not reported: the first load through
+#                     fresh processes (mock, nginx, instances) is measurably slower than the
+#                     second, whichever it is; 0: none
 #   REFERENCE [before]  when the undisturbed reference runs: "before" the roll, "after" it (on
 #                     the restarted, warm instances), or "none" (no ratios then)
 #   DRAIN_DEADLINE [120]   seconds a drained instance may take to exit (then it is killed and
@@ -92,6 +96,7 @@ DELAY_MS=${DELAY_MS:-1000}
 SOURCE_ADDRS=${SOURCE_ADDRS:-250}
 THREADS=${THREADS:-1}
 REFERENCE=${REFERENCE:-before}
+WARMUP=${WARMUP:-30}
 DRAIN_DEADLINE=${DRAIN_DEADLINE:-120}
 READY_DEADLINE=${READY_DEADLINE:-30}
 TRAFFIC_DEADLINE=${TRAFFIC_DEADLINE:-30}
@@ -104,7 +109,7 @@ LOG_NAME=rolling-restart
 source loadtest/lib.sh
 EXIT_NOTE="logs and reports in $OUT_DIR"
 
-for var in STREAMS RAMP CHUNKS DELAY_MS SOURCE_ADDRS THREADS DRAIN_DEADLINE \
+for var in STREAMS RAMP CHUNKS DELAY_MS SOURCE_ADDRS THREADS WARMUP DRAIN_DEADLINE \
     READY_DEADLINE TRAFFIC_DEADLINE; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer (got '${!var}')"
 done
@@ -415,6 +420,16 @@ wait_plateau() {
 driver_alive() {
     tail -n 1 "$OUT_DIR/roll.progress" 2>/dev/null | grep -oE 'alive=[0-9]+' | cut -d= -f2 || true
 }
+
+if ((WARMUP > 0)); then
+    log "[warm-up] $((RAMP * WARMUP)) streams at $RAMP/s (not reported)"
+    "$TIDEGATE_BENCH_BIN" --url "http://127.0.0.1:$NGINX_PORT" --streams "$((RAMP * WARMUP))" \
+        --ramp "$RAMP" --chunks "$CHUNKS" --chunk-delay-ms "$DELAY_MS" \
+        --source-addrs "$SOURCE_ADDRS" --threads "$THREADS" --duration "$((WARMUP + CHUNKS * DELAY_MS / 1000 + 60))s" \
+        --quiet --json "$OUT_DIR/warmup.json" >"$OUT_DIR/warmup.txt" 2>&1 ||
+        log "[warm-up] some streams failed (see $OUT_DIR/warmup.txt)"
+    wait_idle 60 || log "[warm-up] streams still active after 60 s"
+fi
 
 run_reference() {
     log "[reference] $STREAMS streams at $RAMP/s, $CHUNKS chunks ${DELAY_MS} ms apart, through nginx; no restarts"
