@@ -10,7 +10,8 @@
 #              each instance in turn: SIGTERM, wait for it to exit (drain time; exit code 0 and
 #              no `server_shutdown` outcome in its log), start it again on the same ports, wait
 #              for /readyz 200 on its admin port (ready time), wait until nginx sends it streams
-#              again (its tidegate_streams_active > 0: back-in-traffic time); then the next.
+#              again (its tidegate_streams_active > 0: back-in-traffic time) and, with
+#              REJOIN=share (the default), until it holds half its share of them; then the next.
 # The load: tidegate-bench over HTTP/1.1, RAMP new streams a second, each CHUNKS chunks
 # DELAY_MS apart, so about RAMP x CHUNKS x DELAY_MS / 1000 streams are alive at once (200 x 10 x
 # 1 s = 2,000), from SOURCE_ADDRS source addresses (127.0.0.1 ... 127.0.0.N, in turn), so that
@@ -50,7 +51,8 @@
 # JSON logs. Each instance's log is OUT_DIR/instanceN.G.log (G: 0 first start, 1 after restart).
 #
 #   loadtest/rolling-restart.sh                       # 2,000 streams alive, 19,000 per run
-#   STREAMS=4500 RAMP=100 CHUNKS=3 DELAY_MS=1000 loadtest/rolling-restart.sh   # small (CI)
+#   STREAMS=4500 RAMP=100 CHUNKS=3 DELAY_MS=1000 WARMUP=0 REFERENCE=after \
+#       loadtest/rolling-restart.sh                   # small: 300 streams alive (CI)
 #
 # Environment (defaults in brackets):
 #   STREAMS [19000]   streams per run (reference and roll each), STREAMS / RAMP seconds of load;
@@ -69,13 +71,16 @@
 #                          the run fails; tidegate's own drain_timeout stays 5m)
 #   READY_DEADLINE [30]    seconds a restarted instance may take to answer /readyz 200
 #   TRAFFIC_DEADLINE [30]  seconds after its restart until nginx must send it streams again
-#   REJOIN [first]    when the next instance is drained: "first", once the restarted one has a
-#                     stream again (tidegate_streams_active > 0); "share", once it holds half
-#                     its share of the streams alive (streams alive / 3 / 2), within
-#                     TRAFFIC_DEADLINE. nginx re-admits a server that failed max_fails times
-#                     only when a trial request to it has completed (below), so with "first"
-#                     the next drain starts while the restarted instance still gets one new
-#                     stream per fail_timeout per nginx worker
+#   REJOIN [share]    when the next instance is drained: "share", once the restarted one holds
+#                     half its share of the streams alive (streams alive / 3 / 2), within
+#                     TRAFFIC_DEADLINE; "first", as soon as it has a stream again
+#                     (tidegate_streams_active > 0). nginx (max_fails=2 fail_timeout=5s)
+#                     leaves a server out after the refused connects of its drain, lets one
+#                     trial request a fail_timeout through, and takes it back only when a trial
+#                     has *completed*: a stream's length. With "first" the next drain can begin
+#                     while an nginx worker still holds the restarted instance out; when it
+#                     holds out every other instance too, it answers 502 "no live upstreams"
+#                     (seen with 3-second streams, loadtest/RESULTS.md)
 #   TIDEGATE_BIN [target/release/tidegate]  built (with the driver) unless set
 #   TIDEGATE_BENCH_BIN [tidegate-bench next to TIDEGATE_BIN]  the load driver
 #   OUT_DIR [a new /tmp/tidegate-rolling.XXXXXX]  configs, logs, the driver's JSON reports,
@@ -100,7 +105,7 @@ WARMUP=${WARMUP:-30}
 DRAIN_DEADLINE=${DRAIN_DEADLINE:-120}
 READY_DEADLINE=${READY_DEADLINE:-30}
 TRAFFIC_DEADLINE=${TRAFFIC_DEADLINE:-30}
-REJOIN=${REJOIN:-first}
+REJOIN=${REJOIN:-share}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-rolling.XXXXXX)}
 INSTANCES=3
 
