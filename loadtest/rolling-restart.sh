@@ -23,8 +23,9 @@
 # OUT_DIR/nginx by exact string substitution (each expected string must occur exactly once, or
 # the script stops), changed only in:
 #   - `listen 8080 backlog=4096;` -> a free loopback port (backlog kept);
-#   - the two `server 127.0.0.1:8081 ...;` / `:8082 ...;` lines -> the three instances' ports,
-#     the third a copy of the second line (same max_fails / fail_timeout parameters);
+#   - the `server 127.0.0.1:8081 ...;` / `:8082 ...;` lines of both upstream blocks (the
+#     passive-checked one and the fallback) -> the three instances' ports, the third a copy of
+#     the second line of its block (same max_fails / fail_timeout parameters);
 #   - pid, error_log, both access_log paths -> OUT_DIR/nginx (log formats kept);
 #   - `user www-data;` dropped when not run as root (nginx ignores it then anyway);
 #   - temp paths (client_body, proxy, fastcgi, uwsgi, scgi) added inside `http {`, in
@@ -273,8 +274,9 @@ python3 - "$DEPLOY_NGINX" "$NGINX_DIR" "$NGINX_PORT" "$is_root" \
     "${API_PORT[1]}" "${API_PORT[2]}" "${API_PORT[3]}" <<'PY'
 import re, sys
 src, out, port, is_root, p1, p2, p3 = sys.argv[1:8]
-def render(name, subs):
-    text = open(f"{src}/{name}").read()
+def render(name, subs, text=None):
+    if text is None:
+        text = open(f"{src}/{name}").read()
     for old, new in subs:
         n = text.count(old)
         if n != 1:
@@ -292,20 +294,26 @@ main = [
 if is_root != "1":
     main.append(("\nuser www-data;\n", "\n# user www-data;  (rolling-restart.sh: not root)\n"))
 render("nginx.conf", main)
-# The second server line, whatever its parameters, is copied for the third instance.
+# Both upstream blocks (the second, the fallback, without failure accounting) list the two
+# shipped instances: in each, the second server line, whatever its parameters, is copied for
+# the third instance.
 conf = open(f"{src}/tidegate.conf").read()
-m = re.search(r"^( *server 127\.0\.0\.1:)8082( [^\n]*;)$", conf, re.M)
-if m is None:
-    sys.exit(f"{src}/tidegate.conf: no 'server 127.0.0.1:8082 ...;' line")
-second = m.group(0)
-third = f"{m.group(1)}{p3}{m.group(2)}"
+second_lines = r"^( *server 127\.0\.0\.1:)8082( [^\n]*;)$"
+n = len(re.findall(second_lines, conf, re.M))
+if n != 2:
+    sys.exit(f"{src}/tidegate.conf: expected two 'server 127.0.0.1:8082 ...;' lines, found {n}: the shipped file changed, update rolling-restart.sh")
+conf = re.sub(second_lines,
+              lambda m: f"{m.group(1)}{p2}{m.group(2)}\n{m.group(1)}{p3}{m.group(2)}",
+              conf, flags=re.M)
+n = conf.count("server 127.0.0.1:8081 ")
+if n != 2:
+    sys.exit(f"{src}/tidegate.conf: expected two 'server 127.0.0.1:8081 ' lines, found {n}: the shipped file changed, update rolling-restart.sh")
+conf = conf.replace("server 127.0.0.1:8081 ", f"server 127.0.0.1:{p1} ")
 render("tidegate.conf", [
-    ("server 127.0.0.1:8081 ", f"server 127.0.0.1:{p1} "),
-    (second + "\n", f"{m.group(1)}{p2}{m.group(2)}\n{third}\n"),
     ("listen 8080 backlog=4096;", f"listen 127.0.0.1:{port} backlog=4096;"),
     ("access_log /var/log/nginx/tidegate.access.log tidegate;",
      f"access_log {out}/tidegate.access.log tidegate;"),
-])
+], text=conf)
 PY
 NGINX_ARGS=(-p "$NGINX_DIR/" -c "$NGINX_DIR/nginx.conf" -e "$NGINX_DIR/error.log")
 if ! nginx -t "${NGINX_ARGS[@]}" >"$NGINX_DIR/nginx-t.log" 2>&1; then
