@@ -17,6 +17,7 @@ use crate::auth::Keys;
 use crate::client_ip::ClientIp;
 use crate::config::{Config, ConfigErrors, UpstreamProtocol};
 use crate::connection::{ConnectionCaps, ConnectionCounts, RefusalAnswers};
+use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
 use crate::metrics::{Metrics, MetricsError};
@@ -258,6 +259,7 @@ pub async fn run_with_keys_and_tls(
         None => metrics,
     });
     let backends = Arc::new(Backends::new(&config));
+    let cors = Cors::from_config(&config.cors).map(Arc::new);
     let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
     let registry = Arc::new(Registry::new(&backends.names()));
     let api_connections = Arc::new(ConnectionCounts::default());
@@ -287,15 +289,18 @@ pub async fn run_with_keys_and_tls(
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(ApiRoutes(Arc::new(Relay {
-                registry: registry.clone(),
-                admission: admission.clone(),
-                client_ip: client_ip.clone(),
-                backends: backends.clone(),
-                upstreams,
-                limits: config.limits.clone(),
-                metrics: metrics.clone(),
-            })))
+            Ok(ApiRoutes(
+                Arc::new(Relay {
+                    registry: registry.clone(),
+                    admission: admission.clone(),
+                    client_ip: client_ip.clone(),
+                    backends: backends.clone(),
+                    upstreams,
+                    limits: config.limits.clone(),
+                    metrics: metrics.clone(),
+                }),
+                cors.clone(),
+            ))
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;
     let settings = connection_settings(&config);

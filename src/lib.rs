@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod heartbeat;

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminApi};
+use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
@@ -23,10 +24,10 @@ use crate::request_id;
 use crate::response::{self, method_not_allowed};
 use crate::server::Handler;
 
-/// The client-facing listener: the OpenAI-compatible API plus health checks. One per worker
-/// thread: it carries that worker's upstream client.
+/// The client-facing listener: the OpenAI-compatible API plus health checks, and the CORS
+/// policy (`None`: off). One per worker thread: it carries that worker's upstream client.
 #[derive(Clone)]
-pub struct ApiRoutes(pub Arc<Relay>);
+pub struct ApiRoutes(pub Arc<Relay>, pub Option<Arc<Cors>>);
 
 /// The operator-facing listener: health checks and the admin API.
 #[derive(Clone)]
@@ -40,30 +41,51 @@ impl Handler for ApiRoutes {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let relay = self.0;
+        let ApiRoutes(relay, cors) = self;
         // The client's address (the peer's, unless the peer is a trusted proxy): the one the
         // span, admission control and the registry use. The peer's port is kept.
         let peer = SocketAddr::new(
             relay.client_ip.resolve(peer.ip(), request.headers()),
             peer.port(),
         );
+        // With CORS on: the page's origin, and whether this is a preflight for the API, which
+        // costs nothing: answered before admission control, never upstream.
+        let origin = cors
+            .as_ref()
+            .and_then(|_| request.headers().get(http::header::ORIGIN).cloned());
+        let preflight = cors
+            .clone()
+            .filter(|_| Cors::is_preflight(&request) && request.uri().path().starts_with("/v1/"));
         let metrics = Some(relay.metrics.clone());
-        with_request_span(peer, request, metrics, move |request, id| async move {
-            let endpoint = match request.uri().path() {
-                "/v1/chat/completions" => Endpoint::ChatCompletions,
-                "/v1/completions" => Endpoint::Completions,
-                "/v1/embeddings" => Endpoint::Embeddings,
-                "/v1/models" => Endpoint::Models,
-                _ => return health(&relay.registry, &request),
-            };
-            if request.method() != endpoint.method() {
-                return Err(method_not_allowed(&request, endpoint.method().as_str()));
+        let handled = with_request_span(peer, request, metrics, {
+            let preflight = preflight.clone();
+            move |request, id| async move {
+                if let Some(cors) = preflight {
+                    return Ok(cors.preflight(request.headers(), peer.ip()));
+                }
+                let endpoint = match request.uri().path() {
+                    "/v1/chat/completions" => Endpoint::ChatCompletions,
+                    "/v1/completions" => Endpoint::Completions,
+                    "/v1/embeddings" => Endpoint::Embeddings,
+                    "/v1/models" => Endpoint::Models,
+                    _ => return health(&relay.registry, &request),
+                };
+                if request.method() != endpoint.method() {
+                    return Err(method_not_allowed(&request, endpoint.method().as_str()));
+                }
+                let started = Instant::now();
+                let answer = relay::handle(endpoint, request, &relay, peer, &id).await;
+                count_answer(&relay.metrics, endpoint, &answer, started);
+                answer
             }
-            let started = Instant::now();
-            let answer = relay::handle(endpoint, request, &relay, peer, &id).await;
-            count_answer(&relay.metrics, endpoint, &answer, started);
-            answer
-        })
+        });
+        async move {
+            let mut response = handled.await;
+            if let (Some(cors), None) = (&cors, &preflight) {
+                cors.apply(origin.as_ref(), peer.ip(), response.headers_mut());
+            }
+            response
+        }
     }
 }
 

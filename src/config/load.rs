@@ -566,6 +566,7 @@ mod tests {
             empty,
             [
                 "client_ip.trusted_proxies",
+                "cors.allowed_origins",
                 "metrics.models",
                 "routes[].models",
                 "routes[].upstreams",

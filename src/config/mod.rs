@@ -312,6 +312,36 @@ pub struct Config {
     pub http2: Http2Config,
     /// TLS termination on the API listener (`[tls]`).
     pub tls: TlsConfig,
+    /// Which web pages on other origins may call the API from a browser (`[cors]`).
+    pub cors: CorsConfig,
+}
+
+/// Default `cors.max_age`: 10 minutes, how long a browser may reuse a preflight's answer
+/// (Chromium caps it at 2 hours, Firefox at 24).
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
+/// Longest `cors.max_age`: 24 hours, the most any browser honours.
+pub const MAX_CORS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `[cors]`: cross-origin requests from browsers. Off by default (no origin listed): a page
+/// on another origin is then blocked by the browser, as before.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [cors] section)")]
+pub struct CorsConfig {
+    /// Origins whose pages may call the API (`cors.allowed_origins`): exact origins as
+    /// browsers send them, `scheme://host[:port]` in lower case with no path and no default
+    /// port (`"https://chat.example.com"`, `"http://localhost:5173"`), or `["*"]` alone for any
+    /// origin (not with `allow_credentials`). Default: none, CORS off.
+    pub allowed_origins: Vec<String>,
+    /// Whether pages may send credentials (cookies, TLS client certificates) along
+    /// (`cors.allow_credentials`: `Access-Control-Allow-Credentials: true`). An
+    /// `Authorization` header set by the page's script needs no credentials. Default false.
+    pub allow_credentials: bool,
+    /// How long a browser may reuse a preflight's answer (`cors.max_age`,
+    /// `Access-Control-Max-Age`); at most [`MAX_CORS_MAX_AGE`]. Default
+    /// [`DEFAULT_CORS_MAX_AGE`].
+    #[default(DEFAULT_CORS_MAX_AGE)]
+    #[serde(with = "formats::duration")]
+    pub max_age: Duration,
 }
 
 /// Default `http2.max_concurrent_streams`: 256, what browsers expect (about 100) with headroom;
@@ -1498,6 +1528,32 @@ impl Config {
         }
         c.check("tls.handshake_timeout", check_timeout(t.handshake_timeout));
 
+        let cors = &self.cors;
+        for (i, origin) in cors.allowed_origins.iter().enumerate() {
+            c.check(
+                format!("cors.allowed_origins[{i}]"),
+                check_origin(origin, cors.allowed_origins.len(), cors.allow_credentials).and_then(
+                    |()| {
+                        if cors.allowed_origins[..i].contains(origin) {
+                            Err("listed twice".to_owned())
+                        } else {
+                            Ok(())
+                        }
+                    },
+                ),
+            );
+        }
+        c.check(
+            "cors.max_age",
+            if cors.max_age > MAX_CORS_MAX_AGE {
+                Err("must be at most 24h, the most any browser honours".to_owned())
+            } else if cors.max_age.subsec_nanos() != 0 {
+                Err("must be a whole number of seconds (Access-Control-Max-Age)".to_owned())
+            } else {
+                Ok(())
+            },
+        );
+
         let models = &self.metrics.models;
         c.check(
             "metrics.models",
@@ -1964,6 +2020,49 @@ fn check_size(value: u64, range: &RangeInclusive<u64>) -> Result<(), String> {
 }
 
 /// A timeout: > 0, at most [`MAX_DURATION`], whole milliseconds.
+/// One `cors.allowed_origins` entry (of `count`): an origin exactly as a browser's `Origin`
+/// header gives it, or `*` alone and without credentials.
+fn check_origin(origin: &str, count: usize, credentials: bool) -> Result<(), String> {
+    if origin == "*" {
+        return if credentials {
+            Err(r#""*" cannot be used with cors.allow_credentials = true (browsers refuse it): list the origins"#.to_owned())
+        } else if count > 1 {
+            Err(r#""*" allows every origin: list it alone"#.to_owned())
+        } else {
+            Ok(())
+        };
+    }
+    let example = r#"an origin such as "https://chat.example.com" or "http://localhost:5173""#;
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err(format!("expected {example}, got {origin:?}"));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("the scheme must be http or https, got {origin:?}"));
+    }
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "expected {example} (no path, query or user), got {origin:?}"
+        ));
+    }
+    if origin != origin.to_ascii_lowercase() {
+        return Err(format!(
+            "browsers send origins in lower case: {:?}",
+            origin.to_ascii_lowercase()
+        ));
+    }
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    if authority.ends_with(default_port) {
+        return Err(format!(
+            "browsers leave the default port out: {:?}",
+            origin.trim_end_matches(default_port)
+        ));
+    }
+    if http::uri::Authority::try_from(authority).is_err() {
+        return Err(format!("expected {example}, got {origin:?}"));
+    }
+    Ok(())
+}
+
 fn check_timeout(timeout: Duration) -> Result<(), String> {
     check_positive(timeout)
         .and_then(|()| check_at_most_max(timeout))

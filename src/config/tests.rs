@@ -108,6 +108,11 @@ max_local_error_reset_streams = 500
 cert_file = "/etc/tidegate/cert.pem"
 key_file = "/etc/tidegate/key.pem"
 handshake_timeout = "5s"
+
+[cors]
+allowed_origins = ["https://chat.example.com", "http://localhost:5173"]
+allow_credentials = true
+max_age = "1h"
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -296,6 +301,14 @@ fn full_file_sets_every_key() {
             cert_file: Some("/etc/tidegate/cert.pem".to_owned()),
             key_file: Some("/etc/tidegate/key.pem".to_owned()),
             handshake_timeout: Duration::from_secs(5),
+        },
+        cors: CorsConfig {
+            allowed_origins: vec![
+                "https://chat.example.com".to_owned(),
+                "http://localhost:5173".to_owned(),
+            ],
+            allow_credentials: true,
+            max_age: Duration::from_secs(3600),
         },
     };
     assert_eq!(c, expected);
@@ -2716,4 +2729,47 @@ fn the_listen_backlog_is_checked_against_its_range() {
             format!("limits.listen_backlog: must be between 1 and 65535, got {value}")
         );
     }
+}
+
+#[test]
+fn cors_origins_are_exact_browser_origins() {
+    for ok in [
+        r#"allowed_origins = ["https://chat.example.com"]"#,
+        r#"allowed_origins = ["http://localhost:5173", "http://127.0.0.1:8000", "https://[::1]:8443"]"#,
+        r#"allowed_origins = ["*"]"#,
+    ] {
+        let text = format!("[cors]\n{ok}\n");
+        assert!(Config::from_toml_str(&text).is_ok(), "{text}");
+    }
+    let cases = [
+        (r#"["https://chat.example.com/"]"#, "no path"),
+        (r#"["chat.example.com"]"#, "expected an origin"),
+        (r#"["ftp://chat.example.com"]"#, "http or https"),
+        (r#"["https://Chat.Example.com"]"#, "lower case"),
+        (r#"["https://chat.example.com:443"]"#, "default port"),
+        (r#"["http://localhost:80"]"#, "default port"),
+        (
+            r#"["https://a.example", "https://a.example"]"#,
+            "listed twice",
+        ),
+        (r#"["*", "https://a.example"]"#, "list it alone"),
+    ];
+    for (origins, expected) in cases {
+        let text = format!("[cors]\nallowed_origins = {origins}\n");
+        let shown = only_error(&text);
+        assert!(
+            shown.starts_with("cors.allowed_origins[") && shown.contains(expected),
+            "{text}: {shown}"
+        );
+    }
+    let star_with_credentials =
+        only_error("[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n");
+    assert!(
+        star_with_credentials.contains("allow_credentials"),
+        "{star_with_credentials}"
+    );
+    assert!(
+        only_error("[cors]\nmax_age = \"25h\"\n").starts_with("cors.max_age: must be at most 24h")
+    );
+    assert!(only_error("[cors]\nmax_age = \"1500ms\"\n").contains("whole number of seconds"));
 }

@@ -12,6 +12,7 @@ mod backpressure;
 mod cancellation;
 mod cli;
 mod connection_caps;
+mod cors;
 mod dashboard;
 mod deploy;
 mod drain;
