@@ -80,6 +80,12 @@ pub struct Cli {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
 
+    /// Extra client headers forwarded to the upstream, comma-separated; a trailing `*` matches
+    /// a prefix, e.g. 'x-mock-*' for the built-in mock's per-request settings (overrides
+    /// `upstream.forward_headers`)
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub forward_headers: Option<Vec<String>>,
+
     /// Log format: text or json (overrides `log.format`)
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -173,14 +179,16 @@ fn print_config_errors(source: &str, errors: &ConfigErrors) {
     }
 }
 
-fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
+/// The config file as read, and the problems found so far that still left a config (unknown
+/// keys): [`finish_config`] reports them with every other one in one pass.
+fn read_config_file(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             path: "(file)".into(),
             message: format!("cannot read {}: {e}", path.display()),
         }])
     })?;
-    Config::from_toml_str(&text)
+    Config::read_toml(&text)
 }
 
 /// What [`finish_config`] read besides the config: the API keys and the TLS certificate.
@@ -191,17 +199,29 @@ struct Loaded {
 }
 
 /// Everything a config must pass before anything binds: the file's own rules, the environment
-/// (the upstream key), the log filter, the API keys file, and the TLS certificate and key
-/// (readable, matching, within their validity); returns what it read.
-fn finish_config(config: &mut Config) -> Result<Loaded, ConfigErrors> {
-    config.validate()?;
-    config.resolve_secrets(|name| std::env::var(name).ok())?;
-    logging::parse_filter(&config.log.level).map_err(|message| {
-        ConfigErrors(vec![ConfigError {
+/// (the upstream key, the admin token), the log filter, the API keys file, and the TLS
+/// certificate and key (readable, matching, within their validity); returns what it read.
+/// `found` holds what reading the file found already (unknown keys). The rules, the
+/// environment and the log filter are reported together, so a missing variable shows up in the
+/// same pass as a bad value; the files are read once those pass.
+fn finish_config(config: &mut Config, found: Vec<ConfigError>) -> Result<Loaded, ConfigErrors> {
+    let mut errors = found;
+    if let Err(ConfigErrors(mut broken)) = config.validate() {
+        errors.append(&mut broken);
+    }
+    if let Err(ConfigErrors(mut missing)) = config.resolve_secrets(|name| std::env::var(name).ok())
+    {
+        errors.append(&mut missing);
+    }
+    if let Err(message) = logging::parse_filter(&config.log.level) {
+        errors.push(ConfigError {
             path: "log.level".into(),
             message,
-        }])
-    })?;
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
     let keys = Keys::from_config(&config.auth)?;
     let tls = ServerTls::from_config(&config.tls).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -213,8 +233,8 @@ fn finish_config(config: &mut Config) -> Result<Loaded, ConfigErrors> {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    let result = read_config_file(path).and_then(|mut config| {
-        let loaded = finish_config(&mut config)?;
+    let result = read_config_file(path).and_then(|(mut config, found)| {
+        let loaded = finish_config(&mut config, found)?;
         // Printing fails only for a config validate() rejects; report it as a config error.
         let printed = config.to_redacted_toml().map_err(ConfigErrors::from)?;
         let keys_line = loaded
@@ -302,24 +322,28 @@ pub fn hash_key(input: &mut impl Read, output: &mut impl Write) -> ExitCode {
 
 fn serve(cli: Cli, huge_pages: sys::HugePages) -> ExitCode {
     let demo = cli.config.is_none() && cli.upstream.is_none();
-    let mut config = match &cli.config {
+    let (mut config, found) = match &cli.config {
         Some(path) => match read_config_file(path) {
-            Ok(config) => config,
+            Ok(read) => read,
             Err(errors) => {
                 print_config_errors(&path.display().to_string(), &errors);
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        None => Config::default(),
+        None => (Config::default(), Vec::new()),
     };
     if let Err(errors) = apply_overrides(&mut config, &cli, demo) {
         print_config_errors("command line", &errors);
         return ExitCode::from(EXIT_CONFIG);
     }
-    let loaded = match finish_config(&mut config) {
+    let loaded = match finish_config(&mut config, found) {
         Ok(loaded) => loaded,
         Err(errors) => {
-            print_config_errors("effective configuration", &errors);
+            let source = match &cli.config {
+                Some(path) => format!("{} with the command line", path.display()),
+                None => "effective configuration".to_owned(),
+            };
+            print_config_errors(&source, &errors);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -374,6 +398,22 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
                 message,
             }])
         })?;
+    }
+    if let Some(names) = &cli.forward_headers {
+        if !config.upstreams.is_empty() {
+            return Err(ConfigErrors(vec![ConfigError {
+                path: "--forward-headers".into(),
+                message: "sets forward_headers of the single [upstream], but the config file \
+                          has [[upstreams]]; set forward_headers in the file instead"
+                    .into(),
+            }]));
+        }
+        // Checked with the rest of the config (upstream.forward_headers' rules).
+        config.upstream.forward_headers = names
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
     }
     if let Some(format) = cli.log_format {
         config.log.format = format;

@@ -1261,6 +1261,19 @@ impl Config {
         }
     }
 
+    /// Parses one TOML document without judging it yet: the config as read and the keys the
+    /// schema does not know (each an error with its hint). For a caller that adds overrides
+    /// and then reports every problem in one pass, the environment's among them (the command
+    /// line: [`Config::validate`] and [`Config::resolve_secrets`] after its overrides).
+    /// Errors: only those that leave no config (a syntax error, type errors).
+    pub fn read_toml(text: &str) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let load::Read {
+            config,
+            unknown_keys,
+        } = load::deserialize(text)?;
+        Ok((config, unknown_keys))
+    }
+
     /// Every semantic rule of the schema (ranges, cross-field rules), on the
     /// final config: [`Config::from_toml_str`] runs it after deserializing,
     /// and the command line again after its overrides. Reports every problem

@@ -478,3 +478,74 @@ async fn both_listeners_get_the_configured_backlog() {
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.exit_code().await, 0);
 }
+
+/// A missing environment variable is reported in the same pass as the file's other problems
+/// (unknown keys, bad values), not only once they are fixed; by check-config and by serving.
+#[tokio::test]
+async fn a_missing_variable_is_reported_with_every_other_error() {
+    let file = temp_file(
+        "missing-and-bad.toml",
+        "bogus = 1\n[upstream]\napi_key_env = \"TIDEGATE_UNSET_KEY_VAR\"\n\
+         [limits]\nmax_body_bytes = 0\n[admin]\ntoken_env = \"TIDEGATE_UNSET_TOKEN_VAR\"\n",
+    );
+    for args in [
+        vec!["check-config", file.to_str().unwrap()],
+        vec!["--config", file.to_str().unwrap()],
+    ] {
+        let (code, _, err) = run(&args, &[]).await;
+        assert_eq!(code, 64, "{args:?}: {err}");
+        for path in [
+            "bogus",
+            "limits.max_body_bytes",
+            "upstream.api_key_env",
+            "admin.token_env",
+        ] {
+            assert!(err.contains(path), "{args:?}: an error for {path}:\n{err}");
+        }
+    }
+}
+
+/// `--forward-headers` lets the mock's per-request settings through with `--upstream`, no
+/// config file needed; names are checked as `upstream.forward_headers` is.
+#[tokio::test]
+async fn forward_headers_by_flag_reach_the_upstream() {
+    let env = start().await; // only its mock is used here
+    let upstream = format!("http://{}/v1", env.mock);
+    let mut gw = Running::spawn(&[
+        "--upstream",
+        &upstream,
+        "--forward-headers",
+        "x-mock-chunks, x-mock-chunk-delay-ms",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let gateway = gw.listening_on().await;
+    let (_conn, body) = open_stream(
+        gateway,
+        "mock-1",
+        &[("x-mock-chunks", "2"), ("x-mock-chunk-delay-ms", "1")],
+    )
+    .await;
+    let data = sse_data(&read_to_end(body).await);
+    let content = data
+        .iter()
+        .filter(|d| d.contains("\"content\":\"") && !d.contains("\"content\":\"\""))
+        .count();
+    // The mock's default is 24 chunks: only the forwarded header makes it 2.
+    assert_eq!(content, 2, "{data:?}");
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.exit_code().await, 0);
+
+    let (code, _, err) = run(
+        &[
+            "--upstream",
+            &upstream,
+            "--forward-headers",
+            "authorization",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 64);
+    assert!(err.contains("upstream.forward_headers"), "{err}");
+}
