@@ -21,12 +21,14 @@ fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-fn read(relative: &str) -> String {
+/// A file of the repository, by its path from the root (`deploy/tidegate.toml`).
+pub(crate) fn read(relative: &str) -> String {
     std::fs::read_to_string(repo_path(relative))
         .unwrap_or_else(|e| panic!("reading {relative}: {e}"))
 }
 
-fn production_config() -> Config {
+/// `deploy/tidegate.toml`, parsed and checked (secrets are not read).
+pub(crate) fn production_config() -> Config {
     Config::from_toml_str(&read("deploy/tidegate.toml"))
         .unwrap_or_else(|e| panic!("deploy/tidegate.toml: {e:?}"))
 }

@@ -25,30 +25,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
+use crate::deploy::{production_config, read};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
 const ADMIN_TOKEN: &str = "fleet-test-admin-token-0123456789";
 /// nginx leaves an instance that failed out for this long (`fail_timeout` in tidegate.conf): a
 /// restarted instance gets traffic again within it.
 const NGINX_FAIL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The shipped file `deploy/<name>`.
-fn shipped(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// `text` with `from` replaced by `to`; `from` must occur exactly once.
-fn replace_once(text: &str, from: &str, to: &str, file: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "{file} should contain `{from}` once: the test renders the shipped file by replacing it"
-    );
-    text.replacen(from, to, 1)
-}
 
 /// `text` with every `from` replaced by `to`; `from` must occur exactly `count` times.
 fn replace_each(text: &str, from: &str, to: &str, count: usize, file: &str) -> String {
@@ -212,7 +195,7 @@ impl Nginx {
     async fn start(dir: &Path, instances: [SocketAddr; 2]) -> Nginx {
         let port = free_port().await;
         let d = dir.display();
-        let mut main = shipped("nginx/nginx.conf");
+        let mut main = read("deploy/nginx/nginx.conf");
         for (from, to) in [
             ("pid /run/nginx.pid;", format!("pid {d}/nginx.pid;")),
             (
@@ -233,14 +216,14 @@ impl Nginx {
                 ),
             ),
         ] {
-            main = replace_once(&main, from, &to, "deploy/nginx/nginx.conf");
+            main = replace_each(&main, from, &to, 1, "deploy/nginx/nginx.conf");
         }
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             // Only root can switch users; nginx would warn and carry on as this user anyway.
-            main = replace_once(&main, "user www-data;", "", "deploy/nginx/nginx.conf");
+            main = replace_each(&main, "user www-data;", "", 1, "deploy/nginx/nginx.conf");
         }
-        let mut site = shipped("nginx/tidegate.conf");
+        let mut site = read("deploy/nginx/tidegate.conf");
         // Each instance is in both upstream blocks (the second without failure accounting).
         for (i, shipped_addr) in ["127.0.0.1:8081 ", "127.0.0.1:8082 "].iter().enumerate() {
             site = replace_each(
@@ -261,7 +244,7 @@ impl Nginx {
                 format!("access_log {d}/tidegate.access.log tidegate;"),
             ),
         ] {
-            site = replace_once(&site, from, &to, "deploy/nginx/tidegate.conf");
+            site = replace_each(&site, from, &to, 1, "deploy/nginx/tidegate.conf");
         }
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, main).unwrap();
@@ -360,7 +343,7 @@ impl Fleet {
         tokio::spawn(MockUpstream::new(mock).serve(mock_listener, mock_stop.clone()));
 
         let config = dir.join("tidegate.toml");
-        std::fs::write(&config, adjust(shipped("tidegate.toml"))).unwrap();
+        std::fs::write(&config, adjust(read("deploy/tidegate.toml"))).unwrap();
         let mut instances = Vec::new();
         for i in 0..2 {
             let log = dir.join(format!("tidegate-{i}-start-0.log"));
@@ -631,12 +614,19 @@ async fn per_address_limits_hold_exactly_through_nginx_with_two_instances() {
     };
     let fleet = Fleet::start("limits", mock, |toml| {
         let file = "deploy/tidegate.toml";
-        let toml = replace_once(&toml, "\nmax_streams = 20\n", "\nmax_streams = 2\n", file);
-        let toml = replace_once(&toml, "\nburst = 20\n", "\nburst = 4\n", file);
-        replace_once(
+        let toml = replace_each(
+            &toml,
+            "\nmax_streams = 20\n",
+            "\nmax_streams = 2\n",
+            1,
+            file,
+        );
+        let toml = replace_each(&toml, "\nburst = 20\n", "\nburst = 4\n", 1, file);
+        replace_each(
             &toml,
             "\nrequests_per_second = 5\n",
             "\nrequests_per_second = 1\n",
+            1,
             file,
         )
     })
@@ -817,7 +807,7 @@ async fn a_request_on_a_connection_an_instance_just_closed_goes_to_another_insta
         MockUpstream::new(MockSettings::default()).serve(mock_listener, mock_stop.clone()),
     );
     let config = dir.join("tidegate.toml");
-    std::fs::write(&config, shipped("tidegate.toml")).unwrap();
+    std::fs::write(&config, read("deploy/tidegate.toml")).unwrap();
     let instance = Instance::start(
         &config,
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -959,10 +949,9 @@ fn nginx_bytes(value: &str) -> u64 {
 /// other (no nginx needed): a change to either that breaks the pair fails here first.
 #[test]
 fn the_shipped_nginx_and_tidegate_settings_agree() {
-    let config = tidegate::config::Config::from_toml_str(&shipped("tidegate.toml"))
-        .unwrap_or_else(|e| panic!("deploy/tidegate.toml: {e}"));
-    let main = shipped("nginx/nginx.conf");
-    let site = shipped("nginx/tidegate.conf");
+    let config = production_config();
+    let main = read("deploy/nginx/nginx.conf");
+    let site = read("deploy/nginx/tidegate.conf");
     let seconds = |v: &str| humantime::parse_duration(v).unwrap_or_else(|e| panic!("{v}: {e}"));
 
     // nginx closes an idle connection to an instance before the instance does (tidegate closes
