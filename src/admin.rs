@@ -25,9 +25,10 @@ use crate::config::Secret;
 use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
-use crate::metrics::{Live, Metrics, TlsLive};
+use crate::metrics::{Live, Metrics, ResumeLive, TlsLive};
 use crate::refusal::RefusalCounts;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
+use crate::relay::resume::ResumeStore;
 use crate::resilience::breaker::BreakerState;
 use crate::resilience::budget::BudgetSnapshot;
 use crate::response::{self, method_not_allowed, require_method};
@@ -89,6 +90,8 @@ pub struct AdminApi {
     pub max_streams: u64,
     /// The API listener's TLS, for its handshake counts and certificate expiry.
     pub tls: Option<Arc<ServerTls>>,
+    /// The resumable streams (`[resume]`), for their metrics.
+    pub resume: Option<Arc<ResumeStore>>,
 }
 
 impl AdminApi {
@@ -180,6 +183,21 @@ impl AdminApi {
                     reloads_ok: r.reloads_ok,
                     reloads_failed: r.reloads_failed,
                     certificate_expiry: r.not_after,
+                }
+            }),
+            resume: self.resume.as_ref().map(|store| {
+                let s = store.stats();
+                ResumeLive {
+                    streams: s.streams,
+                    detached_streams: s.detached_now,
+                    replay_bytes: s.replay_bytes,
+                    memory_budget: store.memory_budget() as u64,
+                    resumed: s.resumed,
+                    not_found: s.not_found,
+                    window_exceeded: s.window_exceeded,
+                    detached: s.detached,
+                    expired: s.expired,
+                    evicted_bytes: s.evicted_bytes,
                 }
             }),
         }

@@ -17,9 +17,11 @@ use crate::refusal::{Reason, REFUSAL_LOG_EVERY};
 /// The methods the API answers, for `Access-Control-Allow-Methods`.
 const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, POST");
 /// Request headers a page may send, beyond the CORS-safelisted ones: what the OpenAI SDKs and
-/// browsers send. The SDKs' `x-stainless-*` headers are matched by [`STAINLESS_PREFIX`].
-const ALLOWED_REQUEST_HEADERS: [&str; 8] = [
+/// browsers send, and a resume's (`Last-Event-ID`, which an `EventSource` sets itself). The SDKs' `x-stainless-*` headers are matched by [`STAINLESS_PREFIX`].
+const ALLOWED_REQUEST_HEADERS: [&str; 10] = [
     "authorization",
+    "last-event-id",
+    "x-tidegate-resume-token",
     "content-type",
     "openai-beta",
     "openai-organization",
@@ -29,10 +31,11 @@ const ALLOWED_REQUEST_HEADERS: [&str; 8] = [
     "accept",
 ];
 const STAINLESS_PREFIX: &str = "x-stainless-";
-/// Response headers a page's script may read: the request and stream ids, and what the SDKs
-/// read to back off.
+/// Response headers a page's script may read: the request and stream ids, the resume token,
+/// and what the SDKs read to back off.
 const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static(
-    "x-request-id, x-tidegate-stream-id, x-tidegate-upstream, retry-after, retry-after-ms, \
+    "x-request-id, x-tidegate-stream-id, x-tidegate-resume-token, x-tidegate-upstream, \
+     retry-after, retry-after-ms, \
      x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests",
 );
 /// The most request headers a preflight may ask for; more is not a browser.

@@ -107,6 +107,13 @@ pub enum GatewayError {
     SlowClient,
     #[error("No live stream has the id '{0}'.")]
     StreamNotFound(String),
+    /// A resume of a stream this instance does not have: unknown, expired, on another instance,
+    /// or the token (or API key) does not match; which of them is not said. Shares its code
+    /// with [`GatewayError::StreamNotFound`].
+    #[error("No resumable stream has the id '{0}' with this token: it is unknown, it has expired, or the token does not match. Start a new request.")]
+    ResumeNotFound(String),
+    #[error("The events after id {last_event_id} are no longer kept for this stream (the oldest kept is {oldest}); start a new request.")]
+    ResumeWindowExceeded { last_event_id: u64, oldest: u64 },
     #[error("The admin API needs 'Authorization: Bearer <admin token>'.")]
     AdminUnauthorized,
 }
@@ -347,11 +354,17 @@ impl GatewayError {
                 "slow_client",
                 None,
             ),
-            StreamNotFound(_) => (
+            StreamNotFound(_) | ResumeNotFound(_) => (
                 StatusCode::NOT_FOUND,
                 INVALID_REQUEST,
                 "stream_not_found",
                 None,
+            ),
+            ResumeWindowExceeded { .. } => (
+                StatusCode::CONFLICT,
+                INVALID_REQUEST,
+                "resume_window_exceeded",
+                Some("last_event_id"),
             ),
             AdminUnauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -523,8 +536,17 @@ mod tests {
             GatewayError::TerminatedByAdmin,
             GatewayError::SlowClient,
             GatewayError::StreamNotFound(String::new()),
+            GatewayError::ResumeWindowExceeded {
+                last_event_id: 0,
+                oldest: 0,
+            },
             GatewayError::AdminUnauthorized,
         ];
+        // The one shared code: a resume and the admin API both say the stream is not here.
+        assert_eq!(
+            GatewayError::ResumeNotFound(String::new()).code(),
+            GatewayError::StreamNotFound(String::new()).code()
+        );
         let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();
         codes.dedup();

@@ -22,6 +22,7 @@ use crate::error::GatewayError;
 use crate::heartbeat::Scheduler;
 use crate::metrics::{Metrics, MetricsError};
 use crate::registry::{EndReason, Registry};
+use crate::relay::resume::ResumeStore;
 use crate::relay::Relay;
 use crate::response;
 use crate::router::{AdminRoutes, ApiRoutes};
@@ -254,14 +255,25 @@ pub async fn run_with_keys_and_tls(
     tls: Option<Arc<ServerTls>>,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new(&config.metrics)?;
-    let metrics = Arc::new(match tls {
+    let metrics = match tls {
         Some(_) => metrics.with_tls()?,
         None => metrics,
+    };
+    let metrics = Arc::new(match config.resume.enabled {
+        true => metrics.with_resume()?,
+        false => metrics,
     });
     let backends = Arc::new(Backends::new(&config));
     let cors = Cors::from_config(&config.cors).map(Arc::new);
     let admission = Arc::new(Admission::new(&config.limits).with_keys(keys));
-    let registry = Arc::new(Registry::new(&backends.names()));
+    let registry = Arc::new(Registry::with_instance(
+        &backends.names(),
+        config.resume.instance_id.as_deref(),
+    ));
+    let resume = config
+        .resume
+        .enabled
+        .then(|| Arc::new(ResumeStore::new(&config.resume, registry.clone())));
     let api_connections = Arc::new(ConnectionCounts::default());
     let client_ip = ClientIp::with_header(
         &config.client_ip.trusted_proxies,
@@ -298,6 +310,7 @@ pub async fn run_with_keys_and_tls(
                     upstreams,
                     limits: config.limits.clone(),
                     metrics: metrics.clone(),
+                    resume: resume.clone(),
                 }),
                 cors.clone(),
             ))
@@ -336,6 +349,9 @@ pub async fn run_with_keys_and_tls(
     let scheduler =
         tokio::spawn(Scheduler::new(&config.streams).run(registry.clone(), scheduler_stop.clone()));
     tokio::spawn(prune_admission(admission.clone(), scheduler_stop.clone()));
+    if let Some(resume) = &resume {
+        tokio::spawn(resume.clone().run_sweeper(scheduler_stop.clone()));
+    }
     if let Some(tls) = &tls {
         tokio::spawn(
             tls.clone()
@@ -381,6 +397,7 @@ pub async fn run_with_keys_and_tls(
             metrics,
             max_streams: u64::from(config.limits.max_streams),
             tls: tls.clone(),
+            resume: resume.clone(),
         }));
         admin_tasks.spawn(server::accept_loop(
             listener,

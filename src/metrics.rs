@@ -65,6 +65,39 @@ pub const TLS_RELOADS_TOTAL: &str = "tidegate_tls_certificate_reloads_total";
 /// stops being valid (Unix seconds), for the expiry alert.
 pub const TLS_CERTIFICATE_EXPIRY: &str = "tidegate_tls_certificate_expiry_timestamp_seconds";
 
+/// `tidegate_resume_streams`: resumable streams held now (live or finished and retained).
+pub const RESUME_STREAMS: &str = "tidegate_resume_streams";
+/// `tidegate_resume_detached_streams`: resumable streams generating with no client attached.
+pub const RESUME_DETACHED_STREAMS: &str = "tidegate_resume_detached_streams";
+/// `tidegate_resume_replay_bytes`: event bytes kept for replay, against `resume.memory_budget`.
+pub const RESUME_REPLAY_BYTES: &str = "tidegate_resume_replay_bytes";
+/// `tidegate_resume_memory_budget_bytes`: `resume.memory_budget`.
+pub const RESUME_MEMORY_BUDGET: &str = "tidegate_resume_memory_budget_bytes";
+/// `tidegate_resume_requests_total{result}`: resumes, by result (`resumed`, `not_found`,
+/// `window_exceeded`).
+pub const RESUME_REQUESTS_TOTAL: &str = "tidegate_resume_requests_total";
+/// `tidegate_resume_detached_total`: clients that left a live resumable stream (each starts a
+/// `detach_grace`).
+pub const RESUME_DETACHED_TOTAL: &str = "tidegate_resume_detached_total";
+/// `tidegate_resume_expired_total`: detached streams cancelled upstream because nobody resumed
+/// them within the grace (or the drain began).
+pub const RESUME_EXPIRED_TOTAL: &str = "tidegate_resume_expired_total";
+/// `tidegate_resume_evicted_bytes_total`: event bytes dropped from replay buffers to stay within
+/// `max_bytes_per_stream` or `memory_budget`.
+pub const RESUME_EVICTED_BYTES_TOTAL: &str = "tidegate_resume_evicted_bytes_total";
+
+/// The families exported only with `[resume]` on.
+pub const RESUME_NAMES: [&str; 8] = [
+    RESUME_STREAMS,
+    RESUME_DETACHED_STREAMS,
+    RESUME_REPLAY_BYTES,
+    RESUME_MEMORY_BUDGET,
+    RESUME_REQUESTS_TOTAL,
+    RESUME_DETACHED_TOTAL,
+    RESUME_EXPIRED_TOTAL,
+    RESUME_EVICTED_BYTES_TOTAL,
+];
+
 /// The families exported only when the API listener terminates TLS.
 pub const TLS_NAMES: [&str; 3] = [
     TLS_HANDSHAKES_TOTAL,
@@ -152,8 +185,17 @@ pub const RELAY_DELAY_BUCKETS: [f64; 12] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 ];
 
+/// The `result` label's values of `tidegate_resume_requests_total`.
+pub const RESUME_RESULTS: [&str; 3] = ["resumed", "not_found", "window_exceeded"];
+
 /// The API routes, the `route` label's values.
-pub const ROUTES: [&str; 4] = ["chat_completions", "completions", "embeddings", "models"];
+pub const ROUTES: [&str; 5] = [
+    "chat_completions",
+    "completions",
+    "embeddings",
+    "models",
+    "streams",
+];
 
 /// What the gateway observes as things happen, and renders with what it reads at scrape time.
 pub struct Metrics {
@@ -192,6 +234,35 @@ pub struct Metrics {
     scrape: Mutex<()>,
     /// With `[tls]` ([`Metrics::with_tls`]).
     tls: Option<TlsFamilies>,
+    /// With `[resume]` ([`Metrics::with_resume`]).
+    resume: Option<ResumeFamilies>,
+}
+
+/// The resume families, read at scrape time ([`ResumeLive`]).
+struct ResumeFamilies {
+    streams: IntGauge,
+    detached_streams: IntGauge,
+    replay_bytes: IntGauge,
+    memory_budget: IntGauge,
+    requests_total: IntCounterVec,
+    detached_total: IntCounter,
+    expired_total: IntCounter,
+    evicted_bytes_total: IntCounter,
+}
+
+/// The resume store's counts, read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResumeLive {
+    pub streams: u64,
+    pub detached_streams: u64,
+    pub replay_bytes: u64,
+    pub memory_budget: u64,
+    pub resumed: u64,
+    pub not_found: u64,
+    pub window_exceeded: u64,
+    pub detached: u64,
+    pub expired: u64,
+    pub evicted_bytes: u64,
 }
 
 /// The TLS families, read at scrape time ([`TlsLive`]).
@@ -252,6 +323,8 @@ pub struct Live {
     pub max_streams: u64,
     /// With `[tls]`.
     pub tls: Option<TlsLive>,
+    /// With `[resume]`.
+    pub resume: Option<ResumeLive>,
 }
 
 /// A metric definition the crate refused: only a programming error (a bad name or label) can
@@ -397,6 +470,7 @@ impl Metrics {
             ended: EndedStreams::default(),
             scrape: Mutex::new(()),
             tls: None,
+            resume: None,
         };
         let build_info = gauge_vec(BUILD_INFO, "The gateway's version; always 1.", &["version"])?;
         build_info
@@ -481,6 +555,58 @@ impl Metrics {
             families.reloads_total.with_label_values(&[result]);
         }
         self.tls = Some(families);
+        Ok(self)
+    }
+
+    /// The metrics with the resume families ([`RESUME_NAMES`]) too, for `[resume]` on.
+    pub fn with_resume(mut self) -> Result<Metrics, MetricsError> {
+        let families = ResumeFamilies {
+            streams: IntGauge::new(
+                RESUME_STREAMS,
+                "Resumable streams held: live, or finished and retained.",
+            )?,
+            detached_streams: IntGauge::new(
+                RESUME_DETACHED_STREAMS,
+                "Resumable streams generating with no client attached.",
+            )?,
+            replay_bytes: IntGauge::new(RESUME_REPLAY_BYTES, "Event bytes kept for replay.")?,
+            memory_budget: IntGauge::new(RESUME_MEMORY_BUDGET, "resume.memory_budget.")?,
+            requests_total: IntCounterVec::new(
+                Opts::new(RESUME_REQUESTS_TOTAL, "Resume requests, by result."),
+                &["result"],
+            )?,
+            detached_total: IntCounter::new(
+                RESUME_DETACHED_TOTAL,
+                "Clients that left a live resumable stream.",
+            )?,
+            expired_total: IntCounter::new(
+                RESUME_EXPIRED_TOTAL,
+                "Detached streams cancelled: nobody resumed them within resume.detach_grace.",
+            )?,
+            evicted_bytes_total: IntCounter::new(
+                RESUME_EVICTED_BYTES_TOTAL,
+                "Event bytes dropped from replay buffers to stay within their limits.",
+            )?,
+        };
+        self.registry.register(Box::new(families.streams.clone()))?;
+        self.registry
+            .register(Box::new(families.detached_streams.clone()))?;
+        self.registry
+            .register(Box::new(families.replay_bytes.clone()))?;
+        self.registry
+            .register(Box::new(families.memory_budget.clone()))?;
+        self.registry
+            .register(Box::new(families.requests_total.clone()))?;
+        self.registry
+            .register(Box::new(families.detached_total.clone()))?;
+        self.registry
+            .register(Box::new(families.expired_total.clone()))?;
+        self.registry
+            .register(Box::new(families.evicted_bytes_total.clone()))?;
+        for result in RESUME_RESULTS {
+            families.requests_total.with_label_values(&[result]);
+        }
+        self.resume = Some(families);
         Ok(self)
     }
 
@@ -653,6 +779,25 @@ impl Metrics {
                 catch_up(&families.reloads_total.with_label_values(&[result]), count);
             }
             families.certificate_expiry.set(tls.certificate_expiry);
+        }
+        if let (Some(families), Some(resume)) = (&self.resume, &live.resume) {
+            families.streams.set(saturating_i64(resume.streams));
+            families
+                .detached_streams
+                .set(saturating_i64(resume.detached_streams));
+            families
+                .replay_bytes
+                .set(saturating_i64(resume.replay_bytes));
+            families
+                .memory_budget
+                .set(saturating_i64(resume.memory_budget));
+            let results = [resume.resumed, resume.not_found, resume.window_exceeded];
+            for (result, count) in RESUME_RESULTS.into_iter().zip(results) {
+                catch_up(&families.requests_total.with_label_values(&[result]), count);
+            }
+            catch_up(&families.detached_total, resume.detached);
+            catch_up(&families.expired_total, resume.expired);
+            catch_up(&families.evicted_bytes_total, resume.evicted_bytes);
         }
         let mut out = Vec::with_capacity(16 * 1024);
         // Text encoding into a Vec fails only on a metric the crate itself built wrongly.

@@ -8,15 +8,16 @@
 //! The heartbeat scheduler, the admin API and the drain only read and signal; the body itself
 //! writes every byte, so a heartbeat or a final error event always lands between two events.
 //!
-//! Room for resumable streams: the handle is where a stream's last event id and a bounded replay
-//! buffer will live, and stream ids carry the instance they belong to so that a fleet can route
-//! a resume to the right instance.
+//! Stream ids carry the instance they belong to (`resume.instance_id`) so that a fleet can route
+//! a resume to the right instance. A resumable stream's replay buffer is not here but in
+//! `relay::resume`: the registry lists live streams, and a stream resumed on a new connection
+//! only moves its handle to that connection ([`StreamHandle::move_to_connection`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Context;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -169,11 +170,23 @@ impl Registry {
     /// `upstream_names` are the configured upstreams, in order: a stream names the one serving
     /// it by index ([`StreamHandle::set_upstream`]).
     pub fn new(upstream_names: &[&str]) -> Registry {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(std::process::id().into());
+        Registry::with_instance(upstream_names, None)
+    }
+
+    /// Like [`Registry::new`], naming this instance `instance` in stream ids (else a random
+    /// name, new with every process). The name is checked by the config (`resume.instance_id`).
+    pub fn with_instance(upstream_names: &[&str], instance: Option<&str>) -> Registry {
+        let instance = match instance {
+            Some(name) => name.to_owned(),
+            None => {
+                let mut hasher = RandomState::new().build_hasher();
+                hasher.write_u64(std::process::id().into());
+                format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+            }
+        };
         Registry {
             streams: DashMap::new(),
-            instance: format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff),
+            instance,
             next_seq: AtomicU64::new(1),
             epoch: Instant::now(),
             epoch_unix_ms: SystemTime::now()
@@ -214,7 +227,7 @@ impl Registry {
             signals: AtomicU8::new(0),
             end_reason: AtomicU8::new(0),
             waker: AtomicWaker::new(),
-            connection: new.connection,
+            connection: Mutex::new(new.connection),
         });
         self.streams.insert(seq, handle.clone());
         StreamEntry {
@@ -225,13 +238,19 @@ impl Registry {
 
     /// The stream with this id, if it is live on this instance.
     pub fn get(&self, id: &str) -> Option<Arc<StreamHandle>> {
+        let seq = self.local_seq(id)?;
+        self.streams.get(&seq).map(|h| h.value().clone())
+    }
+
+    /// The number of the stream this id names, if the id is one of this instance's (whether or
+    /// not the stream is still live).
+    pub fn local_seq(&self, id: &str) -> Option<u64> {
         let rest = id.strip_prefix(STREAM_ID_PREFIX)?;
-        let (instance, seq) = rest.split_once('_')?;
+        let (instance, seq) = rest.rsplit_once('_')?;
         if instance != self.instance {
             return None;
         }
-        let seq: u64 = seq.parse().ok()?;
-        self.streams.get(&seq).map(|h| h.value().clone())
+        seq.parse().ok()
     }
 
     pub fn len(&self) -> usize {
@@ -343,7 +362,9 @@ pub struct StreamHandle {
     /// Wakes whatever currently drives the stream: the request handler while it waits for the
     /// upstream's headers, then the connection task polling the response body.
     waker: AtomicWaker,
-    connection: Option<ConnectionInfo>,
+    /// The client connection the stream is sent on: a resumed stream moves to the resuming
+    /// client's connection ([`StreamHandle::move_to_connection`]).
+    connection: Mutex<Option<ConnectionInfo>>,
 }
 
 impl StreamHandle {
@@ -394,7 +415,10 @@ impl StreamHandle {
     }
 
     pub fn protocol(&self) -> Option<Protocol> {
-        self.connection.as_ref().map(|c| c.protocol)
+        self.connection
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.protocol))
     }
 
     pub fn state(&self) -> StreamState {
@@ -528,10 +552,22 @@ impl StreamHandle {
         if self.signals.fetch_or(SIGNAL_CUT, Ordering::AcqRel) & SIGNAL_CUT != 0 {
             return false;
         }
-        if let Some(connection) = &self.connection {
-            connection.close.cancel();
+        if let Ok(connection) = self.connection.lock() {
+            if let Some(connection) = connection.as_ref() {
+                connection.close.cancel();
+            }
         }
         true
+    }
+
+    /// A resumed stream is now sent on `connection`: the one a slow-client cut closes. The
+    /// stall clock starts afresh, and a cut of the old connection no longer counts.
+    pub fn move_to_connection(&self, connection: Option<ConnectionInfo>) {
+        if let Ok(mut current) = self.connection.lock() {
+            *current = connection;
+        }
+        self.blocked_since_ms.store(NEVER, Ordering::Relaxed);
+        self.signals.fetch_and(!SIGNAL_CUT, Ordering::AcqRel);
     }
 }
 

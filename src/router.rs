@@ -24,6 +24,12 @@ use crate::request_id;
 use crate::response::{self, method_not_allowed};
 use crate::server::Handler;
 
+/// Where resumable streams are picked back up: `GET /v1/streams/{id}`.
+pub const STREAMS_PATH: &str = "/v1/streams/";
+
+/// The `route` label of resumes in the metrics (one of [`metrics::ROUTES`]).
+const RESUME_ROUTE: &str = "streams";
+
 /// The client-facing listener: the OpenAI-compatible API plus health checks, and the CORS
 /// policy (`None`: off). One per worker thread: it carries that worker's upstream client.
 #[derive(Clone)]
@@ -63,6 +69,16 @@ impl Handler for ApiRoutes {
                 if let Some(cors) = preflight {
                     return Ok(cors.preflight(request.headers(), peer.ip()));
                 }
+                if let Some(stream_id) = request.uri().path().strip_prefix(STREAMS_PATH) {
+                    if request.method() != Method::GET {
+                        return Err(method_not_allowed(&request, "GET"));
+                    }
+                    let stream_id = stream_id.to_owned();
+                    let started = Instant::now();
+                    let answer = relay::resume(&stream_id, request, &relay, peer).await;
+                    count_answer(&relay.metrics, RESUME_ROUTE, &answer, started);
+                    return answer;
+                }
                 let endpoint = match request.uri().path() {
                     "/v1/chat/completions" => Endpoint::ChatCompletions,
                     "/v1/completions" => Endpoint::Completions,
@@ -75,7 +91,7 @@ impl Handler for ApiRoutes {
                 }
                 let started = Instant::now();
                 let answer = relay::handle(endpoint, request, &relay, peer, &id).await;
-                count_answer(&relay.metrics, endpoint, &answer, started);
+                count_answer(&relay.metrics, endpoint.metric_route(), &answer, started);
                 answer
             }
         });
@@ -113,7 +129,7 @@ impl Handler for AdminRoutes {
 /// itself, its reason.
 fn count_answer(
     metrics: &Metrics,
-    endpoint: Endpoint,
+    route: &'static str,
     answer: &Result<Response<ResponseBody>, GatewayError>,
     started: Instant,
 ) {
@@ -121,14 +137,10 @@ fn count_answer(
         Ok(response) => {
             let streaming = response.headers().contains_key(relay::STREAM_ID_HEADER);
             let took = (!streaming).then(|| started.elapsed());
-            metrics.request_answered(endpoint.metric_route(), response.status(), took);
+            metrics.request_answered(route, response.status(), took);
         }
         Err(error) => {
-            metrics.request_answered(
-                endpoint.metric_route(),
-                error.status(),
-                Some(started.elapsed()),
-            );
+            metrics.request_answered(route, error.status(), Some(started.elapsed()));
             if let Some(reason) = metrics::rejection_reason(error.code()) {
                 metrics.rejected(reason);
             }

@@ -314,6 +314,70 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Which web pages on other origins may call the API from a browser (`[cors]`).
     pub cors: CorsConfig,
+    /// Streams a client can pick back up after its connection dropped (`[resume]`).
+    pub resume: ResumeConfig,
+}
+
+/// Default `resume.detach_grace`: 30 s, long enough for a phone to change networks and
+/// reconnect, short enough that an abandoned generation stops costing upstream tokens soon.
+pub const DEFAULT_RESUME_DETACH_GRACE: Duration = Duration::from_secs(30);
+/// Default `resume.retain_after_done`: 60 s, for a client that lost the last events of a
+/// finished stream to come back for them.
+pub const DEFAULT_RESUME_RETAIN_AFTER_DONE: Duration = Duration::from_secs(60);
+/// Longest `resume.detach_grace` and `resume.retain_after_done`: 1 hour. A detached stream holds
+/// its upstream request and stream slot, a retained one its replay buffer.
+pub const MAX_RESUME_HOLD: Duration = Duration::from_secs(3600);
+/// Default `resume.max_bytes_per_stream`: 1 MiB, a long answer (about 5,000 chat chunks of 200
+/// bytes) whole.
+pub const DEFAULT_RESUME_MAX_BYTES_PER_STREAM: usize = MIB as usize;
+/// Default `resume.memory_budget`: 256 MiB for all replay buffers together, 26 KiB a stream at
+/// 10,000 streams.
+pub const DEFAULT_RESUME_MEMORY_BUDGET: usize = 256 * MIB as usize;
+/// Allowed `resume.memory_budget`: 1 MiB to 64 GiB.
+pub const RESUME_MEMORY_BUDGET_RANGE: RangeInclusive<u64> = MIB..=64 * 1024 * MIB;
+/// Longest `resume.instance_id`: it is in every stream id.
+pub const MAX_INSTANCE_ID_CHARS: usize = 32;
+
+/// `[resume]`: resumable streams. With it on, every relayed event carries `id: <n>`, a stream's
+/// answer carries a resume token, and a client whose connection drops can pick the stream up
+/// again with `GET /v1/streams/{id}` while the generation goes on without it. Off by default:
+/// the relay is then byte for byte what the upstream sent.
+#[derive(Debug, Clone, PartialEq, Eq, SmartDefault, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [resume] section)")]
+pub struct ResumeConfig {
+    /// Whether streams can be resumed (`resume.enabled`). Default false.
+    pub enabled: bool,
+    /// This instance's name in stream ids, `st_<instance_id>_<n>` (`resume.instance_id`), so
+    /// that the proxy in front of a fleet can send a resume to the instance that owns the
+    /// stream (`deploy/nginx/tidegate.conf`). Letters, digits and `-`, at most
+    /// [`MAX_INSTANCE_ID_CHARS`]; unique in the fleet. Default: random per process.
+    pub instance_id: Option<String>,
+    /// How long a stream whose client went away keeps generating for a resume
+    /// (`resume.detach_grace`); then the upstream request is cancelled. Default
+    /// [`DEFAULT_RESUME_DETACH_GRACE`], at most [`MAX_RESUME_HOLD`].
+    #[default(DEFAULT_RESUME_DETACH_GRACE)]
+    #[serde(with = "formats::duration")]
+    pub detach_grace: Duration,
+    /// How long a finished stream stays resumable (`resume.retain_after_done`). Default
+    /// [`DEFAULT_RESUME_RETAIN_AFTER_DONE`], at most [`MAX_RESUME_HOLD`]; `0s` forgets a stream
+    /// when it ends.
+    #[default(DEFAULT_RESUME_RETAIN_AFTER_DONE)]
+    #[serde(with = "formats::duration")]
+    pub retain_after_done: Duration,
+    /// Most bytes of events one stream keeps for replay (`resume.max_bytes_per_stream`); older
+    /// events are dropped first, and a resume from before them gets `409
+    /// resume_window_exceeded`. At least `limits.max_event_bytes`. Default
+    /// [`DEFAULT_RESUME_MAX_BYTES_PER_STREAM`].
+    #[default(DEFAULT_RESUME_MAX_BYTES_PER_STREAM)]
+    #[serde(with = "formats::size")]
+    pub max_bytes_per_stream: usize,
+    /// Most bytes of events all streams together keep for replay (`resume.memory_budget`). Past
+    /// it, the oldest streams' oldest events are dropped first (counted in
+    /// `tidegate_resume_evicted_bytes_total`). At least `max_bytes_per_stream`. Default
+    /// [`DEFAULT_RESUME_MEMORY_BUDGET`], allowed [`RESUME_MEMORY_BUDGET_RANGE`].
+    #[default(DEFAULT_RESUME_MEMORY_BUDGET)]
+    #[serde(with = "formats::size")]
+    pub memory_budget: usize,
 }
 
 /// Default `cors.max_age`: 10 minutes, how long a browser may reuse a preflight's answer
@@ -1567,6 +1631,55 @@ impl Config {
             },
         );
 
+        let resume = &self.resume;
+        if let Some(id) = &resume.instance_id {
+            c.check("resume.instance_id", check_instance_id(id));
+        }
+        for (key, hold) in [
+            ("resume.detach_grace", resume.detach_grace),
+            ("resume.retain_after_done", resume.retain_after_done),
+        ] {
+            c.check(
+                key,
+                if hold > MAX_RESUME_HOLD {
+                    Err("must be at most 1h".to_owned())
+                } else if key == "resume.detach_grace" && hold.is_zero() {
+                    Err("must be greater than 0s (turn resume off with resume.enabled)".to_owned())
+                } else {
+                    check_whole_millis(hold)
+                },
+            );
+        }
+        // The sizes only matter with resume on (a larger max_event_bytes alone is fine).
+        if resume.enabled {
+            c.check(
+                "resume.max_bytes_per_stream",
+                if resume.max_bytes_per_stream < self.limits.max_event_bytes {
+                    Err(format!(
+                        "must be at least limits.max_event_bytes ({}), or the largest events \
+                         could never be replayed",
+                        self.limits.max_event_bytes
+                    ))
+                } else {
+                    Ok(())
+                },
+            );
+            c.check(
+                "resume.memory_budget",
+                check_size(
+                    usize_to_u64(resume.memory_budget),
+                    &RESUME_MEMORY_BUDGET_RANGE,
+                )
+                .and_then(|()| {
+                    if resume.memory_budget < resume.max_bytes_per_stream {
+                        Err("must be at least resume.max_bytes_per_stream".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            );
+        }
+
         let models = &self.metrics.models;
         c.check(
             "metrics.models",
@@ -2130,6 +2243,18 @@ fn check_admin_needs_no_token(admin: Option<SocketAddr>) -> Result<(), String> {
              127.0.0.1 or [::1]"
         )),
         _ => Ok(()),
+    }
+}
+
+/// `resume.instance_id`: it goes into stream ids (`st_<instance>_<n>`) and URLs, and the
+/// proxy's routing splits on `_`.
+fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.chars().count() > MAX_INSTANCE_ID_CHARS {
+        Err(format!("must be 1 to {MAX_INSTANCE_ID_CHARS} characters"))
+    } else if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Err("may hold only letters, digits and '-' (it is part of stream ids and URLs)".to_owned())
+    } else {
+        Ok(())
     }
 }
 

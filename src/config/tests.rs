@@ -113,6 +113,14 @@ handshake_timeout = "5s"
 allowed_origins = ["https://chat.example.com", "http://localhost:5173"]
 allow_credentials = true
 max_age = "1h"
+
+[resume]
+enabled = true
+instance_id = "eu-1"
+detach_grace = "45s"
+retain_after_done = "2m"
+max_bytes_per_stream = "512 KiB"
+memory_budget = "1 GiB"
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -309,6 +317,14 @@ fn full_file_sets_every_key() {
             ],
             allow_credentials: true,
             max_age: Duration::from_secs(3600),
+        },
+        resume: ResumeConfig {
+            enabled: true,
+            instance_id: Some("eu-1".to_owned()),
+            detach_grace: Duration::from_secs(45),
+            retain_after_done: Duration::from_secs(120),
+            max_bytes_per_stream: 512 * 1024,
+            memory_budget: 1024 * 1024 * 1024,
         },
     };
     assert_eq!(c, expected);
@@ -1062,8 +1078,8 @@ fn default_config_prints_every_key_and_round_trips() {
     // Absent optional keys are named in a comment, straight from the schema.
     assert!(
         printed.lines().any(|l| l
-            == "# not set: admin.listen, admin.token_env, auth.keys_file, tls.cert_file, \
-                tls.key_file, upstream.api_key_env, upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
+            == "# not set: admin.listen, admin.token_env, auth.keys_file, resume.instance_id, \
+                tls.cert_file, tls.key_file, upstream.api_key_env, upstream.ca_file, upstream.connect_timeout, upstream.first_byte_timeout, \
                 upstream.idle_timeout"),
         "{printed}"
     );
@@ -2772,4 +2788,60 @@ fn cors_origins_are_exact_browser_origins() {
         only_error("[cors]\nmax_age = \"25h\"\n").starts_with("cors.max_age: must be at most 24h")
     );
     assert!(only_error("[cors]\nmax_age = \"1500ms\"\n").contains("whole number of seconds"));
+}
+
+#[test]
+fn resume_settings_are_checked() {
+    let c = Config::default();
+    assert!(!c.resume.enabled);
+    assert_eq!(c.resume.detach_grace, Duration::from_secs(30));
+    assert_eq!(c.resume.retain_after_done, Duration::from_secs(60));
+    assert_eq!(c.resume.instance_id, None);
+    let cases = [
+        (
+            "[resume]\ninstance_id = \"a_b\"",
+            "resume.instance_id",
+            "letters, digits",
+        ),
+        (
+            "[resume]\ninstance_id = \"\"",
+            "resume.instance_id",
+            "1 to 32",
+        ),
+        (
+            "[resume]\ndetach_grace = \"0s\"",
+            "resume.detach_grace",
+            "greater than 0s",
+        ),
+        (
+            "[resume]\ndetach_grace = \"2h\"",
+            "resume.detach_grace",
+            "at most 1h",
+        ),
+        (
+            "[resume]\nretain_after_done = \"2h\"",
+            "resume.retain_after_done",
+            "at most 1h",
+        ),
+        (
+            "[resume]\nenabled = true\nmax_bytes_per_stream = \"1 KiB\"",
+            "resume.max_bytes_per_stream",
+            "limits.max_event_bytes",
+        ),
+        (
+            "[resume]\nenabled = true\nmax_bytes_per_stream = \"4 MiB\"\nmemory_budget = \"2 MiB\"",
+            "resume.memory_budget",
+            "at least resume.max_bytes_per_stream",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let errors = Config::from_toml_str(text).expect_err(text);
+        let shown = errors.to_string();
+        assert!(
+            shown.contains(key) && shown.contains(words),
+            "{text}: {shown}"
+        );
+    }
+    let ok = "[resume]\nretain_after_done = \"0s\"\ninstance_id = \"pod-7\"";
+    assert!(Config::from_toml_str(ok).is_ok());
 }

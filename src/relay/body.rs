@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::deadline::Deadlines;
+use super::resume::ResumableBody;
 use super::stream::SseRelay;
 use crate::error::GatewayError;
 use crate::upstream::body::UpstreamBody;
@@ -18,6 +19,9 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// A relayed event stream (boxed: it is several hundred bytes, and most responses are small).
     Sse(Box<SseRelay>),
+    /// A resumable event stream (`[resume]`): a resume's replay, then the relay while this
+    /// response holds it.
+    Resumable(Box<ResumableBody>),
     /// A non-streaming upstream body, relayed as it arrives.
     Passthrough(Passthrough),
 }
@@ -47,6 +51,12 @@ impl Body for ResponseBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            ResponseBody::Resumable(body) => match Pin::new(body.as_mut()).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
             ResponseBody::Passthrough(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -55,6 +65,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Sse(relay) => relay.is_end_stream(),
+            ResponseBody::Resumable(body) => body.is_end_stream(),
             ResponseBody::Passthrough(body) => body.is_end_stream(),
         }
     }
@@ -65,6 +76,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Sse(relay) => relay.size_hint(),
+            ResponseBody::Resumable(body) => body.size_hint(),
             ResponseBody::Passthrough(body) => body.size_hint(),
         }
     }

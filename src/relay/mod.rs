@@ -5,6 +5,7 @@ pub mod attempts;
 pub mod body;
 pub mod deadline;
 pub mod lifetime;
+pub mod resume;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use self::attempts::{Answered, Outgoing};
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
 use self::lifetime::{Outcome, StreamLifetime};
+use self::resume::{ResumeRequest, ResumeStore, RESUME_TOKEN_HEADER};
 use self::stream::{SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
 use crate::admission::Admission;
 use crate::client_ip::ClientIp;
@@ -53,6 +55,9 @@ pub struct Relay {
     pub limits: Limits,
     /// What is exported on `/metrics`: each stream's end, each request's answer, each attempt.
     pub metrics: Arc<Metrics>,
+    /// With `[resume]` on: the resumable streams, shared by all workers (a client may resume on
+    /// any connection).
+    pub resume: Option<Arc<ResumeStore>>,
 }
 
 /// The upstream API endpoints the gateway relays.
@@ -306,6 +311,7 @@ pub async fn handle(
         upstreams,
         limits,
         metrics,
+        resume,
     } = relay;
     // Before the body is read: a refused request costs a lookup and its answer. The address's
     // rate first (cheapest), then the API key (a hash and a lookup) and its rate.
@@ -398,7 +404,8 @@ pub async fn handle(
                 deadlines,
                 lifetime,
             );
-            let mut response = Response::new(ResponseBody::Sse(Box::new(relay)));
+            let mut response = Response::new(ResponseBody::from(Bytes::new()));
+            *response.body_mut() = sse_body(resume.as_ref(), relay, response.headers_mut());
             set_sse_headers(response.headers_mut(), stream_id);
             set_upstream_header(response.headers_mut(), upstream);
             return Ok(response);
@@ -426,18 +433,105 @@ pub async fn handle(
         .await;
     }
     let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
-    let mut response = Response::new(ResponseBody::Sse(Box::new(SseRelay::new(
-        up_body,
-        limits.max_event_bytes,
-        deadlines,
-        lifetime,
-    ))));
+    let relay = SseRelay::new(up_body, limits.max_event_bytes, deadlines, lifetime);
+    let mut response = Response::new(ResponseBody::from(Bytes::new()));
+    *response.body_mut() = sse_body(resume.as_ref(), relay, response.headers_mut());
     *response.status_mut() = up_parts.status;
     copy_upstream_headers(&up_parts.headers, response.headers_mut(), request_id);
     set_sse_headers(response.headers_mut(), stream_id);
     set_upstream_header(response.headers_mut(), upstream);
     Ok(response)
 }
+
+/// A stream's body: resumable when `[resume]` is on (its token then goes into `headers`),
+/// else the relay itself, byte for byte.
+fn sse_body(
+    resume: Option<&Arc<ResumeStore>>,
+    relay: SseRelay,
+    headers: &mut HeaderMap,
+) -> ResponseBody {
+    let Some(store) = resume else {
+        return ResponseBody::Sse(Box::new(relay));
+    };
+    match store.begin(Box::new(relay)) {
+        Ok((stream, body)) => {
+            if let Ok(token) = HeaderValue::from_str(stream.token()) {
+                headers.insert(RESUME_TOKEN_HEADER, token);
+            }
+            ResponseBody::Resumable(Box::new(body))
+        }
+        Err(relay) => ResponseBody::Sse(relay),
+    }
+}
+
+/// `GET /v1/streams/{id}`: picks a resumable stream back up. The token and the last event id
+/// the client received come as headers (`x-tidegate-resume-token`, `Last-Event-ID`) or, since
+/// `EventSource` can set no headers, as query parameters (`token`, `last_event_id`); the
+/// `Last-Event-ID` header wins, as an `EventSource` reconnecting to the same URL sends the
+/// newer id there. With API keys on, only the key that opened the stream may resume it.
+pub async fn resume(
+    stream_id: &str,
+    request: Request<Incoming>,
+    relay: &Relay,
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    relay.admission.check_rate(peer.ip())?;
+    let key = relay.admission.authenticate(request.headers(), peer.ip())?;
+    let Some(store) = &relay.resume else {
+        return Err(GatewayError::ResumeNotFound(
+            stream_id.chars().take(100).collect(),
+        ));
+    };
+    let headers = request.headers();
+    let mut token = headers
+        .get(RESUME_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut last_event_id = headers
+        .get(LAST_EVENT_ID)
+        .map(|v| v.to_str().map(str::to_owned).unwrap_or_default());
+    // Bounded: the query is part of the request head, itself limited.
+    for (name, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        match &*name {
+            "token" if token.is_none() => token = Some(value.into_owned()),
+            "last_event_id" if last_event_id.is_none() => last_event_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let last_event_id = match last_event_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| GatewayError::InvalidParameter {
+                    param: "last_event_id",
+                    expected: "a whole number: the id of the last event received".into(),
+                })?,
+        ),
+    };
+    let (stream, body) = store.resume(
+        ResumeRequest {
+            stream_id,
+            token: token.as_deref(),
+            last_event_id,
+            api_key: key.as_ref().map(|k| &**k.name()),
+        },
+        request.extensions().get::<ConnectionInfo>().cloned(),
+    )?;
+    tracing::Span::current().record("stream_id", stream.id());
+    tracing::info!(last_event_id, "stream resumed");
+    let mut response = Response::new(ResponseBody::Resumable(Box::new(body)));
+    set_sse_headers(
+        response.headers_mut(),
+        HeaderValue::from_str(stream.id()).ok(),
+    );
+    if let Ok(token) = HeaderValue::from_str(stream.token()) {
+        response.headers_mut().insert(RESUME_TOKEN_HEADER, token);
+    }
+    Ok(response)
+}
+
+/// The header an `EventSource` sends when it reconnects: the last event id it received.
+const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Names the upstream in the response (`x-tidegate-upstream`).
 fn set_upstream_header(headers: &mut HeaderMap, upstream: &Upstream) {

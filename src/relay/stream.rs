@@ -18,6 +18,7 @@
 //! response itself, and an upstream error becomes the final event.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -133,6 +134,80 @@ pub struct SseRelay<B = UpstreamBody> {
     /// When the sampled read's bytes came from the upstream; observed when the client's
     /// connection next asks for a frame, having taken them.
     sampled_read_at: Option<std::time::Instant>,
+    /// With resume on: the `id:` given to each event, and the events for the replay log. Boxed:
+    /// one pointer when off.
+    ids: Option<Box<EventIds>>,
+}
+
+/// A resumable stream's event ids. Every event the relay sends (the final error event and
+/// `[DONE]` included) gets an `id: <n>` line first, n = 1, 2, ...; an SSE client returns the
+/// last one it saw as `Last-Event-ID`. Comment blocks and heartbeats get none and are not kept.
+#[derive(Debug)]
+pub struct EventIds {
+    /// The id of the next event.
+    next: u64,
+    /// Blocks completed in the current read: (end offset in the read, dispatched an event).
+    ends: Vec<(usize, bool)>,
+    /// Where each tagged event lies in the frame being built: (id, start, end).
+    spans: Vec<(u64, usize, usize)>,
+    /// Events tagged and not yet taken into the replay log ([`SseRelay::drain_fresh_events`]):
+    /// (id, the event's bytes with its `id:` line).
+    fresh: Vec<(u64, Bytes)>,
+}
+
+impl EventIds {
+    fn new() -> EventIds {
+        EventIds {
+            next: 1,
+            ends: Vec::new(),
+            spans: Vec::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Writes `id: <next>` and `event` into `out`, and remembers where it lies.
+    fn tag_into(&mut self, out: &mut BytesMut, event: &[u8]) {
+        let start = out.len();
+        // Writing to a BytesMut cannot fail.
+        let _ = writeln!(out, "id: {}", self.next);
+        out.extend_from_slice(event);
+        self.spans.push((self.next, start, out.len()));
+        self.next += 1;
+    }
+
+    /// Moves the spans of the frozen frame into `fresh`, as slices of it.
+    fn keep(&mut self, frame: &Bytes) {
+        for (id, start, end) in self.spans.drain(..) {
+            self.fresh.push((id, frame.slice(start..end)));
+        }
+    }
+
+    /// The whole blocks of one read with an `id:` line before each event. `blocks` holds them
+    /// from its start; `self.ends` are their ends counted from `shift` bytes before it.
+    fn tag_blocks(&mut self, blocks: &Bytes, shift: isize) -> Bytes {
+        let mut out = BytesMut::with_capacity(blocks.len() + self.ends.len() * 16);
+        let mut start = 0;
+        let ends = std::mem::take(&mut self.ends);
+        for &(end, dispatched) in &ends {
+            let end = (end as isize + shift).clamp(start as isize, blocks.len() as isize) as usize;
+            let block = &blocks[start..end];
+            if dispatched {
+                // A block that starts with LF carries the second half of the CRLF that ended
+                // the one before (split across reads): that CR already ended the line, and the
+                // LF after our `id:` line would end the event early.
+                let block = block.strip_prefix(b"\n").unwrap_or(block);
+                self.tag_into(&mut out, block);
+            } else {
+                out.extend_from_slice(block);
+            }
+            start = end;
+        }
+        self.ends = ends;
+        self.ends.clear();
+        let frame = out.freeze();
+        self.keep(&frame);
+        frame
+    }
 }
 
 /// One upstream read in this many has its relay delay observed: the clock and the histogram
@@ -267,7 +342,64 @@ where
             lifetime,
             reads: 0,
             sampled_read_at: None,
+            ids: None,
         }
+    }
+
+    /// Turns on event ids (resume): see [`EventIds`].
+    pub fn with_event_ids(mut self) -> SseRelay<B> {
+        self.enable_event_ids();
+        self
+    }
+
+    /// Turns on event ids (resume), in place.
+    pub fn enable_event_ids(&mut self) {
+        self.ids = Some(Box::new(EventIds::new()));
+    }
+
+    /// The id the next event will get (1 before the first), with event ids on.
+    pub fn next_event_id(&self) -> Option<u64> {
+        self.ids.as_ref().map(|ids| ids.next)
+    }
+
+    /// Hands every event tagged since the last call to `keep`, in order.
+    pub fn drain_fresh_events(&mut self, mut keep: impl FnMut(u64, Bytes)) {
+        if let Some(ids) = self.ids.as_deref_mut() {
+            for (id, bytes) in ids.fresh.drain(..) {
+                keep(id, bytes);
+            }
+        }
+    }
+
+    /// Forgets what is ready to send and not sent: a resumed stream sends it from the replay
+    /// log instead, where every tagged event already is.
+    pub fn discard_unsent(&mut self) {
+        self.out = None;
+        self.final_event = None;
+    }
+
+    /// Whether the stream has ended and sent (or discarded) everything.
+    pub fn is_finished(&self) -> bool {
+        self.is_end_stream()
+    }
+
+    /// The stream's lifetime: its registry handle and how it ended.
+    pub fn lifetime(&self) -> &StreamLifetime {
+        &self.lifetime
+    }
+
+    /// Sets the final error event (tagged with the next id when ids are on).
+    fn set_final_event(&mut self, event: Bytes) {
+        self.final_event = Some(match self.ids.as_deref_mut() {
+            Some(ids) => {
+                let mut out = BytesMut::with_capacity(event.len() + 16);
+                ids.tag_into(&mut out, &event);
+                let frame = out.freeze();
+                ids.keep(&frame);
+                frame
+            }
+            None => event,
+        });
     }
 
     /// The upstream's response arrived after the commit.
@@ -325,7 +457,7 @@ where
                 GatewayError::UpstreamStatus(status.as_u16()).code(),
             ));
             self.source = Source::Closed;
-            self.final_event = Some(event);
+            self.set_final_event(event);
         }
     }
 
@@ -340,10 +472,12 @@ where
         let mut events = 0;
         let mut saw_error = false;
         let mut usage = None;
+        let mut ids = self.ids.as_deref_mut();
         let fed = self.parser.feed(&chunk, |end, event| {
             if stop.is_some() {
                 return;
             }
+            let dispatched = event.is_some();
             if let Some(event) = event {
                 match classify(&event.data) {
                     EventKind::Done => stop = Some(Stop::Done),
@@ -360,6 +494,9 @@ where
                 }
             }
             complete_end = end;
+            if let Some(ids) = ids.as_deref_mut() {
+                ids.ends.push((end, dispatched));
+            }
         });
         if events > 0 {
             let now = self.lifetime.now_ms();
@@ -372,6 +509,9 @@ where
         }
 
         if complete_end > 0 {
+            // Where the read's offsets fall in `blocks`: after the held partial block, less a
+            // dropped BOM.
+            let mut shift = self.partial.len() as isize;
             let mut blocks = if self.partial.is_empty() {
                 chunk.slice(..complete_end)
             } else {
@@ -380,8 +520,14 @@ where
             };
             if std::mem::take(&mut self.at_stream_start) && blocks.starts_with(UTF8_BOM) {
                 blocks = blocks.slice(UTF8_BOM.len()..);
+                shift -= UTF8_BOM.len() as isize;
+            }
+            if let Some(ids) = self.ids.as_deref_mut() {
+                blocks = ids.tag_blocks(&blocks, shift);
             }
             self.out = Some(blocks);
+        } else if let Some(ids) = self.ids.as_deref_mut() {
+            ids.ends.clear();
         }
         match (stop, fed) {
             (Some(Stop::Done), _) => {
@@ -412,7 +558,7 @@ where
             code = error.code(),
             "stream failed: {error}"
         );
-        self.final_event = Some(error.to_sse_event());
+        self.set_final_event(error.to_sse_event());
     }
 
     /// The upstream body ended (cleanly or not).
@@ -1058,6 +1204,56 @@ mod tests {
                 parser.feed(body, |_, _| {}).unwrap();
                 prop_assert!(!parser.has_partial_block(), "frame {:?} ends inside a block", frame);
             }
+        }
+
+        /// With event ids on (resume), however the upstream splits its bytes (CRLF and CR line
+        /// ends, a leading BOM, comment-only blocks included): the client gets the upstream's
+        /// events, numbered 1, 2, ... in order, and the replay log holds each of them, as sent.
+        #[test]
+        fn any_split_with_event_ids_numbers_every_event_once(
+            blocks in prop::collection::vec((block(), any::<bool>()), 1..8),
+            bom in any::<bool>(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut input: Vec<u8> = if bom { UTF8_BOM.to_vec() } else { Vec::new() };
+            for (block, keepalive) in &blocks {
+                input.extend_from_slice(block);
+                if *keepalive {
+                    input.extend_from_slice(b": keepalive\r\n\r\n");
+                }
+            }
+            input.extend_from_slice(DONE);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for p in points.into_iter().chain([input.len()]) {
+                parts.push(&input[start..p]);
+                start = p;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (frames, logged) = runtime.block_on(async {
+                let registry = Arc::new(Registry::new(&["u"]));
+                let mut body = SseRelay::new(reads(&parts), 4096, deadlines(), lifetime(&registry))
+                    .with_event_ids();
+                let frames = drain(&mut body).await;
+                let mut logged = Vec::new();
+                body.drain_fresh_events(|id, bytes| logged.push((id, bytes)));
+                (frames, logged)
+            });
+            let expected = crate::sse::parser::parse_all(&input, 4096).unwrap();
+            let sent = crate::sse::parser::parse_all(&concat(&frames), 4096).unwrap();
+            prop_assert_eq!(sent.len(), expected.len());
+            for (i, (got, want)) in sent.iter().zip(&expected).enumerate() {
+                prop_assert_eq!(&got.data, &want.data);
+                prop_assert_eq!(&got.event_type, &want.event_type);
+                prop_assert_eq!(got.last_event_id.clone(), (i + 1).to_string());
+            }
+            let ids: Vec<u64> = logged.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(ids, (1..=expected.len() as u64).collect::<Vec<_>>());
+            let replayed: Vec<u8> = logged.iter().flat_map(|(_, b)| b.to_vec()).collect();
+            let replayed = crate::sse::parser::parse_all(&replayed, 4096).unwrap();
+            prop_assert_eq!(replayed, sent);
         }
     }
 }

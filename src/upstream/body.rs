@@ -30,6 +30,12 @@ impl UpstreamBody {
         }
     }
 
+    /// A body that holds nothing, for tests of what reads it.
+    #[cfg(test)]
+    pub fn bare(inner: Incoming) -> UpstreamBody {
+        UpstreamBody::new(inner, None)
+    }
+
     /// Counts this body against its upstream until it is dropped.
     pub fn hold(&mut self, in_flight: InFlight) {
         self.in_flight = Some(in_flight);

@@ -27,6 +27,7 @@ mod openai_sdk;
 mod prometheus;
 mod registry;
 mod relay;
+mod resume;
 mod routing;
 mod shutdown;
 mod tls;
