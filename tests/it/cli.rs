@@ -312,10 +312,12 @@ async fn next_line_matching<R: tokio::io::AsyncRead + Unpin>(
     .unwrap_or_else(|_| panic!("a matching {stream} line within {PATIENCE:?}"))
 }
 
-fn addr_in(line: &str) -> SocketAddr {
+pub(crate) fn addr_in(line: &str) -> SocketAddr {
     let start = line.find("http://").expect("a URL") + "http://".len();
     let rest = &line[start..];
-    let end = rest.find('/').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace())
+        .unwrap_or(rest.len());
     rest[..end].parse().expect("an address")
 }
 
