@@ -544,7 +544,10 @@ fn summary(
 /// A JSON answer that no cache may keep: it describes live streams.
 fn json<B: From<Bytes>>(status: StatusCode, value: &impl Serialize) -> Response<B> {
     // Serializing plain data cannot fail; an empty object keeps the type total.
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    // Ends with a newline, as a terminal expects: `curl -s .../admin/summary` then leaves the
+    // shell prompt on a line of its own.
+    body.push(b'\n');
     let mut response = response::json(status, body);
     response
         .headers_mut()

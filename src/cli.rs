@@ -21,7 +21,7 @@ use crate::auth::{self, Keys};
 use crate::config::{
     Config, ConfigError, ConfigErrors, LogFormat, UpstreamUrl, DEFAULT_LISTEN_BACKLOG,
 };
-use crate::gateway::{self, Listeners};
+use crate::gateway::{self, Listeners, LiveStreams};
 use crate::mock::{MockSettings, MockUpstream};
 use crate::signals::{Hangups, Signals};
 use crate::tls::{self, ServerTls, Validity};
@@ -37,6 +37,15 @@ pub const DEMO_LISTEN: &str = "127.0.0.1:8080";
 
 /// The mock's per-request override headers, forwarded in demo mode.
 pub const DEMO_FORWARD_HEADERS: &str = "x-mock-*";
+
+/// The demo's drain on Ctrl-C: long enough to see streams finish, short enough that nobody
+/// waits out the production default (`shutdown.drain_timeout`, 30 s) at a terminal.
+pub const DEMO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the demo's admin listener goes unless `--admin-listen` says otherwise: any free
+/// loopback port, so the banner can print a URL that works without a clash with another run.
+pub const DEMO_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// Most bytes `hash-key` reads from stdin: an API key travels in a request header, which
 /// `limits.max_header_bytes` bounds far below this.
@@ -423,6 +432,11 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
         // headers (x-mock-chunks, ...) are let through so the demo can be steered.
         config.upstream.api_key_env = None;
         config.upstream.forward_headers = vec![DEMO_FORWARD_HEADERS.to_owned()];
+        config.shutdown.drain_timeout = DEMO_DRAIN_TIMEOUT;
+        // The banner prints the admin URL: the demo always has one to print.
+        if config.admin.listen.is_none() {
+            config.admin.listen = Some(DEMO_ADMIN_LISTEN);
+        }
     }
     Ok(())
 }
@@ -497,16 +511,35 @@ async fn serve_async(mut config: Config, demo: bool, loaded: Loaded) -> ExitCode
         "tidegate listening"
     );
     if demo {
-        print_demo_banner(listen, admin_addr, config.upstream.base_url.as_str());
+        print_demo_banner(&DemoBanner {
+            listen,
+            admin: admin_addr,
+            mock: config.upstream.base_url.as_str(),
+            pid: std::process::id(),
+            drain_timeout: config.shutdown.drain_timeout,
+        });
     }
 
-    tokio::spawn(watch_signals(signals, shutdown.clone()));
+    let live_streams = LiveStreams::default();
+    tokio::spawn(watch_signals(
+        signals,
+        shutdown.clone(),
+        live_streams.clone(),
+        config.shutdown.drain_timeout,
+    ));
     if let Some(keys) = &keys {
         tracing::info!(keys = keys.current().len(), "API keys loaded");
     }
     tokio::spawn(reload_on_hangup(hangups, keys.clone(), tls.clone()));
-    let result =
-        gateway::run_with_keys_and_tls(config, Listeners { api, admin }, shutdown, keys, tls).await;
+    let result = gateway::run_counting_streams(
+        config,
+        Listeners { api, admin },
+        shutdown,
+        keys,
+        tls,
+        live_streams,
+    )
+    .await;
     if let Some(stop) = mock_stop {
         stop.cancel();
     }
@@ -520,30 +553,82 @@ async fn serve_async(mut config: Config, demo: bool, loaded: Loaded) -> ExitCode
     }
 }
 
-fn print_demo_banner(listen: SocketAddr, admin: Option<SocketAddr>, mock: &str) {
-    let watch = match admin {
-        Some(admin) => format!("Watch live streams: curl http://{admin}/admin/streams\n"),
+/// What the demo's banner names.
+struct DemoBanner<'a> {
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    mock: &'a str,
+    pid: u32,
+    drain_timeout: Duration,
+}
+
+fn print_demo_banner(banner: &DemoBanner<'_>) {
+    println!("{}", demo_banner_text(banner));
+}
+
+/// The banner: where everything is, a request to paste, and the process id (for
+/// `tidegate-bench --pid`) with the admin URL (to watch the streams).
+fn demo_banner_text(banner: &DemoBanner<'_>) -> String {
+    let DemoBanner {
+        listen,
+        admin,
+        mock,
+        pid,
+        drain_timeout,
+    } = *banner;
+    let admin_line = match admin {
+        Some(admin) => {
+            format!("Admin API: http://{admin} (live streams: curl http://{admin}/admin/streams)\n")
+        }
         None => "Add --admin-listen 127.0.0.1:9090 to list and end live streams.\n".to_owned(),
     };
-    println!(
+    format!(
         "\ntidegate demo: gateway on http://{listen}, built-in mock upstream on {mock}\n\
+         Process id: {pid} (load it: tidegate-bench --url http://{listen} --streams 100 --pid tidegate={pid})\n\
+         {admin_line}\
          Stream a completion (no API key needed):\n\n  \
          curl -N http://{listen}/v1/chat/completions \\\n    \
          -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\":\"mock-1\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
-         {watch}Press Ctrl-C to stop.\n"
-    );
+         Press Ctrl-C to stop (open streams get up to {drain}).\n",
+        drain = humantime::format_duration(drain_timeout),
+    )
 }
 
-/// First SIGTERM or SIGINT: graceful drain. A second one: exit at once.
+/// What the terminal is told on the first SIGTERM or SIGINT, whatever the log format: a drain
+/// is otherwise a silent wait of up to `drain_timeout`.
+fn drain_notice(streams: usize, drain_timeout: Duration) -> String {
+    let streams = match streams {
+        1 => "1 stream".to_owned(),
+        n => format!("{n} streams"),
+    };
+    format!(
+        "tidegate: shutting down: {streams} draining, for at most {} (shutdown.drain_timeout); \
+         press Ctrl-C again to quit at once",
+        humantime::format_duration(drain_timeout)
+    )
+}
+
+/// First SIGTERM or SIGINT: graceful drain, said on stderr. A second one: exit at once.
 /// `signals` is created once, before the first signal, so a second signal that arrives while the
 /// first is being handled is not lost.
-async fn watch_signals(mut signals: Signals, shutdown: CancellationToken) {
+async fn watch_signals(
+    mut signals: Signals,
+    shutdown: CancellationToken,
+    live_streams: LiveStreams,
+    drain_timeout: Duration,
+) {
     signals.recv().await;
-    tracing::info!("signal received: draining (send it again to exit at once)");
+    let streams = live_streams.count();
+    tracing::info!(
+        streams,
+        "signal received: draining (send it again to exit at once)"
+    );
+    eprintln!("{}", drain_notice(streams, drain_timeout));
     shutdown.cancel();
     signals.recv().await;
     tracing::warn!("second signal: exiting now");
+    eprintln!("tidegate: second signal: quitting now");
     std::process::exit(130);
 }
 
@@ -598,5 +683,64 @@ async fn run_mock(listen: SocketAddr, settings: MockSettings) -> ExitCode {
             eprintln!("tidegate: mock upstream failed: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_notice_says_how_many_streams_how_long_and_how_to_quit() {
+        let one = drain_notice(1, DEMO_DRAIN_TIMEOUT);
+        assert!(one.contains("1 stream draining"), "{one}");
+        assert!(one.contains("at most 5s"), "{one}");
+        assert!(one.contains("Ctrl-C again"), "{one}");
+        let none = drain_notice(0, Duration::from_secs(30));
+        assert!(
+            none.contains("0 streams draining, for at most 30s"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn the_demo_banner_names_the_pid_and_the_admin_url() {
+        let text = demo_banner_text(&DemoBanner {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            admin: Some("127.0.0.1:40123".parse().unwrap()),
+            mock: "http://127.0.0.1:40000/v1",
+            pid: 4242,
+            drain_timeout: DEMO_DRAIN_TIMEOUT,
+        });
+        assert!(text.contains("Process id: 4242"), "{text}");
+        assert!(text.contains("--pid tidegate=4242"), "{text}");
+        assert!(text.contains("Admin API: http://127.0.0.1:40123"), "{text}");
+        assert!(text.contains("curl -N http://127.0.0.1:8080/v1/chat/completions"));
+        assert!(text.contains("up to 5s"), "{text}");
+    }
+
+    #[test]
+    fn the_demo_drains_briefly_and_always_has_an_admin_listener() {
+        let cli = Cli::parse_from(["tidegate"]);
+        let mut config = Config::default();
+        apply_overrides(&mut config, &cli, true).unwrap();
+        assert_eq!(config.shutdown.drain_timeout, DEMO_DRAIN_TIMEOUT);
+        assert_eq!(config.admin.listen, Some(DEMO_ADMIN_LISTEN));
+        assert!(config.validate().is_ok());
+
+        let cli = Cli::parse_from(["tidegate", "--admin-listen", "127.0.0.1:9999"]);
+        let mut config = Config::default();
+        apply_overrides(&mut config, &cli, true).unwrap();
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9999".parse().unwrap()));
+
+        // Serving a real upstream keeps the production drain and no admin listener.
+        let cli = Cli::parse_from(["tidegate", "--upstream", "http://127.0.0.1:9/v1"]);
+        let mut config = Config::default();
+        apply_overrides(&mut config, &cli, false).unwrap();
+        assert_eq!(
+            config.shutdown.drain_timeout,
+            Config::default().shutdown.drain_timeout
+        );
+        assert_eq!(config.admin.listen, None);
     }
 }

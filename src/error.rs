@@ -12,6 +12,10 @@ use http::StatusCode;
 use serde::Serialize;
 
 /// An error that ends a request or a stream. `code` strings are part of our API: never rename one.
+///
+/// `Display` is the log line's text. The client's `message` is the same, except for the
+/// variants whose detail is another library's error text (hyper, io, rustls): the client gets
+/// our sentence alone ([`GatewayError::client_message`]), and the detail stays in the log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("We could not parse the JSON body of your request: {0}")]
@@ -33,6 +37,7 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     #[error("The request body did not arrive within {0:?}.")]
     BodyReadTimeout(std::time::Duration),
+    /// The detail: hyper's error reading the client's body.
     #[error("The request body could not be read: {0}")]
     BodyRead(String),
     #[error("Invalid URL ({method} {path})")]
@@ -75,8 +80,10 @@ pub enum GatewayError {
     ModelNotFound(String),
     #[error("Every upstream that serves this model is unavailable; retry in {}s.", .retry_after.as_secs().max(1))]
     NoUpstreamAvailable { retry_after: std::time::Duration },
+    /// The detail: the connect, DNS or TLS error (io, hyper, rustls).
     #[error("The upstream could not be reached: {0}")]
     UpstreamUnreachable(String),
+    /// The detail: hyper's error, or what in our setup failed.
     #[error("The upstream failed before responding: {0}")]
     UpstreamFailed(String),
     #[error("The upstream did not respond within {0:?}.")]
@@ -87,7 +94,9 @@ pub enum GatewayError {
     UpstreamAuthFailed,
     #[error("The upstream sent nothing for {0:?}.")]
     UpstreamIdleTimeout(std::time::Duration),
-    #[error("The upstream connection failed mid-response: {0}")]
+    /// The detail: hyper's error (e.g. "unexpected EOF during chunk size line", an HTTP/2
+    /// stream reset).
+    #[error("The upstream connection was lost in the middle of the response: {0}")]
     UpstreamReset(String),
     #[error("The upstream sent an event larger than {limit} bytes.")]
     UpstreamEventTooLarge { limit: usize },
@@ -389,6 +398,22 @@ impl GatewayError {
         self.class().code
     }
 
+    /// The `message` the client gets, when it is not `Display`'s: for the variants whose detail
+    /// is another library's words, which say nothing to a client (and may name our upstream's
+    /// address), our sentence without it.
+    pub fn client_message(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        match self {
+            BodyRead(_) => Some("The request body could not be read."),
+            UpstreamUnreachable(_) => Some("The upstream could not be reached."),
+            UpstreamFailed(_) => Some("The upstream failed before responding."),
+            UpstreamReset(_) => {
+                Some("The upstream connection was lost in the middle of the response.")
+            }
+            _ => None,
+        }
+    }
+
     /// The OpenAI-shaped JSON body.
     pub fn to_json(&self) -> Bytes {
         let class = self.class();
@@ -428,12 +453,16 @@ struct ErrorBody<'a> {
 /// Bytes reserved for an error's JSON body: the longest fixed parts and a long message.
 const ERROR_JSON_CAPACITY: usize = 256;
 
-/// The error's message, written straight into the JSON (escaped) without a `String` of its own.
+/// The error's client-facing message, written straight into the JSON (escaped) without a
+/// `String` of its own.
 struct Message<'a>(&'a GatewayError);
 
 impl Serialize for Message<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self.0)
+        match self.0.client_message() {
+            Some(ours) => serializer.serialize_str(ours),
+            None => serializer.collect_str(self.0),
+        }
     }
 }
 
@@ -471,6 +500,37 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&text[6..text.len() - 2]).unwrap();
         assert_eq!(json["error"]["code"], "upstream_incomplete_stream");
         assert_eq!(json["error"]["param"], serde_json::Value::Null);
+    }
+
+    /// hyper's, io's and rustls' words go to the log (`Display`), never to the client.
+    #[test]
+    fn foreign_error_text_stays_out_of_the_client_message() {
+        let detail = "error reading a body from connection: unexpected EOF during chunk size line";
+        for err in [
+            GatewayError::BodyRead(detail.into()),
+            GatewayError::UpstreamUnreachable(detail.into()),
+            GatewayError::UpstreamFailed(detail.into()),
+            GatewayError::UpstreamReset(detail.into()),
+        ] {
+            let json: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+            let message = json["error"]["message"].as_str().unwrap();
+            assert!(!message.contains("EOF"), "{}: {message}", err.code());
+            assert!(message.ends_with('.'), "a sentence: {message}");
+            assert_eq!(Some(message), err.client_message());
+            assert!(err.to_string().contains(detail), "the log keeps it: {err}");
+        }
+        let reset = GatewayError::UpstreamReset(detail.into()).to_sse_event();
+        assert!(std::str::from_utf8(&reset)
+            .unwrap()
+            .contains("The upstream connection was lost in the middle of the response."));
+        // Our own words, with what the client sent or may do, are the message as they are.
+        let not_found = GatewayError::ModelNotFound("gpt-9".into());
+        assert_eq!(not_found.client_message(), None);
+        let json: serde_json::Value = serde_json::from_slice(&not_found.to_json()).unwrap();
+        assert_eq!(
+            json["error"]["message"],
+            "No upstream serves the model 'gpt-9'."
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! [`run`] is the seam that `main`, the demo and the tests all call with listeners they bound
 //! themselves (tests bind `127.0.0.1:0`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -244,6 +244,17 @@ pub async fn run_with_keys(
     run_with_keys_and_tls(config, listeners, shutdown, keys, tls).await
 }
 
+/// How many streams are live, read from outside the gateway (the command line's drain notice
+/// says how many it waits for). Counts 0 until [`run_counting_streams`] has started.
+#[derive(Clone, Default)]
+pub struct LiveStreams(Arc<OnceLock<Arc<Registry>>>);
+
+impl LiveStreams {
+    pub fn count(&self) -> usize {
+        self.0.get().map_or(0, |registry| registry.len())
+    }
+}
+
 /// [`run_with_keys`], with the TLS of `[tls]` loaded by the caller ([`ServerTls::from_config`];
 /// `None`: cleartext), who can then reload it (the command line does on SIGHUP). The gateway
 /// reloads it by itself when the files change ([`tls::CERT_POLL_INTERVAL`]).
@@ -253,6 +264,26 @@ pub async fn run_with_keys_and_tls(
     shutdown: CancellationToken,
     keys: Option<Arc<Keys>>,
     tls: Option<Arc<ServerTls>>,
+) -> Result<(), RunError> {
+    run_counting_streams(
+        config,
+        listeners,
+        shutdown,
+        keys,
+        tls,
+        LiveStreams::default(),
+    )
+    .await
+}
+
+/// [`run_with_keys_and_tls`], with `live_streams` counting this gateway's streams.
+pub async fn run_counting_streams(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    keys: Option<Arc<Keys>>,
+    tls: Option<Arc<ServerTls>>,
+    live_streams: LiveStreams,
 ) -> Result<(), RunError> {
     let metrics = Metrics::new(&config.metrics)?;
     let metrics = match tls {
@@ -270,6 +301,8 @@ pub async fn run_with_keys_and_tls(
         &backends.names(),
         config.resume.instance_id.as_deref(),
     ));
+    // A LiveStreams serves one gateway: a second run keeps counting the first's registry.
+    let _ = live_streams.0.set(registry.clone());
     let resume = config
         .resume
         .enabled

@@ -213,7 +213,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 pub struct MockSettings {
     /// Content chunks per stream (and words in a non-streaming answer). The
     /// default of 24 is long enough to observe relaying, short enough to be
-    /// quick. Override per request with `x-mock-chunks`.
+    /// quick, and the canned paragraph exactly, so the default answer ends at
+    /// its full stop. Override per request with `x-mock-chunks` (other counts
+    /// cut the paragraph, or repeat it, word by word).
     pub chunks: u32,
     /// Pause before each content chunk. 40 ms resembles a real model's token
     /// rate, so the demo looks like streaming and load tests hold many streams
@@ -245,7 +247,7 @@ pub struct MockSettings {
 impl Default for MockSettings {
     fn default() -> Self {
         MockSettings {
-            chunks: 24,
+            chunks: sse::WORDS.len() as u32,
             chunk_delay: Duration::from_millis(40),
             headers_delay: Duration::ZERO,
             first_chunk_delay: Duration::ZERO,
@@ -338,8 +340,9 @@ impl Fault {
 /// The text a normal response with `chunks` content chunks carries: what a
 /// client gets by concatenating every streamed `delta.content` (or `text`),
 /// and exactly the `message.content` of the non-streaming answer. Words cycle
-/// through a fixed sentence that contains a quoted word and an emoji, so the
-/// gateway's JSON escaping and UTF-8 handling are exercised too.
+/// through a fixed paragraph that contains a quoted word and an emoji, so the
+/// gateway's JSON escaping and UTF-8 handling are exercised too; the default
+/// chunk count is the whole paragraph, up to its last full stop.
 pub fn expected_content(chunks: u32) -> String {
     sse::WORDS
         .iter()

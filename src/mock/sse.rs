@@ -21,10 +21,11 @@ use tokio::time::{Instant, Sleep};
 use super::stats::{Outcome, Tracker};
 use super::{Fault, OVERSIZED_LINE_BYTES, SYSTEM_FINGERPRINT};
 
-/// The words that content chunks cycle through, each with its trailing space.
-/// A quoted word and an emoji make sure escaping and multi-byte UTF-8 survive
-/// the gateway.
-pub(crate) const WORDS: [&str; 22] = [
+/// The words that content chunks cycle through, each with its trailing space: one paragraph
+/// that ends at a full stop after exactly the default chunk count
+/// ([`super::MockSettings::chunks`]), so the demo's answer does not look cut off. A quoted word
+/// and an emoji make sure escaping and multi-byte UTF-8 survive the gateway.
+pub(crate) const WORDS: [&str; 24] = [
     "Hello ",
     "from ",
     "the ",
@@ -43,10 +44,12 @@ pub(crate) const WORDS: [&str; 22] = [
     "one ",
     "small ",
     "wave ",
+    "\u{1f30a} ",
     "at ",
     "a ",
     "time. ",
-    "\u{1f30a} ",
+    "That's ",
+    "all. ",
 ];
 
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";

@@ -396,13 +396,14 @@ async fn chat_stream_exact_events_with_usage() {
 #[tokio::test]
 async fn chat_stream_without_usage_and_escaped_words() {
     let server = start(fast()).await;
-    // 22 chunks covers the quoted word and the emoji; the model name needs escaping.
+    // 24 chunks (the whole paragraph) cover the quoted word and the emoji; the model name
+    // needs escaping.
     let body = r#"{"model":"we\"ird\\model","stream":true}"#;
     let r = raw(
         server.addr,
         "POST",
         "/v1/chat/completions",
-        &[("x-mock-chunks", "22"), ("x-mock-chunk-delay-ms", "0")],
+        &[("x-mock-chunks", "24"), ("x-mock-chunk-delay-ms", "0")],
         body,
     )
     .await;
@@ -411,14 +412,14 @@ async fn chat_stream_without_usage_and_escaped_words() {
     let created = data_json(&events[0])["created"].as_u64().unwrap();
     assert_eq!(
         events,
-        expected_chat_events(1, created, "we\\\"ird\\\\model", 22, None)
+        expected_chat_events(1, created, "we\\\"ird\\\\model", 24, None)
     );
     for event in &events[..events.len() - 1] {
         let v = data_json(event);
         assert_eq!(v["model"], "we\"ird\\model");
         assert!(v.get("usage").is_none());
     }
-    let content: String = events[1..23]
+    let content: String = events[1..25]
         .iter()
         .map(|e| {
             data_json(e)["choices"][0]["delta"]["content"]
@@ -427,9 +428,9 @@ async fn chat_stream_without_usage_and_escaped_words() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(content, expected_content(22));
+    assert_eq!(content, expected_content(24));
     assert!(content.contains("\"tide\""));
-    assert!(content.ends_with("\u{1f30a} "));
+    assert!(content.contains("\u{1f30a}"));
 }
 
 #[tokio::test]
@@ -2098,5 +2099,18 @@ async fn clear_faults_forgets_every_schedule() {
     assert_eq!(
         (s.requests_received, s.scheduled_failures, s.scheduled_drops),
         (1, 0, 0)
+    );
+}
+
+/// With the default settings the canned answer is the paragraph once, up to its full stop: an
+/// answer that stops mid-sentence looks like a truncation bug.
+#[test]
+fn the_default_answer_ends_at_a_full_stop() {
+    let text = expected_content(MockSettings::default().chunks);
+    assert!(text.trim_end().ends_with('.'), "{text}");
+    assert_eq!(
+        text.matches("Hello").count(),
+        1,
+        "the paragraph once: {text}"
     );
 }

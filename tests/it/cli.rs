@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 use http::StatusCode;
+use tidegate::cli::DEMO_DRAIN_TIMEOUT;
+use tidegate::gateway::SHUTDOWN_EVENT_GRACE;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
@@ -275,6 +278,10 @@ impl Running {
             .unwrap()
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub(crate) fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: kill(2) with a pid we spawned and own.
@@ -312,10 +319,12 @@ async fn next_line_matching<R: tokio::io::AsyncRead + Unpin>(
     .unwrap_or_else(|_| panic!("a matching {stream} line within {PATIENCE:?}"))
 }
 
-fn addr_in(line: &str) -> SocketAddr {
+pub(crate) fn addr_in(line: &str) -> SocketAddr {
     let start = line.find("http://").expect("a URL") + "http://".len();
     let rest = &line[start..];
-    let end = rest.find('/').unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace())
+        .unwrap_or(rest.len());
     rest[..end].parse().expect("an address")
 }
 
@@ -548,4 +557,106 @@ async fn forward_headers_by_flag_reach_the_upstream() {
     .await;
     assert_eq!(code, 64);
     assert!(err.contains("upstream.forward_headers"), "{err}");
+}
+
+/// The banner gives what the load driver's `--pid` wants and an admin URL that answers: the
+/// demo has an admin listener of its own, on a free loopback port.
+#[tokio::test]
+async fn the_demo_banner_prints_the_pid_and_a_working_admin_url() {
+    let mut demo = Running::spawn(&["--listen", "127.0.0.1:0"]);
+    let pid = demo.pid();
+    let pid_line = demo.stdout_line("Process id:").await;
+    assert!(
+        pid_line.contains(&format!("Process id: {pid} ")),
+        "{pid_line}"
+    );
+    assert!(
+        pid_line.contains(&format!("--pid tidegate={pid}")),
+        "{pid_line}"
+    );
+    let admin_line = demo.stdout_line("Admin API:").await;
+    let admin = addr_in(&admin_line);
+    assert!(
+        admin.ip().is_loopback() && admin.port() != 0,
+        "{admin_line}"
+    );
+    let (status, _, summary) = fetch(get(admin, "/admin/summary")).await;
+    assert_eq!(status, StatusCode::OK);
+    // JSON and a final newline: `curl -s` leaves the shell prompt on a line of its own.
+    assert!(summary.ends_with(b"}\n"), "{summary:?}");
+    serde_json::from_slice::<serde_json::Value>(&summary).expect("JSON");
+    let stop_line = demo.stdout_line("Ctrl-C").await;
+    assert!(
+        stop_line.contains(&format!("up to {}s", DEMO_DRAIN_TIMEOUT.as_secs())),
+        "{stop_line}"
+    );
+    demo.signal(libc::SIGTERM);
+    assert_eq!(demo.exit_code().await, 0);
+}
+
+/// The drain notice: the terminal's one plain line among the JSON logs on the first Ctrl-C.
+fn is_drain_notice(line: &str) -> bool {
+    line.starts_with("tidegate: shutting down:")
+}
+
+/// Ctrl-C in the demo says on stderr how many streams drain, for how long at most and how to
+/// quit at once (also with JSON logs), and the demo exits within its short drain: a stream far
+/// longer than it gets its final `server_shutdown` event instead of a 30 s wait.
+#[tokio::test]
+async fn ctrl_c_in_the_demo_says_what_drains_and_exits_within_the_short_drain() {
+    let mut demo = Running::spawn(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let gateway = addr_in(&demo.stdout_line("curl -N").await);
+    // 24 chunks a second apart: longer than the demo's drain.
+    let (conn, mut body) =
+        open_stream(gateway, "mock-1", &[("x-mock-chunk-delay-ms", "1000")]).await;
+    read_until(&mut body, |b| !sse_data(b).is_empty()).await;
+    let reader = tokio::spawn(async move {
+        let _conn = conn;
+        read_to_end(body).await
+    });
+
+    let signalled = Instant::now();
+    demo.signal(libc::SIGINT);
+    let notice = demo.stderr_line(is_drain_notice).await;
+    assert!(notice.contains("1 stream draining"), "{notice}");
+    assert!(
+        notice.contains(&format!("at most {}s", DEMO_DRAIN_TIMEOUT.as_secs())),
+        "{notice}"
+    );
+    assert!(notice.contains("Ctrl-C again to quit at once"), "{notice}");
+
+    assert_eq!(demo.exit_code().await, 0);
+    let took = signalled.elapsed();
+    // The drain, the final events' grace, and room for a loaded machine.
+    let bound = DEMO_DRAIN_TIMEOUT + SHUTDOWN_EVENT_GRACE + Duration::from_secs(2);
+    assert!(
+        took < bound,
+        "exited {took:?} after the signal, not within {bound:?}"
+    );
+    let rest = reader.await.unwrap();
+    assert_eq!(final_error(&rest)["code"], "server_shutdown");
+}
+
+/// A second Ctrl-C during the demo's drain quits at once with 130, saying so.
+#[tokio::test]
+async fn a_second_ctrl_c_in_the_demo_quits_at_once() {
+    let mut demo = Running::spawn(&["--listen", "127.0.0.1:0"]);
+    let gateway = addr_in(&demo.stdout_line("curl -N").await);
+    let (_conn, mut body) =
+        open_stream(gateway, "mock-1", &[("x-mock-chunk-delay-ms", "1000")]).await;
+    read_until(&mut body, |b| !sse_data(b).is_empty()).await;
+
+    demo.signal(libc::SIGINT);
+    demo.stderr_line(is_drain_notice).await;
+    let second = Instant::now();
+    // The listener was installed at start and stays: this signal cannot be lost.
+    demo.signal(libc::SIGINT);
+    demo.stderr_line(|l| l.starts_with("tidegate: second signal"))
+        .await;
+    assert_eq!(demo.exit_code().await, 130);
+    let took = second.elapsed();
+    assert!(
+        took < DEMO_DRAIN_TIMEOUT,
+        "at once, not at the end of the drain ({took:?})"
+    );
 }

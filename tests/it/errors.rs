@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::cli::{addr_in, Running};
 use crate::common::*;
 use bytes::Bytes;
 use http::StatusCode;
@@ -288,7 +289,52 @@ async fn upstream_reset_mid_stream_becomes_a_final_error_event() {
         events.len() >= 2,
         "the chunks before the failure were relayed: {events:?}"
     );
-    assert_eq!(final_error(&body)["code"], "upstream_reset");
+    let error = final_error(&body);
+    assert_eq!(error["code"], "upstream_reset");
+    assert_eq!(
+        error["message"],
+        "The upstream connection was lost in the middle of the response."
+    );
+}
+
+/// The client is told a reset in our words; hyper's words ("unexpected EOF during chunk size
+/// line" and the like) go to the log line only. The real binary, so its log can be read.
+#[tokio::test]
+async fn hyper_words_reach_the_log_but_never_the_client() {
+    let mut demo = Running::spawn(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let gateway = addr_in(&demo.stdout_line("curl -N").await);
+    let (_conn, body) = open_stream(
+        gateway,
+        "fail-midstream",
+        &[
+            ("x-mock-chunk-delay-ms", "0"),
+            ("x-request-id", "reset-words"),
+        ],
+    )
+    .await;
+    let body = read_to_end(body).await;
+    let error = final_error(&body);
+    assert_eq!(error["code"], "upstream_reset");
+
+    let line = demo
+        .stderr_line(|l| l.contains("stream failed") && l.contains("reset-words"))
+        .await;
+    let log: Value = serde_json::from_str(&line).expect("a JSON log line");
+    let logged = log["fields"]["message"].as_str().unwrap_or_default();
+    let ours = "The upstream connection was lost in the middle of the response";
+    let detail = logged
+        .split_once(&format!("{ours}: "))
+        .map(|(_, detail)| detail)
+        .unwrap_or_else(|| panic!("the log line carries the detail: {logged}"));
+    assert!(!detail.trim().is_empty(), "{logged}");
+    let client_text = String::from_utf8_lossy(&body);
+    assert!(
+        !client_text.contains(detail),
+        "the client saw {detail:?}: {client_text}"
+    );
+    assert_eq!(error["message"], format!("{ours}."));
+    demo.signal(libc::SIGTERM);
+    assert_eq!(demo.exit_code().await, 0);
 }
 
 #[tokio::test]

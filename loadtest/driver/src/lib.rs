@@ -736,15 +736,26 @@ impl Sampler {
     }
 }
 
+/// A progress interval shorter than this (the last one, cut by the end of the run) is labelled
+/// partial: its per-second rates are scaled from its real length, but from few events.
+const PARTIAL_INTERVAL_S: f64 = 0.95;
+
 fn progress_line(sample: &Sample, streams: u32, previous: Option<&Sample>) -> String {
     let ms = |us: Option<u64>| match us {
         Some(us) => format!("{:.2}ms", us as f64 / 1e3),
         None => "-".to_owned(),
     };
+    let when = if sample.interval_s < PARTIAL_INTERVAL_S {
+        format!(
+            "t={:.1}s (partial: rates over the last {:.2}s)",
+            sample.t_s, sample.interval_s
+        )
+    } else {
+        format!("t={:.0}s", sample.t_s)
+    };
     let mut line = format!(
-        "bench: t={:.0}s started={}/{streams} alive={} opened/s={:.0} done/s={:.0} failed/s={:.0} \
+        "bench: {when} started={}/{streams} alive={} opened/s={:.0} done/s={:.0} failed/s={:.0} \
          (failed={}) events/s={:.0} latency p50={} p99={}",
-        sample.t_s,
         sample.started,
         sample.alive,
         sample.opened_per_s,
@@ -1293,6 +1304,51 @@ mod tests {
         assert_eq!((t.completed, t.cancelled, t.held), (1, 1, 0));
         assert_eq!(t.failures.total(), 1);
         assert_eq!(t.ended_early.total(), 0);
+    }
+
+    /// A sample `interval_s` long ending at `t_s`, with `events` in it, rated as the sampler
+    /// rates it: over its real length.
+    fn sample_over(t_s: f64, interval_s: f64, events: u64) -> Sample {
+        Sample {
+            t_s,
+            interval_s,
+            started: 10,
+            opened: 10,
+            alive: 10,
+            completed: 0,
+            failed: 0,
+            events,
+            bytes: 0,
+            pings: 0,
+            ended_early: None,
+            dropped: None,
+            opened_per_s: 0.0,
+            completed_per_s: 0.0,
+            failed_per_s: 0.0,
+            events_per_s: events as f64 / interval_s,
+            bytes_per_s: 0.0,
+            latency_count: 0,
+            latency_p50_us: None,
+            latency_p99_us: None,
+            processes: BTreeMap::new(),
+        }
+    }
+
+    /// The last progress line covers what is left of the last second: labelled partial, with
+    /// its length, its rate scaled from that length (30 events in 0.3 s: 100/s, not 30/s).
+    #[test]
+    fn the_last_progress_line_says_it_is_partial() {
+        let full = progress_line(&sample_over(12.0, 1.0, 100), 10, None);
+        assert!(full.starts_with("bench: t=12s started="), "{full}");
+        assert!(!full.contains("partial"), "{full}");
+        assert!(full.contains("events/s=100 "), "{full}");
+
+        let last = progress_line(&sample_over(12.3, 0.3, 30), 10, None);
+        assert!(
+            last.starts_with("bench: t=12.3s (partial: rates over the last 0.30s) started="),
+            "{last}"
+        );
+        assert!(last.contains("events/s=100 "), "{last}");
     }
 
     #[test]

@@ -54,6 +54,52 @@ pub struct ProcPoint {
     pub cpu_s: f64,
 }
 
+/// The shortest stretch of the timeline a peak rate is taken over: a shorter interval (the last
+/// one, cut short by the end of the run) would make a rate out of a handful of events.
+pub const MIN_PEAK_WINDOW_S: f64 = 0.5;
+
+/// `count` per second from the start to the timeline's last point: the same clock and the same
+/// span as the timeline's rates, so an average cannot exceed their peak. 0 without a point.
+pub fn average_rate(timeline: &[Sample], count: impl Fn(&Sample) -> u64) -> f64 {
+    match timeline.last() {
+        Some(last) if last.t_s > 0.0 => count(last) as f64 / last.t_s,
+        _ => 0.0,
+    }
+}
+
+/// The highest `count` per second over consecutive windows of the timeline (from the start to
+/// its last point) of at least `min_window_s` each: intervals are joined until a window is that
+/// long, and a short remainder at the end joins the window before it. The windows cover the
+/// whole run, so the peak is at least [`average_rate`]; a run shorter than `min_window_s` is
+/// one window, its average.
+pub fn peak_rate(timeline: &[Sample], min_window_s: f64, count: impl Fn(&Sample) -> u64) -> f64 {
+    // (start t, start count, end t, end count) of each window.
+    let mut windows: Vec<(f64, u64, f64, u64)> = Vec::new();
+    let (mut from_t, mut from_n) = (0.0, 0);
+    let mut open: Option<(f64, u64)> = None;
+    for sample in timeline {
+        let (t, n) = (sample.t_s, count(sample));
+        if t - from_t >= min_window_s {
+            windows.push((from_t, from_n, t, n));
+            (from_t, from_n) = (t, n);
+            open = None;
+        } else {
+            open = Some((t, n));
+        }
+    }
+    if let Some((t, n)) = open {
+        match windows.last_mut() {
+            Some(last) => (last.2, last.3) = (t, n),
+            None => windows.push((0.0, 0, t, n)),
+        }
+    }
+    windows
+        .iter()
+        .filter(|(from_t, _, to_t, _)| to_t > from_t)
+        .map(|&(from_t, from_n, to_t, to_n)| to_n.saturating_sub(from_n) as f64 / (to_t - from_t))
+        .fold(0.0, f64::max)
+}
+
 /// The arguments, as run (the API key only as present or not).
 #[derive(Debug, Clone, Serialize)]
 pub struct ArgsRecord {
@@ -154,9 +200,11 @@ pub struct Throughput {
     /// Events that carried a `: sent_us=` stamp (those have a latency).
     pub timed_events: u64,
     pub bytes: u64,
+    /// Over the timeline, from the start to its last point: the time base of the peak.
     pub events_per_s: f64,
     pub bytes_per_s: f64,
-    /// The most in one timeline interval of at least half a second.
+    /// The most in one window of the timeline of at least [`MIN_PEAK_WINDOW_S`] (a shorter
+    /// interval joins its neighbour), so never below `events_per_s`.
     pub peak_events_per_s: f64,
     /// `: ping` heartbeats.
     pub pings: u64,
@@ -250,7 +298,6 @@ impl Report {
         };
         let live = run.live;
         let max_alive = Live::get(&live.max_alive);
-        let elapsed_s = run.elapsed.as_secs_f64().max(1e-6);
         let events = Live::get(&live.events);
         let bytes = Live::get(&live.bytes);
         let streams = StreamCounts {
@@ -283,15 +330,9 @@ impl Report {
             events,
             timed_events: Live::get(&live.timed_events),
             bytes,
-            events_per_s: events as f64 / elapsed_s,
-            bytes_per_s: bytes as f64 / elapsed_s,
-            peak_events_per_s: run
-                .timeline
-                .iter()
-                // A short last interval would make a rate out of a handful of events.
-                .filter(|s| s.interval_s >= 0.5)
-                .map(|s| s.events_per_s)
-                .fold(0.0, f64::max),
+            events_per_s: average_rate(&run.timeline, |s| s.events),
+            bytes_per_s: average_rate(&run.timeline, |s| s.bytes),
+            peak_events_per_s: peak_rate(&run.timeline, MIN_PEAK_WINDOW_S, |s| s.events),
             pings: Live::get(&live.pings),
             other_comments: Live::get(&live.other_comments),
         };
@@ -552,5 +593,82 @@ fn human_bytes(per_s: f64) -> String {
         format!("{:.2} MiB", per_s / (1024.0 * 1024.0))
     } else {
         format!("{:.1} KiB", per_s / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A point at `t_s` with `events` so far (cumulative); rates as the sampler makes them.
+    fn point(t_s: f64, previous: Option<&Sample>, events: u64) -> Sample {
+        let (last_t, last_events) = previous.map_or((0.0, 0), |p| (p.t_s, p.events));
+        let interval_s = t_s - last_t;
+        Sample {
+            t_s,
+            interval_s,
+            started: 0,
+            opened: 0,
+            alive: 0,
+            completed: 0,
+            failed: 0,
+            events,
+            bytes: events * 100,
+            pings: 0,
+            ended_early: None,
+            dropped: None,
+            opened_per_s: 0.0,
+            completed_per_s: 0.0,
+            failed_per_s: 0.0,
+            events_per_s: (events - last_events) as f64 / interval_s.max(1e-3),
+            bytes_per_s: 0.0,
+            latency_count: 0,
+            latency_p50_us: None,
+            latency_p99_us: None,
+            processes: BTreeMap::new(),
+        }
+    }
+
+    /// A timeline from (t, cumulative events) pairs.
+    fn timeline(points: &[(f64, u64)]) -> Vec<Sample> {
+        let mut samples: Vec<Sample> = Vec::new();
+        for &(t, events) in points {
+            let next = point(t, samples.last(), events);
+            samples.push(next);
+        }
+        samples
+    }
+
+    /// What the old summary did: most events came in the last, partial interval, which the
+    /// peak left out but the average (over the whole run) did not: an average above the peak.
+    #[test]
+    fn the_average_never_exceeds_the_peak_when_the_last_interval_is_short() {
+        let run = timeline(&[(0.0001, 0), (1.0, 100), (2.0, 200), (2.3, 800)]);
+        let average = average_rate(&run, |s| s.events);
+        let peak = peak_rate(&run, MIN_PEAK_WINDOW_S, |s| s.events);
+        assert!((average - 800.0 / 2.3).abs() < 1e-9, "{average}");
+        // The last 0.3 s join the second before them: 700 events in 1.3 s.
+        assert!((peak - 700.0 / 1.3).abs() < 1e-9, "{peak}");
+        assert!(average <= peak, "average {average} above peak {peak}");
+        // Not a rate made of the 0.3 s alone (2,000/s).
+        assert!(peak < 1000.0, "{peak}");
+    }
+
+    #[test]
+    fn full_intervals_keep_their_own_rates() {
+        let run = timeline(&[(0.0001, 0), (1.0, 100), (2.0, 400), (3.0, 500)]);
+        assert!((peak_rate(&run, MIN_PEAK_WINDOW_S, |s| s.events) - 300.0).abs() < 1e-6);
+        assert!((average_rate(&run, |s| s.events) - 500.0 / 3.0).abs() < 1e-9);
+        assert!((average_rate(&run, |s| s.bytes) - 50_000.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_run_shorter_than_a_window_peaks_at_its_average() {
+        let run = timeline(&[(0.0001, 0), (0.3, 90)]);
+        let average = average_rate(&run, |s| s.events);
+        assert!((average - 300.0).abs() < 1e-9);
+        assert!((peak_rate(&run, MIN_PEAK_WINDOW_S, |s| s.events) - average).abs() < 1e-9);
+        assert_eq!(average_rate(&[], |s| s.events), 0.0);
+        assert_eq!(peak_rate(&[], MIN_PEAK_WINDOW_S, |s| s.events), 0.0);
     }
 }
