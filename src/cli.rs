@@ -423,6 +423,7 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
         // headers (x-mock-chunks, ...) are let through so the demo can be steered.
         config.upstream.api_key_env = None;
         config.upstream.forward_headers = vec![DEMO_FORWARD_HEADERS.to_owned()];
+        config.demo.page = true;
     }
     Ok(())
 }

@@ -300,6 +300,7 @@ pub async fn run_with_keys_and_tls(
                     metrics: metrics.clone(),
                 }),
                 cors.clone(),
+                config.demo.page,
             ))
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminApi};
 use crate::cors::Cors;
+use crate::demo_page;
 use crate::error::GatewayError;
 use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
@@ -24,10 +25,11 @@ use crate::request_id;
 use crate::response::{self, method_not_allowed};
 use crate::server::Handler;
 
-/// The client-facing listener: the OpenAI-compatible API plus health checks, and the CORS
-/// policy (`None`: off). One per worker thread: it carries that worker's upstream client.
+/// The client-facing listener: the OpenAI-compatible API plus health checks, the CORS policy
+/// (`None`: off), and whether `/` serves the demo page (`demo.page`). One per worker thread: it
+/// carries that worker's upstream client.
 #[derive(Clone)]
-pub struct ApiRoutes(pub Arc<Relay>, pub Option<Arc<Cors>>);
+pub struct ApiRoutes(pub Arc<Relay>, pub Option<Arc<Cors>>, pub bool);
 
 /// The operator-facing listener: health checks and the admin API.
 #[derive(Clone)]
@@ -41,7 +43,7 @@ impl Handler for ApiRoutes {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let ApiRoutes(relay, cors) = self;
+        let ApiRoutes(relay, cors, serve_demo_page) = self;
         // The client's address (the peer's, unless the peer is a trusted proxy): the one the
         // span, admission control and the registry use. The peer's port is kept.
         let peer = SocketAddr::new(
@@ -62,6 +64,12 @@ impl Handler for ApiRoutes {
             move |request, id| async move {
                 if let Some(cors) = preflight {
                     return Ok(cors.preflight(request.headers(), peer.ip()));
+                }
+                if let Some(answer) = serve_demo_page
+                    .then(|| demo_page::serve(&request))
+                    .flatten()
+                {
+                    return answer;
                 }
                 let endpoint = match request.uri().path() {
                     "/v1/chat/completions" => Endpoint::ChatCompletions,

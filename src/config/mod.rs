@@ -314,6 +314,19 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Which web pages on other origins may call the API from a browser (`[cors]`).
     pub cors: CorsConfig,
+    /// The demo chat page (`[demo]`).
+    pub demo: DemoConfig,
+}
+
+/// `[demo]`: what the demo (`tidegate` with no arguments) serves besides the API; it turns
+/// these on itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [demo] section)")]
+pub struct DemoConfig {
+    /// Whether `GET /` serves the demo chat page (`demo.page`): one page, embedded in the
+    /// binary, that streams a completion in the browser and resumes it when the connection is
+    /// cut. Default `false`: `/` is a 404, as any unknown path.
+    pub page: bool,
 }
 
 /// Default `cors.max_age`: 10 minutes, how long a browser may reuse a preflight's answer

@@ -113,6 +113,9 @@ handshake_timeout = "5s"
 allowed_origins = ["https://chat.example.com", "http://localhost:5173"]
 allow_credentials = true
 max_age = "1h"
+
+[demo]
+page = true
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -310,6 +313,7 @@ fn full_file_sets_every_key() {
             allow_credentials: true,
             max_age: Duration::from_secs(3600),
         },
+        demo: DemoConfig { page: true },
     };
     assert_eq!(c, expected);
     assert_eq!(c.upstream.base_url.as_str(), "http://127.0.0.1:8081/v1");
