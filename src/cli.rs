@@ -437,6 +437,9 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
         if config.admin.listen.is_none() {
             config.admin.listen = Some(DEMO_ADMIN_LISTEN);
         }
+        // The page at / resumes a cut stream by itself.
+        config.demo.page = true;
+        config.resume.enabled = true;
     }
     Ok(())
 }
@@ -584,6 +587,7 @@ fn demo_banner_text(banner: &DemoBanner<'_>) -> String {
     };
     format!(
         "\ntidegate demo: gateway on http://{listen}, built-in mock upstream on {mock}\n\
+         Open http://{listen}/ in a browser for the demo chat page.\n\
          Process id: {pid} (load it: tidegate-bench --url http://{listen} --streams 100 --pid tidegate={pid})\n\
          {admin_line}\
          Stream a completion (no API key needed):\n\n  \

@@ -346,6 +346,7 @@ pub async fn run_counting_streams(
                     resume: resume.clone(),
                 }),
                 cors.clone(),
+                config.demo.page,
             ))
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;

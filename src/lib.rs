@@ -21,6 +21,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod cors;
+pub mod demo_page;
 pub mod error;
 pub mod gateway;
 pub mod heartbeat;

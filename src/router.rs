@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::admin::{self, AdminApi};
 use crate::cors::Cors;
+use crate::demo_page;
 use crate::error::GatewayError;
 use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
@@ -30,10 +31,11 @@ pub const STREAMS_PATH: &str = "/v1/streams/";
 /// The `route` label of resumes in the metrics (one of [`metrics::ROUTES`]).
 const RESUME_ROUTE: &str = "streams";
 
-/// The client-facing listener: the OpenAI-compatible API plus health checks, and the CORS
-/// policy (`None`: off). One per worker thread: it carries that worker's upstream client.
+/// The client-facing listener: the OpenAI-compatible API plus health checks, the CORS policy
+/// (`None`: off), and whether `/` serves the demo page (`demo.page`). One per worker thread: it
+/// carries that worker's upstream client.
 #[derive(Clone)]
-pub struct ApiRoutes(pub Arc<Relay>, pub Option<Arc<Cors>>);
+pub struct ApiRoutes(pub Arc<Relay>, pub Option<Arc<Cors>>, pub bool);
 
 /// The operator-facing listener: health checks and the admin API.
 #[derive(Clone)]
@@ -47,7 +49,7 @@ impl Handler for ApiRoutes {
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
-        let ApiRoutes(relay, cors) = self;
+        let ApiRoutes(relay, cors, serve_demo_page) = self;
         // The client's address (the peer's, unless the peer is a trusted proxy): the one the
         // span, admission control and the registry use. The peer's port is kept.
         let peer = SocketAddr::new(
@@ -77,6 +79,12 @@ impl Handler for ApiRoutes {
                     let started = Instant::now();
                     let answer = relay::resume(&stream_id, request, &relay, peer).await;
                     count_answer(&relay.metrics, RESUME_ROUTE, &answer, started);
+                    return answer;
+                }
+                if let Some(answer) = serve_demo_page
+                    .then(|| demo_page::serve(&request))
+                    .flatten()
+                {
                     return answer;
                 }
                 let endpoint = match request.uri().path() {

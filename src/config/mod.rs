@@ -316,6 +316,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Streams a client can pick back up after its connection dropped (`[resume]`).
     pub resume: ResumeConfig,
+    /// The demo chat page (`[demo]`).
+    pub demo: DemoConfig,
 }
 
 /// Default `resume.detach_grace`: 30 s, long enough for a phone to change networks and
@@ -378,6 +380,17 @@ pub struct ResumeConfig {
     #[default(DEFAULT_RESUME_MEMORY_BUDGET)]
     #[serde(with = "formats::size")]
     pub memory_budget: usize,
+}
+
+/// `[demo]`: what the demo (`tidegate` with no arguments) serves besides the API; it turns
+/// these on itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, expecting = "a table (a [demo] section)")]
+pub struct DemoConfig {
+    /// Whether `GET /` serves the demo chat page (`demo.page`): one page, embedded in the
+    /// binary, that streams a completion in the browser and resumes it when the connection is
+    /// cut. Default `false`: `/` is a 404, as any unknown path.
+    pub page: bool,
 }
 
 /// Default `cors.max_age`: 10 minutes, how long a browser may reuse a preflight's answer

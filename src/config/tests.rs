@@ -121,6 +121,9 @@ detach_grace = "45s"
 retain_after_done = "2m"
 max_bytes_per_stream = "512 KiB"
 memory_budget = "1 GiB"
+
+[demo]
+page = true
 "#;
 
 fn errors_of(text: &str) -> Vec<ConfigError> {
@@ -326,6 +329,7 @@ fn full_file_sets_every_key() {
             max_bytes_per_stream: 512 * 1024,
             memory_budget: 1024 * 1024 * 1024,
         },
+        demo: DemoConfig { page: true },
     };
     assert_eq!(c, expected);
     assert_eq!(c.upstream.base_url.as_str(), "http://127.0.0.1:8081/v1");

@@ -9,6 +9,7 @@ mod admin;
 mod admission;
 mod auth;
 mod backpressure;
+mod browser;
 mod cancellation;
 mod cli;
 mod connection_caps;
