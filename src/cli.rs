@@ -98,6 +98,11 @@ pub struct Cli {
     /// Log format: text or json (overrides `log.format`)
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// This instance's name in stream ids, for routing resumes in a fleet (overrides
+    /// `resume.instance_id`; one config file can then serve every instance)
+    #[arg(long, env = "TIDEGATE_INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,6 +431,10 @@ fn apply_overrides(config: &mut Config, cli: &Cli, demo: bool) -> Result<(), Con
     }
     if let Some(format) = cli.log_format {
         config.log.format = format;
+    }
+    if let Some(id) = &cli.instance_id {
+        // Checked with the rest of the config (resume.instance_id's rules).
+        config.resume.instance_id = Some(id.trim().to_owned());
     }
     if demo {
         // The mock needs no key; never send a real one to it. Its per-request override

@@ -337,8 +337,8 @@ pub const DEFAULT_RESUME_MAX_BYTES_PER_STREAM: usize = MIB as usize;
 pub const DEFAULT_RESUME_MEMORY_BUDGET: usize = 256 * MIB as usize;
 /// Allowed `resume.memory_budget`: 1 MiB to 64 GiB.
 pub const RESUME_MEMORY_BUDGET_RANGE: RangeInclusive<u64> = MIB..=64 * 1024 * MIB;
-/// Longest `resume.instance_id`: it is in every stream id.
-pub const MAX_INSTANCE_ID_CHARS: usize = 32;
+/// Longest `resume.instance_id`: a DNS label's 63 characters, so a Kubernetes pod's name fits.
+pub const MAX_INSTANCE_ID_CHARS: usize = 63;
 
 /// `[resume]`: resumable streams. With it on, every relayed event carries `id: <n>`, a stream's
 /// answer carries a resume token, and a client whose connection drops can pick the stream up

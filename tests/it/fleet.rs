@@ -58,6 +58,10 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The instances' ids (`--instance-id`), as the shipped nginx config maps them to its
+/// `tidegate_instance_a` and `tidegate_instance_b` blocks: the first and second server.
+const INSTANCE_IDS: [&str; 2] = ["a", "b"];
+
 /// A port free on 127.0.0.1 when asked (nginx is given ports, it cannot report the one it got).
 async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -75,11 +79,18 @@ struct Instance {
 impl Instance {
     /// Starts the binary with `config`, the API on `listen` (port 0: any), the admin listener on
     /// any loopback port and `mock` as the upstream, and waits until it is ready.
-    async fn start(config: &Path, listen: SocketAddr, mock: SocketAddr, log: PathBuf) -> Instance {
+    async fn start(
+        config: &Path,
+        id: &str,
+        listen: SocketAddr,
+        mock: SocketAddr,
+        log: PathBuf,
+    ) -> Instance {
         let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
             .arg(config)
+            .args(["--instance-id", id])
             .args(["--listen", &listen.to_string()])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--upstream", &format!("http://{mock}/v1")])
@@ -224,13 +235,14 @@ impl Nginx {
             main = replace_each(&main, "user www-data;", "", 1, "deploy/nginx/nginx.conf");
         }
         let mut site = read("deploy/nginx/tidegate.conf");
-        // Each instance is in both upstream blocks (the second without failure accounting).
+        // Each instance is in both upstream blocks (the second without failure accounting),
+        // and in its own block for resumes.
         for (i, shipped_addr) in ["127.0.0.1:8081 ", "127.0.0.1:8082 "].iter().enumerate() {
             site = replace_each(
                 &site,
                 &format!("server {shipped_addr}"),
                 &format!("server {} ", instances[i]),
-                2,
+                3,
                 "deploy/nginx/tidegate.conf",
             );
         }
@@ -348,7 +360,8 @@ impl Fleet {
         for i in 0..2 {
             let log = dir.join(format!("tidegate-{i}-start-0.log"));
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-            instances.push(Instance::start(&config, any_port, mock_addr, log).await);
+            instances
+                .push(Instance::start(&config, INSTANCE_IDS[i], any_port, mock_addr, log).await);
         }
         let nginx = Nginx::start(&dir, [instances[0].api, instances[1].api]).await;
         Fleet {
@@ -556,7 +569,8 @@ async fn a_drained_instance_behind_nginx_finishes_its_streams_while_the_other_ta
     // Restarted on the same port, it gets its clients back once nginx tries it again.
     let log = fleet.dir.join(format!("tidegate-{drained}-start-1.log"));
     let port = fleet.instances[drained].api;
-    fleet.instances[drained] = Instance::start(&fleet.config, port, fleet.mock, log).await;
+    fleet.instances[drained] =
+        Instance::start(&fleet.config, INSTANCE_IDS[drained], port, fleet.mock, log).await;
     let restarted = &fleet.instances[drained];
     let source = drained_clients[0];
     let started = Instant::now();
@@ -810,6 +824,7 @@ async fn a_request_on_a_connection_an_instance_just_closed_goes_to_another_insta
     std::fs::write(&config, read("deploy/tidegate.toml")).unwrap();
     let instance = Instance::start(
         &config,
+        INSTANCE_IDS[0],
         SocketAddr::from(([127, 0, 0, 1], 0)),
         mock,
         dir.join("tidegate.log"),
@@ -876,6 +891,132 @@ async fn a_request_on_a_connection_an_instance_just_closed_goes_to_another_insta
         nginx.error_log()
     );
     mock_stop.cancel();
+}
+
+/// Issue 15, requirement 6: a resume through the shipped nginx config reaches the instance that
+/// owns the stream, named in the stream's id, from whatever address the client now has (the
+/// address hash would send about half of these to the other instance, which has no such stream);
+/// the text assembled across the cut is the upstream's exactly once. An id naming no instance,
+/// and an owner that is gone, are 404 `stream_not_found` from nginx itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (apt-get install nginx); .ci/run installs it"]
+async fn a_resume_through_nginx_reaches_the_owning_instance_from_any_address() {
+    let mock = MockSettings {
+        chunks: 60,
+        chunk_delay: Duration::from_millis(40),
+        ..MockSettings::default()
+    };
+    let mut fleet = Fleet::start("resume", mock, |toml| toml).await;
+    let nginx = fleet.nginx.addr;
+    let response = send_from(
+        client(1),
+        nginx,
+        post(
+            nginx,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = header(response.headers(), "x-tidegate-stream-id").to_owned();
+    let token = header(response.headers(), "x-tidegate-resume-token").to_owned();
+    let owner = fleet
+        .serving(client(1))
+        .await
+        .expect("an instance serves client 1");
+    assert!(
+        id.starts_with(&format!("st_{}_", INSTANCE_IDS[owner])),
+        "the id names its instance: {id}"
+    );
+    let mut body = response.into_body();
+    let mut seen = read_until(&mut body, |b| sse_data(b).len() >= 3).await;
+    drop(body); // the cut: nginx closes its connection to the instance, which detaches
+    let last_id = |bytes: &[u8]| {
+        tidegate::sse::parser::parse_all(bytes, 1 << 20)
+            .unwrap()
+            .last()
+            .map(|e| e.last_event_id.clone())
+            .unwrap_or_default()
+    };
+    // Eight new addresses, each resuming where the last left off and taking a few events.
+    for n in 2..=9u8 {
+        let path = format!(
+            "/v1/streams/{id}?token={token}&last_event_id={}",
+            last_id(&seen)
+        );
+        let response = send_from(client(n), nginx, get(nginx, &path)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "resume from {}",
+            client(n)
+        );
+        let mut body = response.into_body();
+        let more = if n < 9 {
+            let before = sse_data(&seen).len();
+            read_until(&mut body, |b| {
+                sse_data(b).len() >= 2 || sse_data(b).len() + before > 61
+            })
+            .await
+        } else {
+            read_to_end(body).await.to_vec()
+        };
+        seen.extend_from_slice(&more);
+    }
+    let data = sse_data(&seen);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let (_, _, whole) = fetch(post(
+        fleet.instances[1 - owner].api,
+        "/v1/chat/completions",
+        &chat_body("mock-1", true),
+        &[],
+    ))
+    .await;
+    let expected: String = sse_data(&whole)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        text, expected,
+        "no gap, no duplicate across nine connections"
+    );
+    // Every resume went to the owner.
+    let owner_addr = fleet.instances[owner].api.to_string();
+    let resumes: Vec<_> = fleet
+        .nginx
+        .access_log()
+        .into_iter()
+        .filter(|(_, status, upstream)| status == "200" && upstream.contains(&owner_addr))
+        .collect();
+    assert!(resumes.len() >= 9, "{resumes:?}");
+
+    let check_404 = |status: StatusCode, body: &Bytes| {
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body:?}");
+        let json: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(json["error"]["code"], "stream_not_found", "{json}");
+    };
+    let (status, _, body) = fetch(get(nginx, "/v1/streams/st_nosuch_1?token=x")).await;
+    check_404(status, &body);
+    fleet.instances[owner].terminate();
+    assert_eq!(fleet.instances[owner].exit_code(PATIENCE).await, 0);
+    let (status, _, body) = fetch(get(nginx, &format!("/v1/streams/{id}?token={token}"))).await;
+    check_404(status, &body);
 }
 
 /// nginx's own errors reach clients in the OpenAI shape, as tidegate's do: a body over the
@@ -1058,7 +1199,8 @@ async fn requests_reach_running_instances_that_nginx_still_holds_out() {
     for i in 0..2 {
         let log = fleet.dir.join(format!("tidegate-{i}-start-1.log"));
         let port = fleet.instances[i].api;
-        fleet.instances[i] = Instance::start(&fleet.config, port, fleet.mock, log).await;
+        fleet.instances[i] =
+            Instance::start(&fleet.config, INSTANCE_IDS[i], port, fleet.mock, log).await;
     }
     let mut streams = JoinSet::new();
     for n in 2..18 {

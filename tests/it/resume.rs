@@ -474,3 +474,74 @@ fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("no sample {series}"))
 }
+
+/// Requirement 2: the drain applies. A stream nobody is attached to cannot be resumed on an
+/// instance that is going away: the drain cancels it at once (the upstream sees it go) instead
+/// of waiting `shutdown.drain_timeout` for a generation no client will read.
+#[tokio::test]
+async fn the_drain_cancels_detached_streams_at_once() {
+    let env = start_with(MockSettings::default(), |c| {
+        resumable(c);
+        c.shutdown.drain_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let (conn, body, _, _, _) = start_and_read(&env, "1000", 2).await;
+    drop(body);
+    drop(conn);
+    wait_for("the stream to detach", PATIENCE, || async {
+        let text = metrics_text(&env).await;
+        (metric(&text, "tidegate_resume_detached_streams") == 1.0).then_some(())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    env.shutdown.cancel();
+    wait_for_mock(env.mock, "the upstream to be cancelled", PATIENCE, |s| {
+        s.streams_cancelled == 1
+    })
+    .await;
+    let mut env = env;
+    tokio::time::timeout(PATIENCE, &mut env.gateway_task)
+        .await
+        .expect("the gateway exits without waiting out the drain")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Requirement 2: heartbeats keep a resumed stream alive while the upstream is silent, as on a
+/// first connection.
+#[tokio::test]
+async fn a_resumed_stream_gets_heartbeats() {
+    let env = start_with(MockSettings::default(), |c| {
+        resumable(c);
+        c.streams.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut conn = Conn::open(env.gateway).await;
+    let response = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "60000")],
+        ))
+        .await;
+    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
+    let token = header(response.headers(), TOKEN_HEADER).to_owned();
+    let mut body = response.into_body();
+    let before = events(&read_until(&mut body, |b| !events(b).is_empty()).await);
+    drop(body);
+    drop(conn);
+    let mut resumed = Conn::open(env.gateway).await;
+    let last = before.last().unwrap().id.clone();
+    let response = resumed
+        .send(resume_request(&env, &id, &token, Some(&last)))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let seen = read_until(&mut body, |b| {
+        String::from_utf8_lossy(b).matches(": ping").count() >= 2
+    })
+    .await;
+    assert!(events(&seen).is_empty(), "no event, only heartbeats");
+}
