@@ -357,11 +357,10 @@ impl Fleet {
         let config = dir.join("tidegate.toml");
         std::fs::write(&config, adjust(read("deploy/tidegate.toml"))).unwrap();
         let mut instances = Vec::new();
-        for i in 0..2 {
+        for (i, id) in INSTANCE_IDS.into_iter().enumerate() {
             let log = dir.join(format!("tidegate-{i}-start-0.log"));
             let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-            instances
-                .push(Instance::start(&config, INSTANCE_IDS[i], any_port, mock_addr, log).await);
+            instances.push(Instance::start(&config, id, any_port, mock_addr, log).await);
         }
         let nginx = Nginx::start(&dir, [instances[0].api, instances[1].api]).await;
         Fleet {
@@ -1196,11 +1195,10 @@ async fn requests_reach_running_instances_that_nginx_still_holds_out() {
     let failures_end = Instant::now();
 
     // Both back on their ports, ready, well within fail_timeout of those failures.
-    for i in 0..2 {
+    for (i, id) in INSTANCE_IDS.into_iter().enumerate() {
         let log = fleet.dir.join(format!("tidegate-{i}-start-1.log"));
         let port = fleet.instances[i].api;
-        fleet.instances[i] =
-            Instance::start(&fleet.config, INSTANCE_IDS[i], port, fleet.mock, log).await;
+        fleet.instances[i] = Instance::start(&fleet.config, id, port, fleet.mock, log).await;
     }
     let mut streams = JoinSet::new();
     for n in 2..18 {
