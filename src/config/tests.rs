@@ -2810,7 +2810,7 @@ fn resume_settings_are_checked() {
         (
             "[resume]\ninstance_id = \"\"",
             "resume.instance_id",
-            "1 to 32",
+            "1 to 63",
         ),
         (
             "[resume]\ndetach_grace = \"0s\"",

@@ -53,6 +53,10 @@ pub const RESUME_TOKEN_HEADER: &str = "x-tidegate-resume-token";
 /// guessable.
 const TOKEN_BYTES: usize = 16;
 
+/// What keeping one event costs beyond its bytes: its place in the log (id and handle), counted
+/// against the limits with the bytes so that many small events cannot outgrow the budget.
+const EVENT_OVERHEAD: usize = std::mem::size_of::<(u64, Bytes)>();
+
 /// Frames a detached stream's task takes in one poll before it lets the worker run others.
 const DETACHED_FRAMES_PER_POLL: usize = 64;
 
@@ -148,6 +152,7 @@ struct Holding {
     waker: Option<Waker>,
     /// Events kept for replay, oldest first, with their ids (consecutive).
     log: VecDeque<(u64, Bytes)>,
+    /// What `log` holds: its events' bytes plus [`EVENT_OVERHEAD`] each.
     log_bytes: usize,
     /// The id of the first event not yet made (1 before the first).
     next_id: u64,
@@ -170,7 +175,7 @@ impl Holding {
         let mut added = 0;
         let log = &mut self.log;
         relay.drain_fresh_events(|id, bytes| {
-            added += bytes.len();
+            added += bytes.len() + EVENT_OVERHEAD;
             log.push_back((id, bytes));
         });
         if let Some(next) = relay.next_event_id() {
@@ -189,8 +194,8 @@ impl Holding {
             let Some((id, bytes)) = self.log.pop_front() else {
                 break;
             };
-            self.log_bytes -= bytes.len();
-            dropped += bytes.len();
+            self.log_bytes -= bytes.len() + EVENT_OVERHEAD;
+            dropped += bytes.len() + EVENT_OVERHEAD;
             self.first_kept = id + 1;
         }
         dropped

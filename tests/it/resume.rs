@@ -545,3 +545,82 @@ async fn a_resumed_stream_gets_heartbeats() {
     .await;
     assert!(events(&seen).is_empty(), "no event, only heartbeats");
 }
+
+/// Requirement 2: the slow-client rule applies to a resumed stream, and it closes the resuming
+/// client's connection (the one that stopped reading), not the first one's.
+#[tokio::test]
+async fn a_resumed_client_that_stops_reading_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stall = Duration::from_millis(500);
+    let env = start_with(MockSettings::default(), |c| {
+        resumable(c);
+        c.streams.client_stall_timeout = stall;
+    })
+    .await;
+    // A firehose: ten million chunks, no delay.
+    let mut conn = Conn::open(env.gateway).await;
+    let response = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            &[
+                ("x-mock-chunks", "10000000"),
+                ("x-mock-chunk-delay-ms", "0"),
+            ],
+        ))
+        .await;
+    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
+    let token = header(response.headers(), TOKEN_HEADER).to_owned();
+    let mut body = response.into_body();
+    let before = events(&read_until(&mut body, |b| events(b).len() >= 2).await);
+    drop(body);
+    drop(conn);
+    // The resuming client: a small receive window, and it stops reading after the first event.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(env.gateway).await.unwrap();
+    let last = before.last().unwrap().id.clone();
+    let request = format!(
+        "GET /v1/streams/{id}?token={token}&last_event_id={last} HTTP/1.1\r\nhost: {}\r\n\r\n",
+        env.gateway
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    // Bounded by the deadline.
+    while !seen.windows(5).any(|w| w == b"data:") {
+        let n = tokio::time::timeout_at(deadline, client.read(&mut buf))
+            .await
+            .expect("the first resumed event in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    // Now it reads nothing: the socket buffers fill, and the stall timeout runs.
+    let text = wait_for(
+        "the stream to be cut as a slow client",
+        PATIENCE * 3,
+        || async {
+            let text = metrics_text(&env).await;
+            text.contains("tidegate_streams_total{outcome=\"slow_client\"} 1")
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(text.contains("tidegate_streams_active 0"), "{text}");
+    // The resuming client's connection was closed under it.
+    let mut rest = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, client.read(&mut rest))
+            .await
+            .expect("the resumed connection closed in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
