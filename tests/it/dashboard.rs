@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use tidegate::metrics::{NAMES, PROCESS_NAMES, TLS_NAMES};
+use tidegate::metrics::{NAMES, PROCESS_NAMES, RESUME_NAMES, TLS_NAMES};
 
 /// The dashboard's uid: links, provisioning and alert annotations find it by this, so a change
 /// must be deliberate.
@@ -23,7 +23,14 @@ const INSTANCE_FILTER: &str = r#"instance=~"$instance""#;
 const QUERY_VARIABLES: [&str; 2] = ["instance", "__rate_interval"];
 
 /// The row titles, in order.
-const ROWS: [&str; 5] = ["Traffic", "Latency", "Admission", "Upstreams", "Process"];
+const ROWS: [&str; 6] = [
+    "Traffic",
+    "Latency",
+    "Admission",
+    "Upstreams",
+    "Resumable streams",
+    "Process",
+];
 
 /// Grafana unit ids (packages/grafana-data/src/valueFormats/categories.ts) a panel may use: a
 /// misspelt unit is shown as a bare number with the text appended, which no one notices.
@@ -170,10 +177,10 @@ fn metric_refs(expr: &str) -> Vec<MetricRef> {
 ///
 /// A `tidegate_*` family of `NAMES` whose name ends in `_seconds` is a histogram (all five are,
 /// and no counter or gauge there ends so): a query reads it as `_bucket`, `_sum` or `_count`,
-/// never bare. Every other family, and the TLS ones (a counter and a timestamp gauge), is read
+/// never bare. Every other family, and the TLS and resume ones (counters and gauges), is read
 /// by its own name.
 fn unexported(name: &str) -> Option<String> {
-    if PROCESS_NAMES.contains(&name) || TLS_NAMES.contains(&name) {
+    if PROCESS_NAMES.contains(&name) || TLS_NAMES.contains(&name) || RESUME_NAMES.contains(&name) {
         return None;
     }
     let is_histogram = |base: &str| NAMES.contains(&base) && base.ends_with("_seconds");
@@ -194,7 +201,7 @@ fn unexported(name: &str) -> Option<String> {
         return None;
     }
     Some(format!(
-        "{name} is not exported (tidegate::metrics::NAMES, PROCESS_NAMES, TLS_NAMES)"
+        "{name} is not exported (tidegate::metrics::NAMES, PROCESS_NAMES, TLS_NAMES, RESUME_NAMES)"
     ))
 }
 
@@ -466,7 +473,7 @@ fn every_query_names_only_metrics_the_gateway_exports() {
 }
 
 #[test]
-fn rows_group_the_panels_traffic_latency_admission_upstreams_process() {
+fn rows_group_the_panels_traffic_latency_admission_upstreams_resume_process() {
     let dashboard = dashboard();
     let top = dashboard["panels"].as_array().expect("panels is an array");
     // An expanded row owns the panels after it up to the next row; a collapsed one keeps its

@@ -137,6 +137,8 @@ async fn traffic(env: &TestEnv) {
 async fn a_real_prometheus_scrapes_the_gateway_and_runs_every_dashboard_and_alert_query() {
     let env = start_with(MockSettings::default(), |c| {
         c.retry.max_attempts = 1;
+        // The resume families are exported, linted and queried too.
+        c.resume.enabled = true;
     })
     .await;
     traffic(&env).await;
