@@ -27,6 +27,8 @@
 #   TIDEGATE_BENCH_BIN  the load driver (default: tidegate-bench next to TIDEGATE_BIN)
 #   OUT_DIR       where profiles and reports go (default: a new directory under /tmp)
 #   BY_CRATE=1    also split both figures by crate (loadtest/callgrind-summary.py)
+#   TIDEGATE_EXTRA_CONFIG  more TOML for the tidegate targets' config, e.g.
+#                 $'[resume]\nenabled = true' to count resumable streams
 # Open a profile with `callgrind_annotate --inclusive=yes OUT_DIR/<target>-loaded/cg.<pid>`.
 set -euo pipefail
 
@@ -84,6 +86,8 @@ measure() {
                 printf 'listen = "127.0.0.1:%s"\n\n[upstream]\n' "$port"
                 printf 'base_url = "http://%s/v1"\nforward_headers = ["x-mock-*"]\n' "$MOCK"
                 printf 'http2 = %s\n\n[shutdown]\ndrain_timeout = "1s"\n' "$http2"
+                # More TOML from the caller (e.g. a [resume] table), as in lib.sh.
+                printf '%s\n' "${TIDEGATE_EXTRA_CONFIG:-}"
             } >"$dir/gateway.toml"
             "${callgrind[@]}" "$TIDEGATE_BIN" --config "$dir/gateway.toml" >"$dir/target.log" 2>&1 &
             pid=$!

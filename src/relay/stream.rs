@@ -1173,6 +1173,19 @@ mod tests {
         })
     }
 
+    /// `input` cut at the points `cuts` pick: the reads an upstream might make of it.
+    fn split_at<'a>(input: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+        points.sort_unstable();
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for p in points.into_iter().chain([input.len()]) {
+            parts.push(&input[start..p]);
+            start = p;
+        }
+        parts
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -1185,14 +1198,7 @@ mod tests {
         ) {
             let mut input: Vec<u8> = blocks.concat();
             input.extend_from_slice(DONE);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
-            points.sort_unstable();
-            let mut parts = Vec::new();
-            let mut start = 0;
-            for p in points.into_iter().chain([input.len()]) {
-                parts.push(&input[start..p]);
-                start = p;
-            }
+            let parts = split_at(&input, &cuts);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             let (frames, outcome) = runtime.block_on(relay(reads(&parts), 4096));
             prop_assert_eq!(concat(&frames), input.clone());
@@ -1223,14 +1229,7 @@ mod tests {
                 }
             }
             input.extend_from_slice(DONE);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
-            points.sort_unstable();
-            let mut parts = Vec::new();
-            let mut start = 0;
-            for p in points.into_iter().chain([input.len()]) {
-                parts.push(&input[start..p]);
-                start = p;
-            }
+            let parts = split_at(&input, &cuts);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             let (frames, logged) = runtime.block_on(async {
                 let registry = Arc::new(Registry::new(&["u"]));

@@ -87,6 +87,25 @@ fn resume_request(
     get(env.gateway, &path)
 }
 
+/// Starts a stream on a new connection with `extra` headers (x-mock-* pacing, a key); returns
+/// the connection, the body, the stream id and the resume token.
+async fn open_resumable(env: &TestEnv, extra: &[(&str, &str)]) -> (Conn, Incoming, String, String) {
+    let mut conn = Conn::open(env.gateway).await;
+    let response = conn
+        .send(post(
+            env.gateway,
+            "/v1/chat/completions",
+            &chat_body("mock-1", true),
+            extra,
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
+    let token = header(response.headers(), TOKEN_HEADER).to_owned();
+    assert_eq!(token.len(), 32, "128 random bits, hex: {token}");
+    (conn, response.into_body(), id, token)
+}
+
 /// Opens a slow stream, reads at least `at_least` events, and returns the connection, the rest
 /// of the body, the stream id, the token and the events read.
 async fn start_and_read(
@@ -94,22 +113,29 @@ async fn start_and_read(
     chunks: &str,
     at_least: usize,
 ) -> (Conn, Incoming, String, String, Vec<Event>) {
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", true),
-            &[("x-mock-chunks", chunks), ("x-mock-chunk-delay-ms", "40")],
-        ))
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
-    let token = header(response.headers(), TOKEN_HEADER).to_owned();
-    assert_eq!(token.len(), 32, "128 random bits, hex: {token}");
-    let mut body = response.into_body();
+    let pacing = [("x-mock-chunks", chunks), ("x-mock-chunk-delay-ms", "40")];
+    let (conn, mut body, id, token) = open_resumable(env, &pacing).await;
     let seen = read_until(&mut body, |b| events(b).len() >= at_least).await;
     (conn, body, id, token, events(&seen))
+}
+
+/// Opens a long slow stream, reads two events and goes away; returns the stream id, the token
+/// and the events read, once the stream generates detached.
+async fn start_and_detach(env: &TestEnv) -> (String, String, Vec<Event>) {
+    let (conn, body, id, token, before) = start_and_read(env, "1000", 2).await;
+    drop(body);
+    drop(conn);
+    wait_detached(env, 1).await;
+    (id, token, before)
+}
+
+/// Waits until `n` streams generate with no client attached.
+async fn wait_detached(env: &TestEnv, n: u32) {
+    wait_for("the stream to detach", PATIENCE, || async {
+        let text = metrics_text(env).await;
+        (metric(&text, "tidegate_resume_detached_streams") == f64::from(n)).then_some(())
+    })
+    .await;
 }
 
 async fn resume_and_check(env: &TestEnv, over_http2: bool) {
@@ -287,15 +313,8 @@ async fn grace_expiry_cancels_the_upstream() {
         c.resume.detach_grace = Duration::from_secs(2);
     })
     .await;
-    let (conn, body, id, token, before) = start_and_read(&env, "1000", 2).await;
-    drop(body);
-    drop(conn);
     // Detached: the generation goes on (the mock keeps sending), the client is gone.
-    wait_for("the stream to detach", PATIENCE, || async {
-        let text = metrics_text(&env).await;
-        (metric(&text, "tidegate_resume_detached_streams") == 1.0).then_some(())
-    })
-    .await;
+    let (id, token, before) = start_and_detach(&env).await;
     let s = mock_stats(env.mock).await;
     assert_eq!(s.streams_active, 1, "still generating during the grace");
     assert_eq!(s.streams_cancelled, 0);
@@ -379,21 +398,14 @@ async fn only_the_same_key_may_resume() {
         c.auth.keys_file = Some(file.to_str().unwrap().to_owned());
     })
     .await;
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", true),
-            &[
-                ("authorization", &format!("Bearer {a}")),
-                ("x-mock-chunks", "100"),
-                ("x-mock-chunk-delay-ms", "40"),
-            ],
-        ))
-        .await;
-    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
-    let token = header(response.headers(), TOKEN_HEADER).to_owned();
+    let bearer = format!("Bearer {a}");
+    let extra = [
+        ("authorization", bearer.as_str()),
+        ("x-mock-chunks", "100"),
+        ("x-mock-chunk-delay-ms", "40"),
+    ];
+    // The first client stays attached: a resume may take the stream over from it.
+    let (conn, _first, id, token) = open_resumable(&env, &extra).await;
     let with_key = |key: Option<&str>| {
         let mut request = resume_request(&env, &id, &token, None);
         if let Some(key) = key {
@@ -419,9 +431,7 @@ async fn only_the_same_key_may_resume() {
 #[tokio::test]
 async fn the_admin_kill_ends_a_resumed_stream() {
     let env = start_with(MockSettings::default(), resumable).await;
-    let (conn, body, id, token, before) = start_and_read(&env, "1000", 2).await;
-    drop(body);
-    drop(conn);
+    let (id, token, before) = start_and_detach(&env).await;
     let last = before.last().unwrap().id.clone();
     let mut resumed = Conn::open(env.gateway).await;
     let response = resumed
@@ -485,14 +495,7 @@ async fn the_drain_cancels_detached_streams_at_once() {
         c.shutdown.drain_timeout = Duration::from_secs(60);
     })
     .await;
-    let (conn, body, _, _, _) = start_and_read(&env, "1000", 2).await;
-    drop(body);
-    drop(conn);
-    wait_for("the stream to detach", PATIENCE, || async {
-        let text = metrics_text(&env).await;
-        (metric(&text, "tidegate_resume_detached_streams") == 1.0).then_some(())
-    })
-    .await;
+    start_and_detach(&env).await;
     let started = tokio::time::Instant::now();
     env.shutdown.cancel();
     wait_for_mock(env.mock, "the upstream to be cancelled", PATIENCE, |s| {
@@ -517,18 +520,8 @@ async fn a_resumed_stream_gets_heartbeats() {
         c.streams.heartbeat_interval = Duration::from_millis(200);
     })
     .await;
-    let mut conn = Conn::open(env.gateway).await;
-    let response = conn
-        .send(post(
-            env.gateway,
-            "/v1/chat/completions",
-            &chat_body("mock-1", true),
-            &[("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "60000")],
-        ))
-        .await;
-    let id = header(response.headers(), STREAM_ID_HEADER).to_owned();
-    let token = header(response.headers(), TOKEN_HEADER).to_owned();
-    let mut body = response.into_body();
+    let pacing = [("x-mock-chunks", "3"), ("x-mock-chunk-delay-ms", "60000")];
+    let (conn, mut body, id, token) = open_resumable(&env, &pacing).await;
     let before = events(&read_until(&mut body, |b| !events(b).is_empty()).await);
     drop(body);
     drop(conn);
