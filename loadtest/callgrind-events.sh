@@ -73,7 +73,7 @@ measure() {
             command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx)"
             mkdir -p "$dir/nginx"
             sed -e "s|@WORKERS@|$(nproc)|; s|@DIR@|$dir/nginx|g; s|@UPSTREAM@|$MOCK|" \
-                -e "s|@LISTEN@|127.0.0.1:$port|; s|@ACCESS_LOG@|off|" \
+                -e "s|@LISTEN@|127.0.0.1:$port|; s|@ACCESS_LOG@|off|; s|@LISTEN_OPTS@||" \
                 loadtest/nginx/nginx.conf.template >"$dir/nginx/nginx.conf"
             "${callgrind[@]}" nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" \
                 >"$dir/target.log" 2>&1 &
