@@ -26,6 +26,8 @@
 #   - the `server 127.0.0.1:8081 ...;` / `:8082 ...;` lines of both upstream blocks (the
 #     passive-checked one and the fallback) -> the three instances' ports, the third a copy of
 #     the second line of its block (same max_fails / fail_timeout parameters);
+#   - the server of each per-instance block for resumes (tidegate_instance_a, _b) -> the first
+#     and second instance's port (this script resumes nothing);
 #   - pid, error_log, both access_log paths -> OUT_DIR/nginx (log formats kept);
 #   - `user www-data;` dropped when not run as root (nginx ignores it then anyway);
 #   - temp paths (client_body, proxy, fastcgi, uwsgi, scgi) added inside `http {`, in
@@ -298,6 +300,14 @@ render("nginx.conf", main)
 # shipped instances: in each, the second server line, whatever its parameters, is copied for
 # the third instance.
 conf = open(f"{src}/tidegate.conf").read()
+# The per-instance blocks that resumes go to (one server each): the first two instances'. This
+# script's instances run without --instance-id and resume nothing; the blocks only have to point
+# at something that exists.
+for block, p in (("tidegate_instance_a", p1), ("tidegate_instance_b", p2)):
+    pattern = rf"(upstream {block} {{\n *server 127\.0\.0\.1:)808[12]( )"
+    conf, n = re.subn(pattern, rf"\g<1>{p}\g<2>", conf)
+    if n != 1:
+        sys.exit(f"{src}/tidegate.conf: expected one 'upstream {block}' block, found {n}: the shipped file changed, update rolling-restart.sh")
 second_lines = r"^( *server 127\.0\.0\.1:)8082( [^\n]*;)$"
 n = len(re.findall(second_lines, conf, re.M))
 if n != 2:
