@@ -87,6 +87,9 @@ struct Counts {
     window_exceeded: AtomicU64,
     detached: AtomicU64,
     expired: AtomicU64,
+    /// Streams detached now: up when a client leaves a live stream, down when it is resumed,
+    /// ends or is cancelled (`Holding::attach`).
+    detached_now: AtomicU64,
 }
 
 /// What the store holds now and has done, for `/metrics`.
@@ -166,12 +169,14 @@ struct Holding {
 }
 
 impl Holding {
-    /// Takes the relay's new events into the log, dropping the oldest past `max_bytes`;
-    /// returns (bytes added, bytes dropped).
-    fn take_fresh(&mut self, max_bytes: usize) -> (usize, usize) {
+    /// Takes the relay's new events into the log and counts them in `budget` (making room in
+    /// it first), then drops this log's oldest past `max_bytes`. Called under the stream's lock,
+    /// so every byte in a log is counted by the time the lock is released.
+    fn take_fresh(&mut self, max_bytes: usize, budget: &ReplayBudget) {
         let Some(relay) = self.relay.as_mut() else {
-            return (0, 0);
+            return;
         };
+        let counted = self.log_bytes;
         let mut added = 0;
         let log = &mut self.log;
         relay.drain_fresh_events(|id, bytes| {
@@ -181,9 +186,13 @@ impl Holding {
         if let Some(next) = relay.next_event_id() {
             self.next_id = next;
         }
+        if added == 0 {
+            return;
+        }
         self.log_bytes += added;
+        budget.reserve(added, self, counted);
         let dropped = self.drop_oldest_until(max_bytes);
-        (added, dropped)
+        budget.release(dropped);
     }
 
     /// Drops the oldest events until the log holds at most `max_bytes`; returns bytes dropped.
@@ -199,6 +208,13 @@ impl Holding {
             self.first_kept = id + 1;
         }
         dropped
+    }
+
+    /// The stream is no longer detached (resumed, ended or cancelled): counted out of `gauge`.
+    fn end_detachment(&mut self, gauge: &AtomicU64) {
+        if self.detached_since_ms.take().is_some() {
+            gauge.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Becomes held by a new holder; wakes the old one, which finds it holds nothing.
@@ -250,23 +266,55 @@ impl Drop for Resumable {
 }
 
 impl ReplayBudget {
-    /// Counts `added` bytes in (and `dropped` out); past the limit, takes events back from the
-    /// oldest streams until a sixteenth of the budget is free again, so that a full budget is
-    /// not swept at every event.
-    fn charge(&self, added: usize, dropped: usize) {
+    /// Counts `added` bytes in for `own`, a stream whose lock the caller holds and whose first
+    /// `own_counted` log bytes are counted already. The count never passes the limit: room is
+    /// reserved before it is counted. When there is none, events are first taken back from the
+    /// other streams, oldest first, until a sixteenth of the budget is free again (so that a
+    /// full budget is not swept at every event); then, if that is not enough, from `own`'s
+    /// counted events.
+    fn reserve(&self, added: usize, own: &mut Holding, own_counted: usize) {
+        let limit = self.limit;
+        let try_reserve = || {
+            self.used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + added <= limit).then_some(used + added)
+                })
+                .is_ok()
+        };
+        // Bounded: a few evictions, each one pass over the streams.
+        for _ in 0..3 {
+            if try_reserve() {
+                return;
+            }
+            self.evict_down_to((limit - limit / 16).saturating_sub(added));
+        }
+        if try_reserve() {
+            return;
+        }
+        // The others are empty or busy this instant: this stream's own oldest events go.
+        let shortfall = (self.used.load(Ordering::Relaxed) + added).saturating_sub(limit);
+        let keep = own.log_bytes - shortfall.min(own_counted);
+        let dropped = own.drop_oldest_until(keep);
+        self.release(dropped);
+        if !try_reserve() {
+            // Only if other streams filled the room meanwhile: counted anyway, taken back by
+            // the next reservation.
+            self.used.fetch_add(added, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `dropped` bytes out: events a log no longer keeps.
+    fn release(&self, dropped: usize) {
         if dropped > 0 {
             self.used.fetch_sub(dropped, Ordering::Relaxed);
             self.evicted_bytes
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        if added == 0 {
-            return;
-        }
-        let used = self.used.fetch_add(added, Ordering::Relaxed) + added;
-        if used <= self.limit {
-            return;
-        }
-        let target = self.limit - self.limit / 16;
+    }
+
+    /// Takes events back from the oldest streams (their oldest first) until at most `target`
+    /// bytes are counted, or nothing more can be taken now.
+    fn evict_down_to(&self, target: usize) {
         let mut order = self
             .order
             .lock()
@@ -278,7 +326,7 @@ impl ReplayBudget {
                 order.remove(index);
                 continue;
             };
-            // A stream being polled right now (the caller's own among them) is skipped.
+            // A stream being polled right now is skipped.
             let Ok(mut state) = stream.state.try_lock() else {
                 index += 1;
                 continue;
@@ -423,7 +471,7 @@ impl ResumeStore {
             relay.discard_unsent();
             relay.lifetime().handle().move_to_connection(connection);
         }
-        state.detached_since_ms = None;
+        state.end_detachment(&self.counts.detached_now);
         let holder = state.hand_over();
         drop(state);
         self.counts.resumed.fetch_add(1, Ordering::Relaxed);
@@ -448,7 +496,7 @@ impl ResumeStore {
             let mut state = stream.lock();
             if let Some(since) = state.detached_since_ms {
                 if draining || now.saturating_sub(since) >= self.detach_grace_ms {
-                    state.detached_since_ms = None;
+                    state.end_detachment(&self.counts.detached_now);
                     state.finished_ms = Some(now);
                     state.hand_over();
                     if let Some(relay) = state.relay.take() {
@@ -494,16 +542,10 @@ impl ResumeStore {
     }
 
     pub fn stats(&self) -> ResumeStats {
-        let mut detached_now = 0;
-        for stream in self.streams.iter() {
-            if let Ok(state) = stream.state.try_lock() {
-                detached_now += u64::from(state.detached_since_ms.is_some());
-            }
-        }
         let c = &self.counts;
         ResumeStats {
             streams: self.streams.len() as u64,
-            detached_now,
+            detached_now: c.detached_now.load(Ordering::Relaxed),
             replay_bytes: self.budget.used.load(Ordering::Relaxed) as u64,
             resumed: c.resumed.load(Ordering::Relaxed),
             not_found: c.not_found.load(Ordering::Relaxed),
@@ -544,7 +586,7 @@ impl ResumableBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(relay.as_mut()).poll_frame(cx);
-        let (added, dropped) = state.take_fresh(max_bytes);
+        state.take_fresh(max_bytes, &self.stream.budget);
         let mut ended = None;
         if let Poll::Ready(None) = polled {
             state.finished_ms = Some(self.store.registry.now_ms());
@@ -552,7 +594,6 @@ impl ResumableBody {
         }
         drop(state);
         drop(ended);
-        self.stream.budget.charge(added, dropped);
         match polled {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(frame.into_data().ok()),
             Poll::Ready(Some(Err(never))) => match never {},
@@ -619,19 +660,20 @@ impl Drop for ResumableBody {
             return;
         }
         let holder = state.hand_over();
-        state.detached_since_ms = Some(now);
         let runtime = tokio::runtime::Handle::try_current();
         if runtime.is_err() || self.store.registry.is_draining() {
             // Nobody could drive it (or resume it here): cancel now.
             state.finished_ms = Some(now);
-            state.detached_since_ms = None;
             let cancelled = state.relay.take();
             drop(state);
             drop(cancelled);
             return;
         }
+        state.detached_since_ms = Some(now);
+        let counts = &self.store.counts;
+        counts.detached_now.fetch_add(1, Ordering::Relaxed);
         drop(state);
-        self.store.counts.detached.fetch_add(1, Ordering::Relaxed);
+        counts.detached.fetch_add(1, Ordering::Relaxed);
         if let Ok(runtime) = runtime {
             runtime.spawn(drive_detached(
                 self.store.clone(),
@@ -662,7 +704,7 @@ async fn drive_detached(store: Arc<ResumeStore>, stream: Arc<Resumable>, holder:
                 Poll::Ready(Some(_)) => continue,
                 Poll::Ready(None) => {
                     state.finished_ms = Some(store.registry.now_ms());
-                    state.detached_since_ms = None;
+                    state.end_detachment(&store.counts.detached_now);
                     outcome = Some(Poll::Ready(()));
                     break;
                 }
@@ -672,14 +714,13 @@ async fn drive_detached(store: Arc<ResumeStore>, stream: Arc<Resumable>, holder:
                 }
             }
         }
-        let (added, dropped) = state.take_fresh(max_bytes);
+        state.take_fresh(max_bytes, &stream.budget);
         let ended = match outcome {
             Some(Poll::Ready(())) => state.relay.take(),
             _ => None,
         };
         drop(state);
         drop(ended);
-        stream.budget.charge(added, dropped);
         match outcome {
             Some(done) => done,
             None => {
