@@ -175,6 +175,22 @@ impl EventIds {
         self.next += 1;
     }
 
+    /// Like [`EventIds::tag_into`], leaving out the event's own `id` field lines: the
+    /// upstream's ids would override ours in the client, and a resume would then ask for an id
+    /// this gateway never gave.
+    fn tag_into_without_ids(&mut self, out: &mut BytesMut, event: &[u8]) {
+        let start = out.len();
+        // Writing to a BytesMut cannot fail.
+        let _ = writeln!(out, "id: {}", self.next);
+        for line in lines_with_ends(event) {
+            if !is_id_field(line) {
+                out.extend_from_slice(line);
+            }
+        }
+        self.spans.push((self.next, start, out.len()));
+        self.next += 1;
+    }
+
     /// Moves the spans of the frozen frame into `fresh`, as slices of it.
     fn keep(&mut self, frame: &Bytes) {
         for (id, start, end) in self.spans.drain(..) {
@@ -196,7 +212,11 @@ impl EventIds {
                 // the one before (split across reads): that CR already ended the line, and the
                 // LF after our `id:` line would end the event early.
                 let block = block.strip_prefix(b"\n").unwrap_or(block);
-                self.tag_into(&mut out, block);
+                if has_id_field(block) {
+                    self.tag_into_without_ids(&mut out, block);
+                } else {
+                    self.tag_into(&mut out, block);
+                }
             } else {
                 out.extend_from_slice(block);
             }
@@ -208,6 +228,39 @@ impl EventIds {
         self.keep(&frame);
         frame
     }
+}
+
+/// Whether an event block holds an `id` field line (`id`, or `id:` and a value), at the start
+/// of any line. A quick look first: most blocks have no "id" at all.
+fn has_id_field(block: &[u8]) -> bool {
+    memchr::memmem::find(block, b"id").is_some() && lines_with_ends(block).any(is_id_field)
+}
+
+/// Whether `line` (with its line end) is an `id` field: the name `id`, then `:` or the end.
+fn is_id_field(line: &[u8]) -> bool {
+    let name_end = line
+        .iter()
+        .position(|&b| b == b':' || b == b'\r' || b == b'\n')
+        .unwrap_or(line.len());
+    &line[..name_end] == b"id"
+}
+
+/// The lines of an SSE block, each with its own end (CRLF, CR or LF; the last may have none).
+fn lines_with_ends(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = match memchr::memchr2(b'\r', b'\n', rest) {
+            None => rest.len(),
+            Some(i) if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') => i + 2,
+            Some(i) => i + 1,
+        };
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        Some(line)
+    })
 }
 
 /// One upstream read in this many has its relay delay observed: the clock and the histogram
@@ -1154,23 +1207,34 @@ mod tests {
 
     /// One upstream block: optional comment, one or two JSON data lines, blank line.
     fn block() -> impl Strategy<Value = Vec<u8>> {
-        (any::<bool>(), 0u32..1000, any::<bool>(), line_end()).prop_map(|(comment, n, two, eol)| {
-            let mut b = Vec::new();
-            if comment {
-                b.extend_from_slice(b": c");
+        (any::<bool>(), 0u32..1000, any::<bool>(), line_end(), 0u8..4).prop_map(
+            |(comment, n, two, eol, id)| {
+                let mut b = Vec::new();
+                if comment {
+                    b.extend_from_slice(b": c");
+                    b.extend_from_slice(eol);
+                }
+                // Sometimes the upstream's own id field (with a value, or bare).
+                match id {
+                    0 => b.extend_from_slice(format!("id: up-{n}").as_bytes()),
+                    1 => b.extend_from_slice(b"id"),
+                    _ => {}
+                }
+                if id < 2 {
+                    b.extend_from_slice(eol);
+                }
+                if two {
+                    b.extend_from_slice(format!("data: {{\"n\":{n},").as_bytes());
+                    b.extend_from_slice(eol);
+                    b.extend_from_slice(b"data: \"m\":1}");
+                } else {
+                    b.extend_from_slice(format!("data: {{\"n\":{n}}}").as_bytes());
+                }
                 b.extend_from_slice(eol);
-            }
-            if two {
-                b.extend_from_slice(format!("data: {{\"n\":{n},").as_bytes());
                 b.extend_from_slice(eol);
-                b.extend_from_slice(b"data: \"m\":1}");
-            } else {
-                b.extend_from_slice(format!("data: {{\"n\":{n}}}").as_bytes());
-            }
-            b.extend_from_slice(eol);
-            b.extend_from_slice(eol);
-            b
-        })
+                b
+            },
+        )
     }
 
     /// `input` cut at the points `cuts` pick: the reads an upstream might make of it.
@@ -1213,8 +1277,9 @@ mod tests {
         }
 
         /// With event ids on (resume), however the upstream splits its bytes (CRLF and CR line
-        /// ends, a leading BOM, comment-only blocks included): the client gets the upstream's
-        /// events, numbered 1, 2, ... in order, and the replay log holds each of them, as sent.
+        /// ends, a leading BOM, comment-only blocks, the upstream's own id fields included): the
+        /// client gets the upstream's events, numbered 1, 2, ... in order (ours, never the
+        /// upstream's), and the replay log holds each of them, as sent.
         #[test]
         fn any_split_with_event_ids_numbers_every_event_once(
             blocks in prop::collection::vec((block(), any::<bool>()), 1..8),
