@@ -408,6 +408,8 @@ pub struct StreamView<'a> {
     pub blocked_ms: Option<u64>,
     /// Why the gateway is ending it, if it is.
     pub ending: Option<&'static str>,
+    /// Its client has gone and it generates for a resume (`[resume]`), until `detach_grace`.
+    pub detached: bool,
 }
 
 fn view<'a>(registry: &Registry, stream: &'a StreamHandle) -> StreamView<'a> {
@@ -433,6 +435,7 @@ fn view<'a>(registry: &Registry, stream: &'a StreamHandle) -> StreamView<'a> {
         heartbeats: stream.heartbeats(),
         blocked_ms: stream.blocked_since_ms().map(|t| now.saturating_sub(t)),
         ending: stream.end_reason().map(EndReason::code),
+        detached: stream.is_detached(),
     }
 }
 

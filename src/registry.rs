@@ -228,6 +228,7 @@ impl Registry {
             end_reason: AtomicU8::new(0),
             waker: AtomicWaker::new(),
             connection: Mutex::new(new.connection),
+            detached: AtomicBool::new(false),
         });
         self.streams.insert(seq, handle.clone());
         StreamEntry {
@@ -365,6 +366,8 @@ pub struct StreamHandle {
     /// The client connection the stream is sent on: a resumed stream moves to the resuming
     /// client's connection ([`StreamHandle::move_to_connection`]).
     connection: Mutex<Option<ConnectionInfo>>,
+    /// Its client has gone and it generates for a resume (`[resume]`).
+    detached: AtomicBool,
 }
 
 impl StreamHandle {
@@ -558,6 +561,16 @@ impl StreamHandle {
             }
         }
         true
+    }
+
+    /// Whether its client has gone and it generates for a resume.
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Relaxed)
+    }
+
+    /// Marks the stream detached (its client gone, generating for a resume) or attached again.
+    pub fn set_detached(&self, detached: bool) {
+        self.detached.store(detached, Ordering::Relaxed);
     }
 
     /// A resumed stream is now sent on `connection`: the one a slow-client cut closes. The

@@ -469,7 +469,9 @@ impl ResumeStore {
         let replay: VecDeque<Bytes> = state.log.range(from..).map(|(_, b)| b.clone()).collect();
         if let Some(relay) = state.relay.as_mut() {
             relay.discard_unsent();
-            relay.lifetime().handle().move_to_connection(connection);
+            let handle = relay.lifetime().handle();
+            handle.move_to_connection(connection);
+            handle.set_detached(false);
         }
         state.end_detachment(&self.counts.detached_now);
         let holder = state.hand_over();
@@ -670,6 +672,9 @@ impl Drop for ResumableBody {
             return;
         }
         state.detached_since_ms = Some(now);
+        if let Some(relay) = &state.relay {
+            relay.lifetime().handle().set_detached(true);
+        }
         let counts = &self.store.counts;
         counts.detached_now.fetch_add(1, Ordering::Relaxed);
         drop(state);

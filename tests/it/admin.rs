@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 const CANCEL_WITHIN: Duration = Duration::from_secs(1);
 
 /// Every field of `StreamView`, in the admin API's JSON.
-const VIEW_FIELDS: [&str; 18] = [
+const VIEW_FIELDS: [&str; 19] = [
     "id",
     "state",
     "client_ip",
@@ -40,6 +40,7 @@ const VIEW_FIELDS: [&str; 18] = [
     "heartbeats",
     "blocked_ms",
     "ending",
+    "detached",
 ];
 
 const TOKEN: &str = "test-admin-token-0123456789abcdef";

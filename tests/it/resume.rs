@@ -317,6 +317,10 @@ async fn grace_expiry_cancels_the_upstream() {
     let (id, token, before) = start_and_detach(&env).await;
     let s = mock_stats(env.mock).await;
     assert_eq!(s.streams_active, 1, "still generating during the grace");
+    // The admin API shows it, detached.
+    let (status, _, view) = fetch_json(get(env.admin, &format!("/admin/streams/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["detached"], true, "{view}");
     assert_eq!(s.streams_cancelled, 0);
     let s = wait_for_mock(env.mock, "the upstream to be cancelled", PATIENCE, |s| {
         s.streams_cancelled == 1
@@ -440,6 +444,8 @@ async fn the_admin_kill_ends_a_resumed_stream() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let _ = read_until(&mut body, |b| !events(b).is_empty()).await;
+    let (_, _, view) = fetch_json(get(env.admin, &format!("/admin/streams/{id}"))).await;
+    assert_eq!(view["detached"], false, "attached again: {view}");
     let kill = Request::delete(format!("http://{}/admin/streams/{id}", env.admin))
         .header("host", env.admin.to_string())
         .body(Full::new(Bytes::new()))
