@@ -55,13 +55,7 @@ GATEWAY_PID=""
 HOLDER_PID=""
 
 # ---- /proc sampling ---------------------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
-# utime + stime in clock ticks (fields 14 and 15; the comm field may contain spaces).
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# CLK_TCK, cpu_ticks, rss_kib, fd_count, now, calc: loadtest/lib.sh.
 # A field of the holder's JSON report by its dotted path (hold.pings_per_min.mean); numbers
 # rounded to 2 decimals; nothing if the report or the field is missing, or the field is null.
 json_field() {

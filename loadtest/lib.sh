@@ -223,3 +223,14 @@ start_tidegate() {
     TARGET_PIDS=("--pid" "$name=$pid")
     sleep 1
 }
+
+# ---- /proc sampling (idle-streams.sh, resume-detached.sh) ---------------------------------------
+# shellcheck disable=SC2034 # read by the scripts that source this file
+CLK_TCK=$(getconf CLK_TCK)
+# utime + stime of a process in clock ticks (fields 14 and 15; the comm field may hold spaces).
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+now() { date +%s.%N; }
+# printf FORMAT with the awk expression EXPR: calc '%.2f' '1 / 3'
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }

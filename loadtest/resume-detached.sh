@@ -85,13 +85,7 @@ FD_LIMIT=$(ulimit -Hn)
 BUDGET_BYTES=$((BUDGET_MIB * 1024 * 1024))
 
 # ---- /proc, /metrics ------------------------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
-# utime + stime in clock ticks (fields 14 and 15; the comm field may contain spaces).
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# CLK_TCK, cpu_ticks, rss_kib, fd_count, now, calc: loadtest/lib.sh.
 # The tidegate_resume_* gauges and counters of the admin listener ($ADMIN), one line:
 # streams detached replay_bytes evicted_bytes_total detached_total expired_total budget
 # (an empty line if the scrape failed).
