@@ -25,7 +25,7 @@ use crate::config::Secret;
 use crate::connection::ConnectionCaps;
 use crate::connection::{ConnectionCounts, Protocol};
 use crate::error::GatewayError;
-use crate::metrics::{Live, Metrics, ResumeLive, TlsLive};
+use crate::metrics::{Live, Metrics, TlsLive};
 use crate::refusal::RefusalCounts;
 use crate::registry::{EndReason, Registry, StreamHandle, StreamState};
 use crate::relay::resume::ResumeStore;
@@ -185,21 +185,7 @@ impl AdminApi {
                     certificate_expiry: r.not_after,
                 }
             }),
-            resume: self.resume.as_ref().map(|store| {
-                let s = store.stats();
-                ResumeLive {
-                    streams: s.streams,
-                    detached_streams: s.detached_now,
-                    replay_bytes: s.replay_bytes,
-                    memory_budget: store.memory_budget() as u64,
-                    resumed: s.resumed,
-                    not_found: s.not_found,
-                    window_exceeded: s.window_exceeded,
-                    detached: s.detached,
-                    expired: s.expired,
-                    evicted_bytes: s.evicted_bytes,
-                }
-            }),
+            resume: self.resume.as_ref().map(|store| store.stats()),
         }
     }
 }

@@ -253,14 +253,21 @@ struct ResumeFamilies {
 /// The resume store's counts, read at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ResumeLive {
+    /// Resumable streams held: live (attached or detached) and finished ones retained.
     pub streams: u64,
+    /// Of those, generating with no client attached.
     pub detached_streams: u64,
+    /// Bytes of events kept for replay (with each event's log entry).
     pub replay_bytes: u64,
+    /// `resume.memory_budget`.
     pub memory_budget: u64,
+    /// Resumes by result.
     pub resumed: u64,
     pub not_found: u64,
     pub window_exceeded: u64,
+    /// Clients that went away from a live resumable stream (each start of a grace).
     pub detached: u64,
+    /// Detached streams cancelled because nobody resumed them in time (or the drain began).
     pub expired: u64,
     pub evicted_bytes: u64,
 }

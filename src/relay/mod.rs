@@ -404,9 +404,7 @@ pub async fn handle(
                 deadlines,
                 lifetime,
             );
-            let mut response = Response::new(ResponseBody::from(Bytes::new()));
-            *response.body_mut() = sse_body(resume.as_ref(), relay, response.headers_mut());
-            set_sse_headers(response.headers_mut(), stream_id);
+            let mut response = sse_response(resume.as_ref(), relay, stream_id);
             set_upstream_header(response.headers_mut(), upstream);
             return Ok(response);
         }
@@ -434,34 +432,32 @@ pub async fn handle(
     }
     let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
     let relay = SseRelay::new(up_body, limits.max_event_bytes, deadlines, lifetime);
-    let mut response = Response::new(ResponseBody::from(Bytes::new()));
-    *response.body_mut() = sse_body(resume.as_ref(), relay, response.headers_mut());
+    let mut response = sse_response(resume.as_ref(), relay, stream_id);
     *response.status_mut() = up_parts.status;
     copy_upstream_headers(&up_parts.headers, response.headers_mut(), request_id);
-    set_sse_headers(response.headers_mut(), stream_id);
     set_upstream_header(response.headers_mut(), upstream);
     Ok(response)
 }
 
-/// A stream's body: resumable when `[resume]` is on (its token then goes into `headers`),
-/// else the relay itself, byte for byte.
-fn sse_body(
+/// A stream's answer with its event-stream headers: resumable when `[resume]` is on (with its
+/// token), else the relay itself, byte for byte.
+fn sse_response(
     resume: Option<&Arc<ResumeStore>>,
     relay: SseRelay,
-    headers: &mut HeaderMap,
-) -> ResponseBody {
-    let Some(store) = resume else {
-        return ResponseBody::Sse(Box::new(relay));
+    stream_id: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let begun = match resume {
+        Some(store) => store.begin(Box::new(relay)),
+        None => Err(Box::new(relay)),
     };
-    match store.begin(Box::new(relay)) {
-        Ok((stream, body)) => {
-            if let Ok(token) = HeaderValue::from_str(stream.token()) {
-                headers.insert(RESUME_TOKEN_HEADER, token);
-            }
-            ResponseBody::Resumable(Box::new(body))
-        }
-        Err(relay) => ResponseBody::Sse(relay),
-    }
+    let (body, resumable) = match begun {
+        Ok((stream, body)) => (ResponseBody::Resumable(Box::new(body)), Some(stream)),
+        Err(relay) => (ResponseBody::Sse(relay), None),
+    };
+    let mut response = Response::new(body);
+    let token = resumable.as_ref().map(|stream| stream.token());
+    set_sse_headers(response.headers_mut(), stream_id, token);
+    response
 }
 
 /// `GET /v1/streams/{id}`: picks a resumable stream back up. The token and the last event id
@@ -523,10 +519,8 @@ pub async fn resume(
     set_sse_headers(
         response.headers_mut(),
         HeaderValue::from_str(stream.id()).ok(),
+        Some(stream.token()),
     );
-    if let Ok(token) = HeaderValue::from_str(stream.token()) {
-        response.headers_mut().insert(RESUME_TOKEN_HEADER, token);
-    }
     Ok(response)
 }
 
@@ -540,8 +534,12 @@ fn set_upstream_header(headers: &mut HeaderMap, upstream: &Upstream) {
     }
 }
 
-/// The headers of every event stream we send.
-fn set_sse_headers(headers: &mut HeaderMap, stream_id: Option<HeaderValue>) {
+/// The headers of every event stream we send, with a resumable stream's token.
+fn set_sse_headers(
+    headers: &mut HeaderMap,
+    stream_id: Option<HeaderValue>,
+    resume_token: Option<&str>,
+) {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -550,6 +548,9 @@ fn set_sse_headers(headers: &mut HeaderMap, stream_id: Option<HeaderValue>) {
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(id) = stream_id {
         headers.insert(STREAM_ID_HEADER, id);
+    }
+    if let Some(token) = resume_token.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(RESUME_TOKEN_HEADER, token);
     }
 }
 

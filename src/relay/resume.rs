@@ -44,6 +44,7 @@ use super::stream::SseRelay;
 use crate::config::ResumeConfig;
 use crate::connection::ConnectionInfo;
 use crate::error::GatewayError;
+use crate::metrics::ResumeLive;
 use crate::registry::Registry;
 
 /// The response header that carries a resumable stream's token.
@@ -90,25 +91,6 @@ struct Counts {
     /// Streams detached now: up when a client leaves a live stream, down when it is resumed,
     /// ends or is cancelled (`Holding::attach`).
     detached_now: AtomicU64,
-}
-
-/// What the store holds now and has done, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResumeStats {
-    /// Resumable streams held: live (attached or detached) and finished ones retained.
-    pub streams: u64,
-    /// Of those, generating with no client attached.
-    pub detached_now: u64,
-    /// Bytes of events kept for replay.
-    pub replay_bytes: u64,
-    pub resumed: u64,
-    pub not_found: u64,
-    pub window_exceeded: u64,
-    /// Clients that went away from a live resumable stream (each start of a grace).
-    pub detached: u64,
-    /// Detached streams cancelled because nobody resumed them in time (or the drain began).
-    pub expired: u64,
-    pub evicted_bytes: u64,
 }
 
 /// Every resumable stream of this instance.
@@ -210,10 +192,23 @@ impl Holding {
         dropped
     }
 
-    /// The stream is no longer detached (resumed, ended or cancelled): counted out of `gauge`.
+    /// Its client has gone at `now`: counted in `gauge`, and marked on its registry handle.
+    fn start_detachment(&mut self, now: u64, gauge: &AtomicU64) {
+        self.detached_since_ms = Some(now);
+        gauge.fetch_add(1, Ordering::Relaxed);
+        if let Some(relay) = &self.relay {
+            relay.lifetime().handle().set_detached(true);
+        }
+    }
+
+    /// The stream is no longer detached (resumed, ended or cancelled): counted out of `gauge`,
+    /// and unmarked.
     fn end_detachment(&mut self, gauge: &AtomicU64) {
         if self.detached_since_ms.take().is_some() {
             gauge.fetch_sub(1, Ordering::Relaxed);
+            if let Some(relay) = &self.relay {
+                relay.lifetime().handle().set_detached(false);
+            }
         }
     }
 
@@ -226,12 +221,47 @@ impl Holding {
         self.holder
     }
 
+    /// One poll of the relay by the current holder: the events it makes go into the log, and
+    /// once it has ended it is marked finished and taken out, handed back in
+    /// [`Polled::Ended`] to be dropped after the lock (dropping it ends its registry entry).
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        store: &ResumeStore,
+        budget: &ReplayBudget,
+    ) -> Polled {
+        let Some(relay) = self.relay.as_mut() else {
+            return Polled::Ended(None);
+        };
+        let polled = Pin::new(relay.as_mut()).poll_frame(cx);
+        self.take_fresh(store.max_bytes_per_stream, budget);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => Polled::Frame(frame),
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Ready(None) => {
+                self.finished_ms = Some(store.registry.now_ms());
+                self.end_detachment(&store.counts.detached_now);
+                Polled::Ended(self.relay.take())
+            }
+            Poll::Pending => Polled::Pending,
+        }
+    }
+
     /// Registers the current holder's task.
     fn register(&mut self, cx: &Context<'_>) {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
     }
+}
+
+/// What one poll of a resumable stream's relay gave.
+enum Polled {
+    Frame(Frame<Bytes>),
+    Pending,
+    /// The stream has ended (or was already): the relay, if it was still there, to drop once the
+    /// lock is released.
+    Ended(Option<Box<SseRelay>>),
 }
 
 impl Resumable {
@@ -469,9 +499,7 @@ impl ResumeStore {
         let replay: VecDeque<Bytes> = state.log.range(from..).map(|(_, b)| b.clone()).collect();
         if let Some(relay) = state.relay.as_mut() {
             relay.discard_unsent();
-            let handle = relay.lifetime().handle();
-            handle.move_to_connection(connection);
-            handle.set_detached(false);
+            relay.lifetime().handle().move_to_connection(connection);
         }
         state.end_detachment(&self.counts.detached_now);
         let holder = state.hand_over();
@@ -543,12 +571,14 @@ impl ResumeStore {
         }
     }
 
-    pub fn stats(&self) -> ResumeStats {
+    /// What the store holds now and has done, for `/metrics`.
+    pub fn stats(&self) -> ResumeLive {
         let c = &self.counts;
-        ResumeStats {
+        ResumeLive {
             streams: self.streams.len() as u64,
-            detached_now: c.detached_now.load(Ordering::Relaxed),
+            detached_streams: c.detached_now.load(Ordering::Relaxed),
             replay_bytes: self.budget.used.load(Ordering::Relaxed) as u64,
+            memory_budget: self.budget.limit as u64,
             resumed: c.resumed.load(Ordering::Relaxed),
             not_found: c.not_found.load(Ordering::Relaxed),
             window_exceeded: c.window_exceeded.load(Ordering::Relaxed),
@@ -556,11 +586,6 @@ impl ResumeStore {
             expired: c.expired.load(Ordering::Relaxed),
             evicted_bytes: self.budget.evicted_bytes.load(Ordering::Relaxed),
         }
-    }
-
-    /// The most bytes the logs may hold together.
-    pub fn memory_budget(&self) -> usize {
-        self.budget.limit
     }
 }
 
@@ -572,37 +597,6 @@ pub struct ResumableBody {
     holder: u64,
     /// Logged events to send before going live (a resume's replay).
     replay: VecDeque<Bytes>,
-}
-
-impl ResumableBody {
-    /// One poll of the relay while holding it; events it makes go into the log.
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let max_bytes = self.store.max_bytes_per_stream;
-        let mut state = self.stream.lock();
-        if state.holder != self.holder {
-            // Another client resumed the stream: this response ends here.
-            return Poll::Ready(None);
-        }
-        state.register(cx);
-        let Some(relay) = state.relay.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(relay.as_mut()).poll_frame(cx);
-        state.take_fresh(max_bytes, &self.stream.budget);
-        let mut ended = None;
-        if let Poll::Ready(None) = polled {
-            state.finished_ms = Some(self.store.registry.now_ms());
-            ended = state.relay.take();
-        }
-        drop(state);
-        drop(ended);
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(frame.into_data().ok()),
-            Poll::Ready(Some(Err(never))) => match never {},
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }
 
 impl Body for ResumableBody {
@@ -617,15 +611,20 @@ impl Body for ResumableBody {
         if let Some(bytes) = this.replay.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        // Bounded: a data frame that carries nothing is skipped, and the relay never makes
-        // more than a few in a row.
-        loop {
-            return match this.poll_relay(cx) {
-                Poll::Ready(Some(bytes)) if bytes.is_empty() => continue,
-                Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
+        let mut state = this.stream.lock();
+        if state.holder != this.holder {
+            // Another client resumed the stream: this response ends here.
+            return Poll::Ready(None);
+        }
+        state.register(cx);
+        match state.poll_relay(cx, &this.store, &this.stream.budget) {
+            Polled::Frame(frame) => Poll::Ready(Some(Ok(frame))),
+            Polled::Pending => Poll::Pending,
+            Polled::Ended(relay) => {
+                drop(state);
+                drop(relay);
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -635,7 +634,8 @@ impl Body for ResumableBody {
         }
         match self.stream.state.try_lock() {
             Ok(state) => {
-                state.holder != self.holder || state.relay.as_ref().is_none_or(|r| r.is_finished())
+                state.holder != self.holder
+                    || state.relay.as_ref().is_none_or(|r| r.is_end_stream())
             }
             Err(_) => false,
         }
@@ -654,7 +654,7 @@ impl Drop for ResumableBody {
             return;
         }
         let now = self.store.registry.now_ms();
-        if state.relay.as_ref().is_some_and(|r| r.is_finished()) {
+        if state.relay.as_ref().is_some_and(|r| r.is_end_stream()) {
             state.finished_ms = Some(now);
             let ended = state.relay.take();
             drop(state);
@@ -671,12 +671,8 @@ impl Drop for ResumableBody {
             drop(cancelled);
             return;
         }
-        state.detached_since_ms = Some(now);
-        if let Some(relay) = &state.relay {
-            relay.lifetime().handle().set_detached(true);
-        }
         let counts = &self.store.counts;
-        counts.detached_now.fetch_add(1, Ordering::Relaxed);
+        state.start_detachment(now, &counts.detached_now);
         drop(state);
         counts.detached.fetch_add(1, Ordering::Relaxed);
         if let Ok(runtime) = runtime {
@@ -692,48 +688,26 @@ impl Drop for ResumableBody {
 /// Drives a stream nobody is attached to: its events go into the log (frames are dropped: there
 /// is no client), until it ends, another holder takes it, or the sweeper cancels it.
 async fn drive_detached(store: Arc<ResumeStore>, stream: Arc<Resumable>, holder: u64) {
-    let max_bytes = store.max_bytes_per_stream;
     std::future::poll_fn(|cx| {
         let mut state = stream.lock();
         if state.holder != holder {
             return Poll::Ready(());
         }
         state.register(cx);
-        let mut outcome = None;
         for _ in 0..DETACHED_FRAMES_PER_POLL {
-            let Some(relay) = state.relay.as_mut() else {
-                outcome = Some(Poll::Ready(()));
-                break;
-            };
-            match Pin::new(relay.as_mut()).poll_frame(cx) {
-                Poll::Ready(Some(_)) => continue,
-                Poll::Ready(None) => {
-                    state.finished_ms = Some(store.registry.now_ms());
-                    state.end_detachment(&store.counts.detached_now);
-                    outcome = Some(Poll::Ready(()));
-                    break;
-                }
-                Poll::Pending => {
-                    outcome = Some(Poll::Pending);
-                    break;
+            match state.poll_relay(cx, &store, &stream.budget) {
+                Polled::Frame(_) => continue,
+                Polled::Pending => return Poll::Pending,
+                Polled::Ended(relay) => {
+                    drop(state);
+                    drop(relay);
+                    return Poll::Ready(());
                 }
             }
         }
-        state.take_fresh(max_bytes, &stream.budget);
-        let ended = match outcome {
-            Some(Poll::Ready(())) => state.relay.take(),
-            _ => None,
-        };
-        drop(state);
-        drop(ended);
-        match outcome {
-            Some(done) => done,
-            None => {
-                // Still more to read: let the worker's other tasks run first.
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
+        // Still more to read: let the worker's other tasks run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await
 }

@@ -165,27 +165,19 @@ impl EventIds {
         }
     }
 
-    /// Writes `id: <next>` and `event` into `out`, and remembers where it lies.
+    /// Writes `id: <next>` and `event` into `out`, and remembers where it lies. The event's own
+    /// `id` field lines are left out: the upstream's ids would override ours in the client, and
+    /// a resume would then ask for an id this gateway never gave.
     fn tag_into(&mut self, out: &mut BytesMut, event: &[u8]) {
         let start = out.len();
         // Writing to a BytesMut cannot fail.
         let _ = writeln!(out, "id: {}", self.next);
-        out.extend_from_slice(event);
-        self.spans.push((self.next, start, out.len()));
-        self.next += 1;
-    }
-
-    /// Like [`EventIds::tag_into`], leaving out the event's own `id` field lines: the
-    /// upstream's ids would override ours in the client, and a resume would then ask for an id
-    /// this gateway never gave.
-    fn tag_into_without_ids(&mut self, out: &mut BytesMut, event: &[u8]) {
-        let start = out.len();
-        // Writing to a BytesMut cannot fail.
-        let _ = writeln!(out, "id: {}", self.next);
-        for line in lines_with_ends(event) {
-            if !is_id_field(line) {
+        if has_id_field(event) {
+            for line in lines_with_ends(event).filter(|line| !is_id_field(line)) {
                 out.extend_from_slice(line);
             }
+        } else {
+            out.extend_from_slice(event);
         }
         self.spans.push((self.next, start, out.len()));
         self.next += 1;
@@ -212,11 +204,7 @@ impl EventIds {
                 // the one before (split across reads): that CR already ended the line, and the
                 // LF after our `id:` line would end the event early.
                 let block = block.strip_prefix(b"\n").unwrap_or(block);
-                if has_id_field(block) {
-                    self.tag_into_without_ids(&mut out, block);
-                } else {
-                    self.tag_into(&mut out, block);
-                }
+                self.tag_into(&mut out, block);
             } else {
                 out.extend_from_slice(block);
             }
@@ -400,12 +388,6 @@ where
     }
 
     /// Turns on event ids (resume): see [`EventIds`].
-    pub fn with_event_ids(mut self) -> SseRelay<B> {
-        self.enable_event_ids();
-        self
-    }
-
-    /// Turns on event ids (resume), in place.
     pub fn enable_event_ids(&mut self) {
         self.ids = Some(Box::new(EventIds::new()));
     }
@@ -429,11 +411,6 @@ where
     pub fn discard_unsent(&mut self) {
         self.out = None;
         self.final_event = None;
-    }
-
-    /// Whether the stream has ended and sent (or discarded) everything.
-    pub fn is_finished(&self) -> bool {
-        self.is_end_stream()
     }
 
     /// The stream's lifetime: its registry handle and how it ended.
@@ -1298,8 +1275,8 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             let (frames, logged) = runtime.block_on(async {
                 let registry = Arc::new(Registry::new(&["u"]));
-                let mut body = SseRelay::new(reads(&parts), 4096, deadlines(), lifetime(&registry))
-                    .with_event_ids();
+                let mut body = SseRelay::new(reads(&parts), 4096, deadlines(), lifetime(&registry));
+                body.enable_event_ids();
                 let frames = drain(&mut body).await;
                 let mut logged = Vec::new();
                 body.drain_fresh_events(|id, bytes| logged.push((id, bytes)));

@@ -158,7 +158,11 @@ async fn a_detached_stream_finishes_into_its_log_and_resumes_from_any_id() {
     assert!(stream.lock().finished_ms.is_some());
     assert!(registry.is_empty(), "the finished stream left the registry");
     let stats = store.stats();
-    assert_eq!((stats.detached, stats.detached_now), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.detached, stats.detached_streams),
+        (1, 0),
+        "{stats:?}"
+    );
     for last in [0u64, 1, 7, 20] {
         let request = ResumeRequest {
             stream_id: stream.id(),
