@@ -8,28 +8,6 @@ use tidegate::mock::MockSettings;
 
 use crate::common::*;
 
-/// The admin listener's `/metrics` text.
-async fn scrape(env: &TestEnv) -> String {
-    let (status, headers, body) = fetch(get(env.admin, "/metrics")).await;
-    assert_eq!(status, StatusCode::OK);
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    String::from_utf8(body.to_vec()).expect("UTF-8")
-}
-
-/// The value of the series `series` (its name and labels exactly as exported), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 async fn streams_in_registry(env: &TestEnv) -> u64 {
     let (_, _, json) = fetch_json(get(env.admin, "/admin/summary")).await;
     json["streams"].as_u64().expect("streams")

@@ -132,8 +132,8 @@ async fn start_and_detach(env: &TestEnv) -> (String, String, Vec<Event>) {
 /// Waits until `n` streams generate with no client attached.
 async fn wait_detached(env: &TestEnv, n: u32) {
     wait_for("the stream to detach", PATIENCE, || async {
-        let text = metrics_text(env).await;
-        (metric(&text, "tidegate_resume_detached_streams") == f64::from(n)).then_some(())
+        let text = scrape(env).await;
+        (value(&text, "tidegate_resume_detached_streams") == Some(f64::from(n))).then_some(())
     })
     .await;
 }
@@ -331,9 +331,9 @@ async fn grace_expiry_cancels_the_upstream() {
     let (status, _, json) = fetch_json(resume_request(&env, &id, &token, Some(&last))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{json}");
     assert_eq!(json["error"]["code"], "stream_not_found");
-    let text = metrics_text(&env).await;
-    assert_eq!(metric(&text, "tidegate_resume_expired_total"), 1.0);
-    assert_eq!(metric(&text, "tidegate_streams_active"), 0.0);
+    let text = scrape(&env).await;
+    assert_eq!(value(&text, "tidegate_resume_expired_total"), Some(1.0));
+    assert_eq!(value(&text, "tidegate_streams_active"), Some(0.0));
 }
 
 /// Requirement 2: an unknown id, a wrong or missing token, and a malformed id are all `404
@@ -373,13 +373,12 @@ async fn unknown_ids_and_wrong_tokens_are_404() {
     let (status, headers, _) = fetch(request).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(header(&headers, "allow"), "GET");
-    let text = metrics_text(&env).await;
-    assert!(
-        metric(
-            &text,
-            "tidegate_resume_requests_total{result=\"not_found\"}"
-        ) >= 5.0
+    let text = scrape(&env).await;
+    let not_found = value(
+        &text,
+        "tidegate_resume_requests_total{result=\"not_found\"}",
     );
+    assert!(not_found.is_some_and(|n| n >= 5.0), "{not_found:?}");
 }
 
 /// Requirement 2: with API keys on, only the key that opened a stream may resume it; another
@@ -473,22 +472,6 @@ async fn with_resume_off_events_carry_no_ids_and_no_token() {
     let (status, _, json) = fetch_json(get(env.gateway, "/v1/streams/st_x_1?token=t")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json["error"]["code"], "stream_not_found");
-}
-
-async fn metrics_text(env: &TestEnv) -> String {
-    let (status, _, body) = fetch(get(env.admin, "/metrics")).await;
-    assert_eq!(status, StatusCode::OK);
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of the sample named exactly `series` (name and labels as exported).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no sample {series}"))
 }
 
 /// Requirement 2: the drain applies. A stream nobody is attached to cannot be resumed on an
@@ -603,7 +586,7 @@ async fn a_resumed_client_that_stops_reading_is_cut() {
         "the stream to be cut as a slow client",
         PATIENCE * 3,
         || async {
-            let text = metrics_text(&env).await;
+            let text = scrape(&env).await;
             text.contains("tidegate_streams_total{outcome=\"slow_client\"} 1")
                 .then_some(text)
         },

@@ -492,3 +492,25 @@ impl Fleet {
         &self.mocks[i].1
     }
 }
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape(env: &TestEnv) -> String {
+    let (status, headers, body) = fetch(get(env.admin, "/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    String::from_utf8(body.to_vec()).expect("UTF-8")
+}
+
+/// The value of the series `series` (its name and labels exactly as exported), if present.
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
