@@ -14,14 +14,18 @@ use http::{Method, Request, Response, StatusCode};
 use crate::config::CorsConfig;
 use crate::refusal::{Reason, REFUSAL_LOG_EVERY};
 
-/// The methods the API answers, for `Access-Control-Allow-Methods`.
-const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, POST");
+/// The methods the API answers, for `Access-Control-Allow-Methods` (`DELETE`: a stored
+/// response's).
+const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, DELETE");
 /// Request headers a page may send, beyond the CORS-safelisted ones: what the OpenAI SDKs and
-/// browsers send, and a resume's (`Last-Event-ID`, which an `EventSource` sets itself). The SDKs' `x-stainless-*` headers are matched by [`STAINLESS_PREFIX`].
-const ALLOWED_REQUEST_HEADERS: [&str; 10] = [
+/// browsers send, a resume's (`Last-Event-ID`, which an `EventSource` sets itself), and the
+/// upstream a stored response's request names. The SDKs' `x-stainless-*` headers are matched
+/// by [`STAINLESS_PREFIX`].
+const ALLOWED_REQUEST_HEADERS: [&str; 11] = [
     "authorization",
     "last-event-id",
     "x-tidegate-resume-token",
+    "x-tidegate-upstream",
     "content-type",
     "openai-beta",
     "openai-organization",
@@ -115,7 +119,7 @@ impl Cors {
         let method = headers
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
             .map(HeaderValue::as_bytes);
-        if !matches!(method, Some(b"GET" | b"POST")) {
+        if !matches!(method, Some(b"GET" | b"POST" | b"DELETE")) {
             return response;
         }
         let Some(requested) = requested_headers(headers) else {
@@ -266,7 +270,10 @@ mod tests {
             got[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://chat.example.com"
         );
-        assert_eq!(got[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
+        assert_eq!(
+            got[header::ACCESS_CONTROL_ALLOW_METHODS],
+            "GET, POST, DELETE"
+        );
         assert_eq!(
             got[header::ACCESS_CONTROL_ALLOW_HEADERS],
             "authorization, content-type, x-stainless-lang, x-stainless-retry-count, openai-beta"
@@ -283,7 +290,7 @@ mod tests {
             ("https://evil.example", "POST", None),
             ("https://chat.example.com.evil.example", "POST", None),
             ("http://chat.example.com", "POST", None),
-            ("https://chat.example.com", "DELETE", None),
+            ("https://chat.example.com", "PUT", None),
             (
                 "https://chat.example.com",
                 "POST",

@@ -104,8 +104,9 @@ pub enum GatewayError {
     UpstreamMalformedEvent,
     #[error("The upstream answered a streaming request without an event stream.")]
     UpstreamNotEventStream,
-    #[error("The upstream stream ended without [DONE].")]
-    UpstreamIncomplete,
+    /// The stream ended without its API's last event (the grammar's `end_marker`).
+    #[error("The upstream stream ended without {0}.")]
+    UpstreamIncomplete(&'static str),
     #[error("The stream exceeded the maximum duration of {0:?}.")]
     StreamDurationExceeded(std::time::Duration),
     #[error("The upstream answered with HTTP status {0}.")]
@@ -333,7 +334,7 @@ impl GatewayError {
                 "upstream_not_event_stream",
                 None,
             ),
-            UpstreamIncomplete => (
+            UpstreamIncomplete(_) => (
                 StatusCode::BAD_GATEWAY,
                 SERVER_ERROR,
                 "upstream_incomplete_stream",
@@ -492,7 +493,7 @@ mod tests {
 
     #[test]
     fn sse_event_is_one_data_line_and_a_blank_line() {
-        let ev = GatewayError::UpstreamIncomplete.to_sse_event();
+        let ev = GatewayError::UpstreamIncomplete("[DONE]").to_sse_event();
         let text = std::str::from_utf8(&ev).unwrap();
         assert!(text.starts_with("data: {\"error\":"));
         assert!(text.ends_with("}\n\n"));
@@ -590,7 +591,7 @@ mod tests {
             GatewayError::UpstreamEventTooLarge { limit: 1 },
             GatewayError::UpstreamMalformedEvent,
             GatewayError::UpstreamNotEventStream,
-            GatewayError::UpstreamIncomplete,
+            GatewayError::UpstreamIncomplete("[DONE]"),
             GatewayError::StreamDurationExceeded(Duration::ZERO),
             GatewayError::UpstreamStatus(500),
             GatewayError::TerminatedByAdmin,

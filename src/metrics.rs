@@ -189,11 +189,13 @@ pub const RELAY_DELAY_BUCKETS: [f64; 12] = [
 pub const RESUME_RESULTS: [&str; 3] = ["resumed", "not_found", "window_exceeded"];
 
 /// The API routes, the `route` label's values.
-pub const ROUTES: [&str; 5] = [
+pub const ROUTES: [&str; 7] = [
     "chat_completions",
     "completions",
     "embeddings",
     "models",
+    "responses",
+    "responses_stored",
     "streams",
 ];
 

@@ -347,6 +347,7 @@ pub struct StreamHandle {
     attempts: AtomicU8,
     /// Registry clock (ms) at registration.
     started_ms: u64,
+    /// Registry clock (ms) of the first token: the first event that carries output.
     first_event_ms: AtomicU64,
     /// When the body last handed bytes to the client's connection: the heartbeat clock.
     last_write_ms: AtomicU64,
@@ -472,12 +473,13 @@ impl StreamHandle {
         self.state.fetch_max(state as u8, Ordering::Relaxed);
     }
 
-    /// Counts upstream events relayed; the first one marks the time of the first token.
-    pub fn record_events(&self, n: u64, now_ms: u64) {
-        if n == 0 {
-            return;
-        }
-        if self.events.fetch_add(n, Ordering::Relaxed) == 0 {
+    /// Counts upstream events relayed. The first batch with `output` (for chat completions
+    /// any chunk, for the Responses API an output delta, not its lifecycle events) marks the
+    /// time of the first token, and the stream as streaming.
+    pub fn record_events(&self, n: u64, output: bool, now_ms: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+        // One writer (the stream's body): a load and a store, no race to lose.
+        if output && self.first_event_ms.load(Ordering::Relaxed) == NEVER {
             self.first_event_ms.store(now_ms, Ordering::Relaxed);
             self.advance_state(StreamState::Streaming);
         }
@@ -669,7 +671,7 @@ mod tests {
         let h = entry.handle();
         assert_eq!(h.state(), StreamState::WaitingForUpstream);
         h.advance_state(StreamState::WaitingForFirstToken);
-        h.record_events(2, 5);
+        h.record_events(2, true, 5);
         assert_eq!(h.state(), StreamState::Streaming);
         assert_eq!(h.first_event_ms(), Some(5));
         h.advance_state(StreamState::WaitingForFirstToken);

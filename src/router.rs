@@ -20,7 +20,7 @@ use crate::error::GatewayError;
 use crate::metrics::{self, Metrics};
 use crate::registry::Registry;
 use crate::relay::body::ResponseBody;
-use crate::relay::{self, Endpoint, Relay};
+use crate::relay::{self, Endpoint, Relay, Routed};
 use crate::request_id;
 use crate::response::{self, method_not_allowed};
 use crate::server::Handler;
@@ -87,18 +87,26 @@ impl Handler for ApiRoutes {
                 {
                     return answer;
                 }
-                let endpoint = match request.uri().path() {
-                    "/v1/chat/completions" => Endpoint::ChatCompletions,
-                    "/v1/completions" => Endpoint::Completions,
-                    "/v1/embeddings" => Endpoint::Embeddings,
-                    "/v1/models" => Endpoint::Models,
-                    _ => return health(&relay.registry, &request),
+                let path = request.uri().path().to_owned();
+                let (endpoint, response_id) = match Endpoint::of(request.method(), &path) {
+                    None => return health(&relay.registry, &request),
+                    Some(Routed::Endpoint(endpoint, response_id)) => (endpoint, response_id),
+                    Some(Routed::WrongMethod { allow }) => {
+                        return Err(method_not_allowed(&request, allow))
+                    }
+                    Some(Routed::BadResponseId) => {
+                        return Err(GatewayError::InvalidParameter {
+                            param: "response_id",
+                            expected: format!(
+                                "a response id: letters, digits, '_' and '-', at most {} bytes",
+                                relay::MAX_RESPONSE_ID_BYTES
+                            )
+                            .into(),
+                        })
+                    }
                 };
-                if request.method() != endpoint.method() {
-                    return Err(method_not_allowed(&request, endpoint.method().as_str()));
-                }
                 let started = Instant::now();
-                let answer = relay::handle(endpoint, request, &relay, peer, &id).await;
+                let answer = relay::handle(endpoint, response_id, request, &relay, peer, &id).await;
                 count_answer(&relay.metrics, endpoint.metric_route(), &answer, started);
                 answer
             }

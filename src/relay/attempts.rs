@@ -30,7 +30,7 @@ use crate::upstream::body::UpstreamBody;
 pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// Path below the upstream's base URL.
-    pub suffix: &'static str,
+    pub suffix: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub request_id: &'a HeaderValue,

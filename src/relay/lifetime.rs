@@ -48,6 +48,10 @@ pub struct StreamLifetime {
     _slot: Option<StreamSlot>,
     /// Where the stream's end is counted (`None` in unit tests of the body alone).
     metrics: Option<Arc<Metrics>>,
+    /// The API route (a `route` label of [`crate::metrics::ROUTES`]), for the log line.
+    route: &'static str,
+    /// The stream's token usage, once the upstream has sent it: (prompt, completion).
+    tokens: Option<(u64, u64)>,
 }
 
 impl StreamLifetime {
@@ -57,6 +61,8 @@ impl StreamLifetime {
             entry,
             _slot: None,
             metrics: None,
+            route: "",
+            tokens: None,
         }
     }
 
@@ -72,7 +78,15 @@ impl StreamLifetime {
             entry,
             _slot: Some(slot),
             metrics: Some(metrics),
+            route: "",
+            tokens: None,
         }
+    }
+
+    /// Names the stream's API route in its log line.
+    pub fn with_route(mut self, route: &'static str) -> StreamLifetime {
+        self.route = route;
+        self
     }
 
     /// The stream's registry handle: counters, state and signals.
@@ -90,8 +104,9 @@ impl StreamLifetime {
         self.metrics.is_some()
     }
 
-    /// Tokens from the stream's usage chunk.
-    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+    /// Tokens from the stream's usage (a chat usage chunk, a Responses terminal event).
+    pub fn count_tokens(&mut self, prompt: u64, completion: u64) {
+        self.tokens = Some((prompt, completion));
         if let Some(metrics) = &self.metrics {
             let handle = self.entry.handle();
             metrics.tokens(prompt, completion, handle.model(), handle.api_key());
@@ -131,7 +146,7 @@ impl Drop for StreamLifetime {
             None => Outcome::ClientGone,
         });
         let now = self.now_ms();
-        let first_event_ms = handle
+        let first_token_ms = handle
             .first_event_ms()
             .map(|t| t.saturating_sub(handle.started_ms()));
         let duration_ms = now.saturating_sub(handle.started_ms());
@@ -140,7 +155,7 @@ impl Drop for StreamLifetime {
                 outcome: outcome.as_str(),
                 model: handle.model(),
                 key: handle.api_key(),
-                time_to_first_event: first_event_ms.map(Duration::from_millis),
+                time_to_first_event: first_token_ms.map(Duration::from_millis),
                 duration: Duration::from_millis(duration_ms),
                 events: handle.events(),
                 bytes: handle.bytes(),
@@ -152,6 +167,7 @@ impl Drop for StreamLifetime {
             stream_id,
             request_id,
             %client,
+            route = self.route,
             model = handle.model(),
             upstream = handle.upstream(),
             attempts = handle.attempts(),
@@ -159,8 +175,10 @@ impl Drop for StreamLifetime {
             events = handle.events(),
             bytes = handle.bytes(),
             heartbeats = handle.heartbeats(),
-            first_event_ms,
+            first_token_ms,
             duration_ms,
+            prompt_tokens = self.tokens.map(|t| t.0),
+            completion_tokens = self.tokens.map(|t| t.1),
             "stream ended"
         );
     }

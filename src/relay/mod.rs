@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod body;
 pub mod deadline;
+pub mod grammar;
 pub mod lifetime;
 pub mod resume;
 pub mod stream;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use self::attempts::{Answered, Outgoing};
 use self::body::{Passthrough, ResponseBody};
 use self::deadline::Deadlines;
+use self::grammar::Grammar;
 use self::lifetime::{Outcome, StreamLifetime};
 use self::resume::{ResumeRequest, ResumeStore, RESUME_TOKEN_HEADER};
 use self::stream::{SseRelay, StreamAnswer, MAX_UPSTREAM_ERROR_BODY};
@@ -67,9 +69,104 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Models,
+    /// `POST /v1/responses`: create a response (the Responses API).
+    Responses,
+    /// `/v1/responses/{id}...`: a stored response, retrieved (a stream with `stream=true`) or
+    /// controlled.
+    StoredResponse(ResponseAction),
 }
 
+/// What a request does to a stored response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// `GET /v1/responses/{id}`: the response, or with `stream=true` (and `starting_after`)
+    /// its events, for a background response.
+    Retrieve,
+    /// `POST /v1/responses/{id}/cancel`.
+    Cancel,
+    /// `DELETE /v1/responses/{id}`.
+    Delete,
+    /// `GET /v1/responses/{id}/input_items`.
+    InputItems,
+}
+
+/// What a request's path and method route to ([`Endpoint::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed<'p> {
+    /// An endpoint, with a stored response's id.
+    Endpoint(Endpoint, Option<&'p str>),
+    /// A known path, another method: 405 with these in `Allow`.
+    WrongMethod { allow: &'static str },
+    /// `/v1/responses/{id}...` with something that cannot be an id: 400.
+    BadResponseId,
+}
+
+/// Whether `id` can be a response id in an upstream path: 1 to [`MAX_RESPONSE_ID_BYTES`]
+/// letters, digits, `_` and `-` (OpenAI's are `resp_` and hex; vLLM's `resp_` and a UUID's
+/// hex). Nothing else reaches the upstream's path: no `/`, `.`, `%` or `?`.
+fn is_response_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_RESPONSE_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Where the Responses API lives.
+pub const RESPONSES_PATH: &str = "/v1/responses";
+
+/// Longest response id taken in a path (OpenAI's are about 50 characters).
+pub const MAX_RESPONSE_ID_BYTES: usize = 256;
+
 impl Endpoint {
+    /// What an API path and method name: `None` for a path that is not the API's (the
+    /// caller answers 404).
+    pub fn of<'p>(method: &Method, path: &'p str) -> Option<Routed<'p>> {
+        let fixed = match path {
+            "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/models" => Some(Endpoint::Models),
+            RESPONSES_PATH => Some(Endpoint::Responses),
+            _ => None,
+        };
+        if let Some(endpoint) = fixed {
+            if method != endpoint.method() {
+                return Some(Routed::WrongMethod {
+                    allow: endpoint.method().as_str(),
+                });
+            }
+            return Some(Routed::Endpoint(endpoint, None));
+        }
+        let rest = path.strip_prefix(RESPONSES_PATH)?.strip_prefix('/')?;
+        let (id, action, allow) = match rest.split_once('/') {
+            None => {
+                let action = match *method {
+                    Method::GET => Some(ResponseAction::Retrieve),
+                    Method::DELETE => Some(ResponseAction::Delete),
+                    _ => None,
+                };
+                (rest, action, "GET, DELETE")
+            }
+            Some((id, "cancel")) => {
+                let action = (method == Method::POST).then_some(ResponseAction::Cancel);
+                (id, action, "POST")
+            }
+            Some((id, "input_items")) => {
+                let action = (method == Method::GET).then_some(ResponseAction::InputItems);
+                (id, action, "GET")
+            }
+            Some(_) => return None,
+        };
+        if !is_response_id(id) {
+            return Some(Routed::BadResponseId);
+        }
+        Some(match action {
+            Some(action) => Routed::Endpoint(Endpoint::StoredResponse(action), Some(id)),
+            None => Routed::WrongMethod { allow },
+        })
+    }
+
     /// The endpoint's `route` label in the metrics (one of [`crate::metrics::ROUTES`]).
     pub fn metric_route(self) -> &'static str {
         match self {
@@ -77,24 +174,60 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
+            Endpoint::Responses => "responses",
+            Endpoint::StoredResponse(_) => "responses_stored",
         }
     }
 
-    /// Path below the upstream base URL (which ends in `/v1` for OpenAI).
-    pub fn upstream_suffix(self) -> &'static str {
+    /// Path below the upstream base URL (which ends in `/v1` for OpenAI); `id` is a stored
+    /// response's.
+    pub fn upstream_suffix(self, id: Option<&str>) -> String {
+        let id = id.unwrap_or_default();
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-            Endpoint::Models => "/models",
+            Endpoint::ChatCompletions => "/chat/completions".into(),
+            Endpoint::Completions => "/completions".into(),
+            Endpoint::Embeddings => "/embeddings".into(),
+            Endpoint::Models => "/models".into(),
+            Endpoint::Responses => "/responses".into(),
+            Endpoint::StoredResponse(ResponseAction::Retrieve | ResponseAction::Delete) => {
+                format!("/responses/{id}")
+            }
+            Endpoint::StoredResponse(ResponseAction::Cancel) => format!("/responses/{id}/cancel"),
+            Endpoint::StoredResponse(ResponseAction::InputItems) => {
+                format!("/responses/{id}/input_items")
+            }
         }
     }
 
     pub fn method(self) -> &'static Method {
         match self {
-            Endpoint::Models => &Method::GET,
+            Endpoint::Models
+            | Endpoint::StoredResponse(ResponseAction::Retrieve | ResponseAction::InputItems) => {
+                &Method::GET
+            }
+            Endpoint::StoredResponse(ResponseAction::Delete) => &Method::DELETE,
             _ => &Method::POST,
         }
+    }
+
+    /// The grammar of the endpoint's streams.
+    pub fn grammar(self) -> Grammar {
+        match self {
+            Endpoint::Responses | Endpoint::StoredResponse(_) => Grammar::Responses,
+            _ => Grammar::Chunks,
+        }
+    }
+
+    /// Whether the request body is JSON to check ([`Endpoint::validate`]); the others' bodies
+    /// (none, or a cancel's) pass as they are.
+    fn has_json_body(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::Responses
+        )
     }
 
     /// Checks the body enough to reject what the upstream would reject anyway, cheaply and with
@@ -105,7 +238,10 @@ impl Endpoint {
             Endpoint::ChatCompletions => &["model", "messages"],
             Endpoint::Completions => &["model", "prompt"],
             Endpoint::Embeddings => &["model", "input"],
-            Endpoint::Models => return Ok(Validated::default()),
+            // `input` may be absent (a `previous_response_id` or a prompt template instead);
+            // the model routes the request.
+            Endpoint::Responses => &["model"],
+            Endpoint::Models | Endpoint::StoredResponse(_) => return Ok(Validated::default()),
         };
         // serde would happily read a struct from a JSON array; the API takes objects only.
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
@@ -298,6 +434,7 @@ pub const UPSTREAM_HEADER: &str = "x-tidegate-upstream";
 /// Handles one API request end to end; the caller turns an error into its JSON response.
 pub async fn handle(
     endpoint: Endpoint,
+    response_id: Option<&str>,
     request: Request<Incoming>,
     relay: &Relay,
     peer: SocketAddr,
@@ -318,7 +455,7 @@ pub async fn handle(
     admission.check_rate(peer.ip())?;
     let key = admission.authenticate(request.headers(), peer.ip())?;
     let (parts, body) = request.into_parts();
-    let (payload, validated) = if endpoint.method() == Method::POST {
+    let (payload, validated) = if endpoint.has_json_body() {
         if !has_content_type(&parts.headers, APPLICATION_JSON) {
             return Err(GatewayError::UnsupportedMediaType);
         }
@@ -326,8 +463,20 @@ pub async fn handle(
         let validated = endpoint.validate(&payload)?;
         admission.check_model(key.as_deref(), &validated.model, peer.ip())?;
         (payload, validated)
+    } else if endpoint.method() == Method::POST {
+        // A cancel: its body (none, or `{}`) passes as it is, under the same limits.
+        (
+            read_body(body, &parts.headers, limits).await?,
+            Validated::default(),
+        )
     } else {
-        (Bytes::new(), Validated::default())
+        let stream = endpoint == Endpoint::StoredResponse(ResponseAction::Retrieve)
+            && query_asks_for_stream(parts.uri.query());
+        let validated = Validated {
+            stream,
+            ..Validated::default()
+        };
+        (Bytes::new(), validated)
     };
     // With routes, the model list is theirs; without, the upstream's. A key with a model
     // allowlist sees only the models it may use.
@@ -337,14 +486,28 @@ pub async fn handle(
             return Ok(crate::response::json(StatusCode::OK, list));
         }
     }
-    let model = (endpoint != Endpoint::Models).then_some(validated.model.as_str());
-    let members = match backends.members(model) {
-        Some(members) => members,
-        None => return Err(GatewayError::ModelNotFound(validated.model)),
+    let pinned;
+    let members = if let Endpoint::StoredResponse(_) = endpoint {
+        // A stored response lives on the upstream that made it: the one the client names
+        // (as `x-tidegate-upstream` named it on the answer that created it), else any.
+        match pinned_upstream(&parts.headers, backends)? {
+            Some(member) => {
+                pinned = member;
+                std::slice::from_ref(&pinned)
+            }
+            None => backends.all(),
+        }
+    } else {
+        let model = (endpoint != Endpoint::Models).then_some(validated.model.as_str());
+        match backends.members(model) {
+            Some(members) => members,
+            None => return Err(GatewayError::ModelNotFound(validated.model)),
+        }
     };
+    let suffix = endpoint.upstream_suffix(response_id);
     let outgoing = Outgoing {
         method: endpoint.method(),
-        suffix: endpoint.upstream_suffix(),
+        suffix: &suffix,
         query: parts.uri.query(),
         headers: &parts.headers,
         request_id,
@@ -373,7 +536,8 @@ pub async fn handle(
         connection: parts.extensions.get::<ConnectionInfo>().cloned(),
     });
     tracing::Span::current().record("stream_id", entry.handle().id());
-    let mut lifetime = StreamLifetime::begin_holding(entry, slot, metrics.clone());
+    let mut lifetime = StreamLifetime::begin_holding(entry, slot, metrics.clone())
+        .with_route(endpoint.metric_route());
     let stream_id = HeaderValue::from_str(lifetime.handle().id()).ok();
 
     // Wait for an upstream's headers (retrying while nothing was sent), unless the stream is
@@ -403,7 +567,8 @@ pub async fn handle(
                 limits.max_event_bytes,
                 deadlines,
                 lifetime,
-            );
+            )
+            .with_grammar(endpoint.grammar());
             let mut response = sse_response(resume.as_ref(), relay, stream_id);
             set_upstream_header(response.headers_mut(), upstream);
             return Ok(response);
@@ -431,12 +596,47 @@ pub async fn handle(
         .await;
     }
     let deadlines = Deadlines::new(upstream.idle_timeout(), limits.max_stream_duration);
-    let relay = SseRelay::new(up_body, limits.max_event_bytes, deadlines, lifetime);
+    let relay = SseRelay::new(up_body, limits.max_event_bytes, deadlines, lifetime)
+        .with_grammar(endpoint.grammar());
     let mut response = sse_response(resume.as_ref(), relay, stream_id);
     *response.status_mut() = up_parts.status;
     copy_upstream_headers(&up_parts.headers, response.headers_mut(), request_id);
     set_upstream_header(response.headers_mut(), upstream);
     Ok(response)
+}
+
+/// Whether a retrieval's query asks for the response's events: `stream=true`.
+fn query_asks_for_stream(query: Option<&str>) -> bool {
+    // Bounded: the query is part of the request head, itself limited.
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(name, value)| name == "stream" && value.eq_ignore_ascii_case("true"))
+}
+
+/// The upstream a request names in `x-tidegate-upstream`, if it names one. A name that is not
+/// one of ours is the client's mistake, told as such.
+fn pinned_upstream(
+    headers: &HeaderMap,
+    backends: &Backends,
+) -> Result<Option<crate::upstream::backends::Member>, GatewayError> {
+    let Some(name) = headers.get(UPSTREAM_HEADER) else {
+        return Ok(None);
+    };
+    let index = name
+        .to_str()
+        .ok()
+        .and_then(|name| backends.index_of(name.trim()));
+    match index {
+        Some(index) => Ok(Some(crate::upstream::backends::Member {
+            index,
+            rename: None,
+        })),
+        None => Err(GatewayError::InvalidParameter {
+            param: UPSTREAM_HEADER,
+            expected: "the name of one of the gateway's upstreams, as the x-tidegate-upstream \
+                       response header gave it"
+                .into(),
+        }),
+    }
 }
 
 /// A stream's answer with its event-stream headers: resumable when `[resume]` is on (with its
@@ -736,6 +936,105 @@ mod tests {
             check(Endpoint::Embeddings, r#"{"model":"m"}"#),
             Err("missing_required_parameter")
         );
+    }
+
+    #[test]
+    fn responses_routes_and_their_ids() {
+        use ResponseAction::*;
+        let of = |method: Method, path: &'static str| Endpoint::of(&method, path);
+        assert_eq!(
+            of(Method::POST, "/v1/responses"),
+            Some(Routed::Endpoint(Endpoint::Responses, None))
+        );
+        assert_eq!(
+            of(Method::GET, "/v1/responses"),
+            Some(Routed::WrongMethod { allow: "POST" })
+        );
+        let id = Some("resp_68af4030592c81938ec0a5fbab4a3e9f");
+        for (method, path, action) in [
+            (
+                Method::GET,
+                "/v1/responses/resp_68af4030592c81938ec0a5fbab4a3e9f",
+                Retrieve,
+            ),
+            (
+                Method::DELETE,
+                "/v1/responses/resp_68af4030592c81938ec0a5fbab4a3e9f",
+                Delete,
+            ),
+            (
+                Method::POST,
+                "/v1/responses/resp_68af4030592c81938ec0a5fbab4a3e9f/cancel",
+                Cancel,
+            ),
+            (
+                Method::GET,
+                "/v1/responses/resp_68af4030592c81938ec0a5fbab4a3e9f/input_items",
+                InputItems,
+            ),
+        ] {
+            let endpoint = Endpoint::StoredResponse(action);
+            assert_eq!(
+                of(method.clone(), path),
+                Some(Routed::Endpoint(endpoint, id))
+            );
+            assert_eq!(endpoint.method(), &method);
+            assert_eq!(format!("/v1{}", endpoint.upstream_suffix(id)), path);
+            assert_eq!(endpoint.grammar(), Grammar::Responses);
+        }
+        assert_eq!(
+            of(Method::POST, "/v1/responses/resp_1"),
+            Some(Routed::WrongMethod {
+                allow: "GET, DELETE"
+            })
+        );
+        assert_eq!(
+            of(Method::GET, "/v1/responses/resp_1/cancel"),
+            Some(Routed::WrongMethod { allow: "POST" })
+        );
+        // Nothing but an id reaches the upstream's path.
+        for bad in [
+            "/v1/responses/",
+            "/v1/responses/..",
+            "/v1/responses/a.b",
+            "/v1/responses/%2e%2e",
+            "/v1/responses//cancel",
+        ] {
+            assert_eq!(of(Method::GET, bad), Some(Routed::BadResponseId), "{bad}");
+        }
+        let long = format!("/v1/responses/{}", "a".repeat(MAX_RESPONSE_ID_BYTES + 1));
+        assert_eq!(
+            Endpoint::of(&Method::GET, &long),
+            Some(Routed::BadResponseId)
+        );
+        assert_eq!(of(Method::GET, "/v1/responses/resp_1/other"), None);
+        assert_eq!(of(Method::GET, "/v1/responsesX"), None);
+        assert_eq!(Endpoint::ChatCompletions.grammar(), Grammar::Chunks);
+    }
+
+    #[test]
+    fn a_responses_request_needs_a_model_only() {
+        assert_eq!(
+            check(
+                Endpoint::Responses,
+                r#"{"model":"m","input":"hi","stream":true}"#
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            check(
+                Endpoint::Responses,
+                r#"{"model":"m","previous_response_id":"resp_1"}"#
+            ),
+            Ok(false)
+        );
+        assert_eq!(
+            check(Endpoint::Responses, r#"{"input":"hi"}"#),
+            Err("missing_required_parameter")
+        );
+        assert!(query_asks_for_stream(Some("stream=true&starting_after=3")));
+        assert!(!query_asks_for_stream(Some("stream=false")));
+        assert!(!query_asks_for_stream(None));
     }
 
     #[test]

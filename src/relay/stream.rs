@@ -24,13 +24,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-
 use super::deadline::Deadlines;
+use super::grammar::{EventKind, Grammar};
 use super::lifetime::{Outcome, StreamLifetime};
 use super::{has_content_type, log_rejected_credentials, TEXT_EVENT_STREAM};
 use crate::error::GatewayError;
@@ -38,6 +33,9 @@ use crate::registry::StreamState;
 use crate::sse::parser::{ParseError, Parser};
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::{error_chain, rejects_our_credentials, scrub_key};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -126,6 +124,11 @@ pub struct SseRelay<B = UpstreamBody> {
     final_event: Option<Bytes>,
     /// Whether the upstream itself sent an error event (then its end needs no error of ours).
     upstream_sent_error: bool,
+    /// The API's stream grammar: what ends the stream, what is output, what our errors look
+    /// like.
+    grammar: Grammar,
+    /// The highest `sequence_number` relayed (Responses): our final event gets the next one.
+    last_sequence: Option<u64>,
     deadlines: Deadlines,
     lifetime: StreamLifetime,
     /// Upstream reads so far, for sampling the relay delay one read in
@@ -255,73 +258,14 @@ fn lines_with_ends(block: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// cost a few hundred instructions, an event about 11,000 (`loadtest/RESULTS.md`).
 pub const RELAY_DELAY_SAMPLE_EVERY: u32 = 16;
 
-/// What one upstream event's data is, as far as the relay cares.
-enum EventKind {
-    /// `[DONE]`: the end of the stream.
-    Done,
-    /// A JSON object; `error` says whether it carries an `error` key, `usage` its token counts
-    /// (the usage chunk an upstream sends with `stream_options.include_usage`).
-    Json { error: bool, usage: Option<Usage> },
-    /// Anything else: not what an OpenAI-compatible upstream sends.
-    Malformed,
-}
-
-/// Just enough of a chunk to see whether it is an error, and its token usage if it has any;
-/// every other key is skipped unparsed.
-#[derive(Deserialize)]
-struct ErrorProbe {
-    error: Option<IgnoredAny>,
-    usage: Option<Usage>,
-}
-
-/// A usage chunk's token counts.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
-
-fn classify(data: &str) -> EventKind {
-    let trimmed = data.trim();
-    if trimmed == "[DONE]" {
-        return EventKind::Done;
-    }
-    if !trimmed.starts_with('{') {
-        return EventKind::Malformed;
-    }
-    match serde_json::from_str::<ErrorProbe>(trimmed) {
-        Ok(probe) => EventKind::Json {
-            error: probe.error.is_some(),
-            usage: probe.usage,
-        },
-        Err(_) => EventKind::Malformed,
-    }
-}
-
-/// The final event for an upstream error status: the upstream's own `error` object when its body
-/// has one (so the client sees the real reason), else our `upstream_error_status` error.
-fn upstream_error_event(status: StatusCode, body: &[u8]) -> Bytes {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: serde_json::Map<String, serde_json::Value>,
-    }
-    match serde_json::from_slice::<Envelope>(body) {
-        Ok(envelope) => {
-            let event = serde_json::json!({ "error": envelope.error });
-            let mut bytes = b"data: ".to_vec();
-            bytes.extend_from_slice(event.to_string().as_bytes());
-            bytes.extend_from_slice(b"\n\n");
-            Bytes::from(bytes)
-        }
-        Err(_) => GatewayError::UpstreamStatus(status.as_u16()).to_sse_event(),
-    }
-}
-
 /// How processing one chunk stopped early.
 enum Stop {
-    Done,
+    /// The grammar's last event (relayed); `failed`: the upstream says the response failed.
+    End {
+        failed: bool,
+    },
+    /// The upstream's end of stream in another API's grammar (not relayed).
+    Eof,
     Malformed,
 }
 
@@ -379,12 +323,20 @@ where
             out: None,
             final_event: None,
             upstream_sent_error: false,
+            grammar: Grammar::Chunks,
+            last_sequence: None,
             deadlines,
             lifetime,
             reads: 0,
             sampled_read_at: None,
             ids: None,
         }
+    }
+
+    /// Reads the stream in `grammar` (chat completions' by default).
+    pub fn with_grammar(mut self, grammar: Grammar) -> SseRelay<B> {
+        self.grammar = grammar;
+        self
     }
 
     /// Turns on event ids (resume): see [`EventIds`].
@@ -474,7 +426,9 @@ where
                 ..
             } = answer.as_mut();
             let body = scrub_key(collected.split().freeze(), key.as_deref());
-            let event = upstream_error_event(*status, &body);
+            let event = self
+                .grammar
+                .upstream_error_event(*status, &body, self.last_sequence);
             let (stream_id, request_id, client) = self.lifetime.log_fields();
             tracing::warn!(
                 stream_id,
@@ -500,8 +454,11 @@ where
         let mut complete_end = 0;
         let mut stop = None;
         let mut events = 0;
+        let mut output = false;
         let mut saw_error = false;
         let mut usage = None;
+        let grammar = self.grammar;
+        let mut last_sequence = self.last_sequence;
         let mut ids = self.ids.as_deref_mut();
         let fed = self.parser.feed(&chunk, |end, event| {
             if stop.is_some() {
@@ -509,18 +466,26 @@ where
             }
             let dispatched = event.is_some();
             if let Some(event) = event {
-                match classify(&event.data) {
-                    EventKind::Done => stop = Some(Stop::Done),
-                    EventKind::Json { error, usage: u } => {
-                        saw_error |= error || event.event_type == "error";
-                        usage = u.or(usage);
+                let classified = grammar.classify(&event.event_type, &event.data);
+                match classified.kind {
+                    EventKind::End { failed } => stop = Some(Stop::End { failed }),
+                    EventKind::Event { output: o, error } => {
+                        saw_error |= error;
+                        output |= o;
                         events += 1;
                     }
-                    EventKind::Malformed => {
-                        // The malformed block is not forwarded: cut before it.
-                        stop = Some(Stop::Malformed);
+                    EventKind::Eof | EventKind::Malformed => {
+                        // Not forwarded: cut before it.
+                        stop = Some(match classified.kind {
+                            EventKind::Eof => Stop::Eof,
+                            _ => Stop::Malformed,
+                        });
                         return;
                     }
+                }
+                usage = classified.usage.or(usage);
+                if classified.sequence > last_sequence {
+                    last_sequence = classified.sequence;
                 }
             }
             complete_end = end;
@@ -528,9 +493,10 @@ where
                 ids.ends.push((end, dispatched));
             }
         });
+        self.last_sequence = last_sequence;
         if events > 0 {
             let now = self.lifetime.now_ms();
-            self.lifetime.handle().record_events(events, now);
+            self.lifetime.handle().record_events(events, output, now);
         }
         self.upstream_sent_error |= saw_error;
         if let Some(usage) = usage {
@@ -560,11 +526,20 @@ where
             ids.ends.clear();
         }
         match (stop, fed) {
-            (Some(Stop::Done), _) => {
-                // Anything after [DONE] is ignored; the upstream request is finished.
+            (Some(Stop::End { failed }), _) => {
+                // Anything after the last event is ignored; the upstream request is finished.
                 self.source = Source::Closed;
                 self.partial = BytesMut::new();
-                self.lifetime.finish(Outcome::Completed);
+                self.lifetime.finish(if failed {
+                    // The upstream told the client why, in its own terminal event.
+                    Outcome::Failed("upstream_error_event")
+                } else {
+                    Outcome::Completed
+                });
+            }
+            (Some(Stop::Eof), _) => {
+                self.partial = BytesMut::new();
+                self.on_upstream_end();
             }
             (Some(Stop::Malformed), _) => self.fail(GatewayError::UpstreamMalformedEvent),
             (None, Err(ParseError::EventTooLarge { limit })) => {
@@ -588,7 +563,8 @@ where
             code = error.code(),
             "stream failed: {error}"
         );
-        self.set_final_event(error.to_sse_event());
+        let event = self.grammar.error_event(&error, self.last_sequence);
+        self.set_final_event(event);
     }
 
     /// The upstream body ended (cleanly or not).
@@ -599,7 +575,7 @@ where
             self.lifetime
                 .finish(Outcome::Failed("upstream_error_event"));
         } else {
-            self.fail(GatewayError::UpstreamIncomplete);
+            self.fail(GatewayError::UpstreamIncomplete(self.grammar.end_marker()));
         }
     }
 
@@ -755,43 +731,6 @@ mod tests {
     use http_body_util::BodyExt;
     use proptest::prelude::*;
 
-    #[test]
-    fn classify_recognises_done_json_errors_and_garbage() {
-        assert!(matches!(classify("[DONE]"), EventKind::Done));
-        assert!(matches!(
-            classify(r#"{"id":"x","choices":[]}"#),
-            EventKind::Json {
-                error: false,
-                usage: None
-            }
-        ));
-        assert!(matches!(
-            classify(r#"{"error":{"message":"boom"}}"#),
-            EventKind::Json { error: true, .. }
-        ));
-        // The usage chunk of stream_options.include_usage; a null usage is none.
-        let usage = classify(
-            r#"{"id":"x","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#,
-        );
-        assert!(matches!(
-            usage,
-            EventKind::Json {
-                error: false,
-                usage: Some(Usage {
-                    prompt_tokens: 12,
-                    completion_tokens: 7
-                })
-            }
-        ));
-        assert!(matches!(
-            classify(r#"{"id":"x","choices":[],"usage":null}"#),
-            EventKind::Json { usage: None, .. }
-        ));
-        assert!(matches!(classify("{not json"), EventKind::Malformed));
-        assert!(matches!(classify("[1,2]"), EventKind::Malformed));
-        assert!(matches!(classify("hello"), EventKind::Malformed));
-    }
-
     /// An upstream body that yields scripted reads, then ends.
     struct Scripted(VecDeque<Result<Bytes, std::io::Error>>);
 
@@ -871,8 +810,10 @@ mod tests {
     async fn an_early_committed_stream_relays_once_the_upstream_answers() {
         let registry = Arc::new(Registry::new(&["u"]));
         let (tx, rx) = tokio::sync::oneshot::channel::<Response<Scripted>>();
-        let pending: PendingResponse<Scripted> =
-            Box::pin(async move { rx.await.map_err(|_| GatewayError::UpstreamIncomplete) });
+        let pending: PendingResponse<Scripted> = Box::pin(async move {
+            rx.await
+                .map_err(|_| GatewayError::UpstreamIncomplete("[DONE]"))
+        });
         let lifetime = lifetime(&registry);
         let handle = lifetime.handle().clone();
         let mut body = SseRelay::awaiting(pending, None, 1024, deadlines(), lifetime);
@@ -1176,6 +1117,139 @@ mod tests {
         )
         .await;
         assert_eq!(concat(&frames), [A, DONE].concat());
+    }
+
+    /// A Responses event as an upstream sends it.
+    fn response_event(kind: &str, seq: u64, rest: &str) -> Vec<u8> {
+        format!("event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{seq}{rest}}}\n\n")
+            .into_bytes()
+    }
+
+    /// The first events of a Responses stream, before any output.
+    fn response_preamble() -> Vec<u8> {
+        [
+            response_event(
+                "response.created",
+                0,
+                r#","response":{"id":"resp_1","usage":null}"#,
+            ),
+            response_event("response.in_progress", 1, r#","response":{"id":"resp_1"}"#),
+        ]
+        .concat()
+    }
+
+    /// Relays `upstream` as a Responses stream: the frames, the outcome, and the stream's
+    /// (events, first token seen) as the registry counted them.
+    async fn relay_responses(upstream: Scripted) -> (Vec<Bytes>, Option<Outcome>, u64, bool) {
+        let registry = Arc::new(Registry::new(&["u"]));
+        let mut body = SseRelay::new(upstream, 4096, deadlines(), lifetime(&registry))
+            .with_grammar(Grammar::Responses);
+        let frames = drain(&mut body).await;
+        let handle = body.lifetime.handle().clone();
+        let outcome = body.lifetime.outcome();
+        (
+            frames,
+            outcome,
+            handle.events(),
+            handle.first_event_ms().is_some(),
+        )
+    }
+
+    fn parsed(frames: &[Bytes]) -> Vec<crate::sse::parser::Event> {
+        crate::sse::parser::parse_all(&concat(frames), 1 << 20).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_responses_stream_is_relayed_byte_for_byte_to_its_terminal_event() {
+        let delta = response_event("response.output_text.delta", 2, r#","delta":"Hi""#);
+        let completed = response_event(
+            "response.completed",
+            3,
+            r#","response":{"id":"resp_1","usage":{"input_tokens":4,"output_tokens":1}}"#,
+        );
+        let input = [response_preamble(), delta, completed.clone()].concat();
+        // Anything after the terminal event (a stray [DONE] included) is not relayed.
+        let after = b"data: [DONE]\n\n";
+        let (frames, outcome, events, first_token) =
+            relay_responses(reads(&[&input[..30], &input[30..], after])).await;
+        assert_eq!(concat(&frames), input, "the event: lines and all");
+        assert_eq!(outcome, Some(Outcome::Completed));
+        assert_eq!(
+            events, 3,
+            "the terminal event is not counted, as [DONE] is not"
+        );
+        assert!(first_token);
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_are_not_the_first_token() {
+        let (_, _, events, first_token) = relay_responses(reads(&[&response_preamble()])).await;
+        assert_eq!(events, 2);
+        assert!(!first_token, "response.created is not output");
+    }
+
+    #[tokio::test]
+    async fn a_responses_stream_without_a_terminal_event_gets_one_error_event() {
+        let delta = response_event("response.output_text.delta", 2, r#","delta":"Hi""#);
+        let input = [response_preamble(), delta].concat();
+        // A clean end, and a [DONE] (which no Responses stream has) instead of a terminal event.
+        for tail in [&b""[..], b"data: [DONE]\n\n"] {
+            let (frames, outcome, _, _) = relay_responses(reads(&[&input, tail])).await;
+            let all = concat(&frames);
+            assert!(all.starts_with(&input));
+            assert!(!String::from_utf8_lossy(&all).contains("[DONE]"));
+            let events = parsed(&frames);
+            assert_eq!(events.len(), 4);
+            let last = events.last().unwrap();
+            assert_eq!(last.event_type, "error");
+            let data: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+            assert_eq!(data["type"], "error");
+            assert_eq!(data["code"], "upstream_incomplete_stream");
+            assert_eq!(data["sequence_number"], 3, "after the last one relayed");
+            assert_eq!(data["error"]["code"], "upstream_incomplete_stream");
+            assert_eq!(outcome, Some(Outcome::Failed("upstream_incomplete_stream")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_responses_upstream_error_or_failure_gets_no_second_error() {
+        let error = response_event("error", 2, r#","code":"server_error","message":"boom""#);
+        let input = [response_preamble(), error].concat();
+        let (frames, outcome, _, _) = relay_responses(reads(&[&input])).await;
+        assert_eq!(concat(&frames), input);
+        assert_eq!(outcome, Some(Outcome::Failed("upstream_error_event")));
+
+        let failed = response_event(
+            "response.failed",
+            2,
+            r#","response":{"id":"resp_1","status":"failed","error":{"code":"server_error"}}"#,
+        );
+        let input = [response_preamble(), failed].concat();
+        let (frames, outcome, _, _) = relay_responses(reads(&[&input, b"late bytes"])).await;
+        assert_eq!(concat(&frames), input);
+        assert_eq!(outcome, Some(Outcome::Failed("upstream_error_event")));
+    }
+
+    #[tokio::test]
+    async fn a_responses_stream_cut_mid_event_ends_with_one_error_event() {
+        let preamble = response_preamble();
+        let upstream = Scripted(VecDeque::from([
+            Ok(Bytes::from(preamble.clone())),
+            Ok(Bytes::from_static(
+                b"event: response.output_text.delta\ndata: {\"ha",
+            )),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let (frames, _, _, _) = relay_responses(upstream).await;
+        let all = concat(&frames);
+        assert!(all.starts_with(&preamble));
+        assert!(!String::from_utf8_lossy(&all).contains("\"ha"));
+        let events = parsed(&frames);
+        let last = events.last().unwrap();
+        assert_eq!(last.event_type, "error");
+        let data: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+        assert_eq!(data["code"], "upstream_reset");
+        assert_eq!(data["sequence_number"], 2);
     }
 
     fn line_end() -> impl Strategy<Value = &'static [u8]> {

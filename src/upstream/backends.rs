@@ -69,7 +69,8 @@ pub struct Backends {
     /// `[[routes]]` as configured, and the upstreams of each (same order).
     route_configs: Vec<RouteConfig>,
     route_members: Vec<Vec<Member>>,
-    /// With no `[[routes]]`: every upstream, each sending the client's model name.
+    /// Every upstream, each sending the client's model name: with no `[[routes]]`, the
+    /// members for every model.
     everyone: Vec<Member>,
     pub budget: RetryBudget,
     pub retry: RetryPolicy,
@@ -159,6 +160,17 @@ impl Backends {
 
     pub fn names(&self) -> Vec<&str> {
         self.backends.iter().map(|b| &*b.name).collect()
+    }
+
+    /// The index of the upstream called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.name == name)
+    }
+
+    /// Every upstream, each sending the client's model name: for requests that name no model
+    /// (a stored response's), whatever the routes.
+    pub fn all(&self) -> &[Member] {
+        &self.everyone
     }
 
     /// Whether `[[routes]]` decide which upstreams serve a model.

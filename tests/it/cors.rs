@@ -60,7 +60,7 @@ async fn a_preflight_is_answered_without_reaching_admission_or_the_upstream() {
         assert_eq!(header(&headers, "access-control-allow-origin"), PAGE);
         assert_eq!(
             header(&headers, "access-control-allow-methods"),
-            "GET, POST"
+            "GET, POST, DELETE"
         );
         assert_eq!(
             header(&headers, "access-control-allow-headers"),
