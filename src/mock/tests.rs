@@ -756,7 +756,9 @@ async fn embeddings_and_models_shape() {
             "slow-first-token",
             "fail-not-event-stream",
             "fail-401",
-            "fail-400-echo-key"
+            "fail-400-echo-key",
+            "fail-error-event",
+            "fail-response-failed"
         ]
     );
     let s = server.stats().snapshot();
