@@ -264,14 +264,19 @@ check(item.type == "message" and item.role == "user", f"input_items: {item!r}")
 check(item.content[0].text == "Hello from retrieval", f"input_items: {item.content!r}")
 print(f"input_items.list(): the input message {item.id}")
 
-#    Cancelling a background response while the mock is still generating it (slowly).
-slow = {"x-mock-chunk-delay-ms": "200"}
-background = client.responses.create(model="mock-1", input="Hello", background=True, extra_headers=slow)
-check(background.status in ("queued", "in_progress"), f"background: status {background.status!r}")
+#    Cancelling: a background response can be (the mock answers it at once, completed, and
+#    marks it cancelled when asked); an ordinary one cannot.
+background = client.responses.create(model="mock-1", input="Hello", background=True)
+check(background.background is True, f"background: {background!r}")
 cancelled = client.responses.cancel(background.id)
 check(cancelled.id == background.id and cancelled.status == "cancelled", f"cancel: {cancelled!r}")
 check(client.responses.retrieve(background.id).status == "cancelled", "cancel: retrieved afterwards")
 print(f"cancel({background.id}): cancelled (was {background.status})")
+try:
+    client.responses.cancel(response_id)
+    sys.exit("FAILED: cancel of a response not in the background: expected BadRequestError")
+except openai.BadRequestError as e:
+    print(f"cancel({response_id}) (not background): BadRequestError: {e.message}")
 
 check(client.responses.delete(response_id) is None, "delete returns None")
 try:

@@ -154,7 +154,8 @@ const input = 'Hello';
         `finalResponse() resolves with status ${helperResult.status}, output_text ${JSON.stringify(helperResult.output_text)}`,
     );
   } else {
-    check(error instanceof APIError, `fail-no-done: not an APIError: ${error}`);
+    check(error !== undefined, `fail-no-done: the stream ended without an error after ${seen.map((e) => e.type)}`);
+    check(error instanceof APIError, `fail-no-done: not an APIError: ${error?.constructor?.name} ${error}`);
     check(!(error instanceof APIConnectionError), `fail-no-done: a connection error: ${error}`);
     check(error.code === 'upstream_incomplete_stream', `fail-no-done: code ${error.code}, ${JSON.stringify(error.error)}`);
     check(
