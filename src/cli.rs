@@ -603,6 +603,10 @@ fn demo_banner_text(banner: &DemoBanner<'_>) -> String {
          curl -N http://{listen}/v1/chat/completions \\\n    \
          -H 'Content-Type: application/json' \\\n    \
          -d '{{\"model\":\"mock-1\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
+         Or a response, with the Responses API:\n\n  \
+         curl -N http://{listen}/v1/responses \\\n    \
+         -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"model\":\"mock-1\",\"stream\":true,\"input\":\"Hello\"}}'\n\n\
          Press Ctrl-C to stop (open streams get up to {drain}).\n",
         drain = humantime::format_duration(drain_timeout),
     )

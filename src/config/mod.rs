@@ -81,8 +81,12 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Allowed `limits.max_header_bytes`: 8 KiB (hyper's HTTP/1 read buffer
 /// cannot be smaller) to 1 MiB.
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 8 * KIB..=MIB;
-/// Default cap on one upstream SSE event: 256 KiB.
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Default cap on one upstream SSE event: 1 MiB. A Responses stream's closing events
+/// (`response.output_text.done`, `response.content_part.done`, `response.output_item.done`,
+/// `response.completed`) each carry the whole answer: a 128k-token answer is about 512 KB of
+/// text, which must not fail at its very end. Chat chunks stay far below it, and the buffer
+/// grows only as far as an event actually is.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Allowed `limits.max_event_bytes`: 1 KiB to 16 MiB.
 pub const MAX_EVENT_BYTES_RANGE: RangeInclusive<u64> = KIB..=16 * MIB;
 /// Default time a client has to send its request head: 10 s.

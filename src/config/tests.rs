@@ -175,7 +175,7 @@ fn empty_file_is_the_default_config() {
     assert_eq!(c.upstream.api_key, None);
     assert_eq!(c.limits.max_body_bytes, 1_048_576);
     assert_eq!(c.limits.max_header_bytes, 8_192);
-    assert_eq!(c.limits.max_event_bytes, 262_144);
+    assert_eq!(c.limits.max_event_bytes, 1_048_576);
     assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
     assert_eq!(c.limits.body_read_timeout, Duration::from_secs(30));
     assert_eq!(c.limits.upstream_connect_timeout, Duration::from_secs(5));

@@ -548,3 +548,39 @@ async fn a_stored_response_can_be_asked_of_the_upstream_that_made_it() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
     assert_eq!(json["error"]["param"], "x-tidegate-upstream");
 }
+
+/// A long answer's closing events each carry the whole text (here about 300 KB): with the
+/// default `limits.max_event_bytes` they pass, so a long answer does not fail at its very end.
+#[tokio::test]
+async fn a_long_answers_closing_events_fit_the_default_event_limit() {
+    let env = start().await;
+    let chunks = 50_000;
+    let (_conn, _, body) = open_responses(
+        env.gateway,
+        "mock-1",
+        &[("x-mock-chunks", "50000"), ("x-mock-chunk-delay-ms", "0")],
+    )
+    .await;
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        http_body_util::BodyExt::collect(body),
+    )
+    .await
+    .expect("the stream ends in time")
+    .expect("stream body")
+    .to_bytes();
+    let parsed = events(&all);
+    let completed = parsed.last().unwrap();
+    assert_eq!(
+        completed.event_type,
+        "response.completed",
+        "{:?}",
+        &completed.data[..200.min(completed.data.len())]
+    );
+    assert!(
+        completed.data.len() > 256 * 1024,
+        "{} bytes",
+        completed.data.len()
+    );
+    assert_eq!(output_text(&parsed), expected_content(chunks));
+}
