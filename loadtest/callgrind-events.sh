@@ -49,8 +49,10 @@ CHUNKS=${CHUNKS:-40}
 DELAY_MS=${DELAY_MS:-50}
 API=${API:-chat}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-callgrind.XXXXXX)}
-# mktemp makes it 0700: nginx's workers (an unprivileged user) must reach their profile folders
-# inside it, or they write no profile and nginx's counts come out as 0.
+# A given OUT_DIR may not exist yet. mktemp makes it 0700: nginx's workers (an unprivileged user)
+# must reach their profile folders inside it, or they write no profile and nginx's counts come
+# out as 0.
+mkdir -p "$OUT_DIR"
 chmod 755 "$OUT_DIR"
 
 # LOG_NAME and EXIT_NOTE are read by lib.sh, which plain `shellcheck` (without -x) does not follow.
