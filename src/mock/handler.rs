@@ -20,10 +20,16 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use super::faults::{self, ConnState, Faults, InFlight, Scheduled};
-use super::sse::{Api, MockBody, SseStream, StreamSpec};
+use super::responses::{
+    self, cut, input_text, parse_response_id, ResponseMeta, ResponsesSpec, Status, MAX_MODEL_BYTES,
+    MAX_TEXT_BYTES,
+};
+use super::sse::{Api, MockBody, StreamPlan, StreamSpec};
 use super::stats::{Kind, MockStats, Outcome, Tracker};
+use super::store::{Cancel, ResponseStore, Stored};
 use super::{
-    expected_content, Fault, MockSettings, DEFAULT_MODEL, MAX_BODY_BYTES, SYSTEM_FINGERPRINT,
+    expected_content, Fault, MockSettings, DEFAULT_MODEL, MAX_BODY_BYTES, MAX_RESPONSE_CHUNKS,
+    SYSTEM_FINGERPRINT,
 };
 
 /// `created` of every entry in `GET /v1/models` (a fixed, plausible date).
@@ -41,8 +47,10 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<MockStats>,
     /// The schedules set through the handle.
     pub(crate) faults: Arc<Faults>,
-    /// Source of `req_mock_<n>` and `chatcmpl-mock<n>`.
+    /// Source of `req_mock_<n>`, `chatcmpl-mock<n>` and `resp_mock<n>`.
     next_id: AtomicU64,
+    /// `/v1/responses` answers kept for retrieval.
+    responses: ResponseStore,
     /// The most recent `/v1` request, kept raw; converted only when asked for.
     last: Mutex<Option<Arc<Captured>>>,
 }
@@ -50,6 +58,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(settings: MockSettings) -> Shared {
         Shared {
+            responses: ResponseStore::new(settings.stored_responses),
             settings,
             stats: Arc::new(MockStats::new()),
             faults: Arc::new(Faults::default()),
@@ -212,7 +221,7 @@ async fn v1(
             shared.stats.scheduled_failure();
             Plan::Reply(scheduled_failure(status, retry_after))
         }
-        (_, Ok(body)) => plan(&shared.settings, &parts, &body, id),
+        (_, Ok(body)) => plan(shared, &parts, &body, id),
         (_, Err(reply)) => Plan::Reply(reply),
     };
 
@@ -242,7 +251,7 @@ async fn v1(
             if !headers_delay.is_zero() {
                 sleep.as_mut().await;
             }
-            let mut response = Response::new(MockBody::sse(SseStream::new(spec, tracker, sleep)));
+            let mut response = Response::new(MockBody::stream(spec, tracker, sleep));
             let headers = response.headers_mut();
             headers.insert(
                 CONTENT_TYPE,
@@ -326,7 +335,7 @@ fn add_retry_after(headers: &mut HeaderMap, after: Duration) {
 enum Plan {
     Reply(Reply),
     Stream {
-        spec: StreamSpec,
+        spec: StreamPlan,
         headers_delay: Duration,
     },
 }
@@ -477,9 +486,20 @@ struct ApiRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
-    /// Embeddings only.
+    /// Embeddings and responses.
     #[serde(default)]
     input: Option<serde_json::Value>,
+}
+
+/// What only `/v1/responses` looks at besides [`ApiRequest`].
+#[derive(Deserialize)]
+struct ResponsesRequest {
+    #[serde(default)]
+    background: Option<bool>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    instructions: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -489,32 +509,80 @@ struct StreamOptions {
 }
 
 #[derive(Clone, Copy)]
-enum Route {
+enum Route<'a> {
     Completion(Api),
+    Responses,
+    /// `/v1/responses/{id}` and below: the id as given, and what to do.
+    Stored(&'a str, StoredAction),
     Embeddings,
     Models,
 }
 
-fn plan(settings: &MockSettings, parts: &Parts, body: &Bytes, id: u64) -> Plan {
-    match plan_or_error(settings, parts, body, id) {
+#[derive(Clone, Copy)]
+enum StoredAction {
+    /// `GET /v1/responses/{id}`
+    Get,
+    /// `POST /v1/responses/{id}/cancel`
+    Cancel,
+    /// `DELETE /v1/responses/{id}`
+    Delete,
+    /// `GET /v1/responses/{id}/input_items`
+    InputItems,
+}
+
+fn route<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
+    let route = match (method, path) {
+        (&Method::POST, "/v1/chat/completions") => Route::Completion(Api::Chat),
+        (&Method::POST, "/v1/completions") => Route::Completion(Api::Legacy),
+        (&Method::POST, "/v1/responses") => Route::Responses,
+        (&Method::POST, "/v1/embeddings") => Route::Embeddings,
+        (&Method::GET, "/v1/models") => Route::Models,
+        _ => {
+            let rest = path.strip_prefix("/v1/responses/")?;
+            let (id, below) = match rest.split_once('/') {
+                Some((id, below)) => (id, Some(below)),
+                None => (rest, None),
+            };
+            let action = match (method, below) {
+                (&Method::GET, None) => StoredAction::Get,
+                (&Method::DELETE, None) => StoredAction::Delete,
+                (&Method::POST, Some("cancel")) => StoredAction::Cancel,
+                (&Method::GET, Some("input_items")) => StoredAction::InputItems,
+                _ => return None,
+            };
+            if id.is_empty() {
+                return None;
+            }
+            Route::Stored(id, action)
+        }
+    };
+    Some(route)
+}
+
+fn plan(shared: &Shared, parts: &Parts, body: &Bytes, id: u64) -> Plan {
+    match plan_or_error(shared, parts, body, id) {
         Ok(plan) => plan,
         Err(reply) => Plan::Reply(reply),
     }
 }
 
-fn plan_or_error(
-    settings: &MockSettings,
-    parts: &Parts,
-    body: &Bytes,
-    id: u64,
-) -> Result<Plan, Reply> {
-    let route = match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/v1/chat/completions") => Route::Completion(Api::Chat),
-        (&Method::POST, "/v1/completions") => Route::Completion(Api::Legacy),
-        (&Method::POST, "/v1/embeddings") => Route::Embeddings,
-        (&Method::GET, "/v1/models") => Route::Models,
-        (method, path) => return Err(invalid_url_reply(method, path)),
+fn parse_error(err: &serde_json::Error) -> Reply {
+    Reply::bad_request(
+        &format!(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.) Details: {err}"
+        ),
+        None,
+    )
+}
+
+fn plan_or_error(shared: &Shared, parts: &Parts, body: &Bytes, id: u64) -> Result<Plan, Reply> {
+    let settings = &shared.settings;
+    let Some(route) = route(&parts.method, parts.uri.path()) else {
+        return Err(invalid_url_reply(&parts.method, parts.uri.path()));
     };
+    if let Route::Stored(response_id, action) = route {
+        return plan_stored(shared, parts, response_id, action);
+    }
 
     if let Route::Models = route {
         let timing = Timing::from_request(settings, &parts.headers, None)?;
@@ -525,15 +593,8 @@ fn plan_or_error(
         )));
     }
 
-    let request: ApiRequest = serde_json::from_slice(body).map_err(|err| {
-        Reply::bad_request(
-            &format!(
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.) Details: {err}"
-            ),
-            None,
-        )
-    })?;
-    let Some(model) = request.model else {
+    let mut request: ApiRequest = serde_json::from_slice(body).map_err(|err| parse_error(&err))?;
+    let Some(model) = request.model.take() else {
         return Err(Reply::bad_request(
             "you must provide a model parameter",
             Some("model"),
@@ -617,6 +678,9 @@ fn plan_or_error(
 
     let api = match route {
         Route::Completion(api) => api,
+        Route::Responses => {
+            return plan_response(shared, body, request, &model, fault, &timing, id);
+        }
         Route::Embeddings => {
             let count = embedding_inputs(request.input.as_ref())?;
             return Ok(Plan::Reply(Reply::after(
@@ -625,7 +689,9 @@ fn plan_or_error(
                 embeddings_json(&model, count, prompt_tokens),
             )));
         }
-        Route::Models => return Err(invalid_url_reply(&parts.method, parts.uri.path())),
+        Route::Models | Route::Stored(..) => {
+            return Err(invalid_url_reply(&parts.method, parts.uri.path()))
+        }
     };
 
     if request.stream.unwrap_or(false) && fault != Some(Fault::NotEventStream) {
@@ -634,7 +700,7 @@ fn plan_or_error(
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         return Ok(Plan::Stream {
-            spec: StreamSpec {
+            spec: StreamPlan::Completions(StreamSpec {
                 api,
                 id,
                 created,
@@ -646,7 +712,7 @@ fn plan_or_error(
                 include_usage,
                 prompt_tokens,
                 timestamps: timing.timestamps,
-            },
+            }),
             headers_delay: timing.headers_delay,
         });
     }
@@ -694,6 +760,186 @@ fn plan_or_error(
         StatusCode::OK,
         body,
     )))
+}
+
+/// `POST /v1/responses`, its model faults already handled: keeps the new
+/// response (unless `store` is false), then streams it or answers with it.
+fn plan_response(
+    shared: &Shared,
+    body: &Bytes,
+    request: ApiRequest,
+    model: &str,
+    fault: Option<Fault>,
+    timing: &Timing,
+    id: u64,
+) -> Result<Plan, Reply> {
+    let extra: ResponsesRequest = serde_json::from_slice(body).map_err(|err| parse_error(&err))?;
+    if timing.chunks > MAX_RESPONSE_CHUNKS {
+        return Err(Reply::bad_request(
+            "x-mock-chunks (or the mock's chunks setting) is over 100000, the most a /v1/responses answer may have.",
+            None,
+        ));
+    }
+    let input = input_text(request.input.as_ref()).map_err(|()| {
+        Reply::bad_request(
+            "Invalid type for 'input': expected a string or an array of input items.",
+            Some("input"),
+        )
+    })?;
+    let meta = Arc::new(ResponseMeta {
+        id,
+        created_at: unix_now(),
+        model: cut(model, MAX_MODEL_BYTES).into(),
+        instructions: extra
+            .instructions
+            .map(|text| cut(&text, MAX_TEXT_BYTES).into()),
+        chunks: timing.chunks,
+        prompt_tokens: prompt_tokens(body.len()),
+        background: extra.background.unwrap_or(false),
+    });
+    if extra.store.unwrap_or(true) {
+        shared.responses.insert(Stored {
+            meta: Arc::clone(&meta),
+            input: input.into(),
+            cancelled: false,
+        });
+    }
+    if request.stream.unwrap_or(false) && fault != Some(Fault::NotEventStream) {
+        return Ok(Plan::Stream {
+            spec: StreamPlan::Responses(ResponsesSpec {
+                meta,
+                first_delay: timing.first_delay,
+                chunk_delay: timing.chunk_delay,
+                fault,
+                timestamps: timing.timestamps,
+                starting_after: None,
+                completes: true,
+            }),
+            headers_delay: timing.headers_delay,
+        });
+    }
+    // As for chat, the stream-shaping faults leave a non-streaming answer alone.
+    Ok(Plan::Reply(Reply::after(
+        timing.reply_delay(shared.settings.max_wait),
+        StatusCode::OK,
+        responses::response_json(&meta, Status::Completed),
+    )))
+}
+
+/// The routes under `/v1/responses/{id}`.
+fn plan_stored(
+    shared: &Shared,
+    parts: &Parts,
+    response_id: &str,
+    action: StoredAction,
+) -> Result<Plan, Reply> {
+    let settings = &shared.settings;
+    let not_found = || {
+        // The id comes from the URL: quote a sane amount of it.
+        let shown = cut(response_id, 64);
+        let ellipsis = if shown.len() < response_id.len() {
+            "..."
+        } else {
+            ""
+        };
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            &format!("Response with id '{shown}{ellipsis}' not found."),
+            "invalid_request_error",
+            None,
+            None,
+        )
+    };
+    let key = parse_response_id(response_id).ok_or_else(not_found)?;
+    let reply = |timing: &Timing, body: Bytes| {
+        Ok(Plan::Reply(Reply::after(
+            timing.reply_delay(settings.max_wait),
+            StatusCode::OK,
+            body,
+        )))
+    };
+    match action {
+        StoredAction::Get => {
+            let (stream, starting_after) = retrieve_query(parts.uri.query())?;
+            let stored = shared.responses.get(key).ok_or_else(not_found)?;
+            // A `slow-first-token` response is as slow again.
+            let fault = Fault::from_model(&stored.meta.model);
+            let timing = Timing::from_request(settings, &parts.headers, fault)?;
+            if stream {
+                return Ok(Plan::Stream {
+                    spec: StreamPlan::Responses(ResponsesSpec {
+                        meta: stored.meta,
+                        first_delay: timing.first_delay,
+                        chunk_delay: timing.chunk_delay,
+                        fault: None,
+                        timestamps: timing.timestamps,
+                        starting_after,
+                        completes: !stored.cancelled,
+                    }),
+                    headers_delay: timing.headers_delay,
+                });
+            }
+            let status = if stored.cancelled {
+                Status::Cancelled
+            } else {
+                Status::Completed
+            };
+            reply(&timing, responses::response_json(&stored.meta, status))
+        }
+        StoredAction::InputItems => {
+            let timing = Timing::from_request(settings, &parts.headers, None)?;
+            let stored = shared.responses.get(key).ok_or_else(not_found)?;
+            reply(
+                &timing,
+                responses::input_items_json(&stored.meta, &stored.input),
+            )
+        }
+        StoredAction::Cancel => {
+            let timing = Timing::from_request(settings, &parts.headers, None)?;
+            match shared.responses.cancel(key) {
+                Cancel::Cancelled(stored) => reply(
+                    &timing,
+                    responses::response_json(&stored.meta, Status::Cancelled),
+                ),
+                Cancel::NotBackground => Err(Reply::bad_request(
+                    "Only responses created with background=true can be cancelled.",
+                    None,
+                )),
+                Cancel::Unknown => Err(not_found()),
+            }
+        }
+        StoredAction::Delete => {
+            let timing = Timing::from_request(settings, &parts.headers, None)?;
+            if !shared.responses.remove(key) {
+                return Err(not_found());
+            }
+            reply(&timing, responses::deleted_json(key))
+        }
+    }
+}
+
+/// `stream` and `starting_after` of `GET /v1/responses/{id}`; the rest
+/// (`include[]`, ...) is ignored.
+fn retrieve_query(query: Option<&str>) -> Result<(bool, Option<u64>), Reply> {
+    let mut stream = false;
+    let mut starting_after = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "stream" => stream = value == "true" || value == "1",
+            "starting_after" => {
+                let n = value.parse::<u64>().map_err(|_| {
+                    Reply::bad_request(
+                        "Invalid 'starting_after': expected a non-negative integer.",
+                        Some("starting_after"),
+                    )
+                })?;
+                starting_after = Some(n);
+            }
+            _ => {}
+        }
+    }
+    Ok((stream, starting_after))
 }
 
 /// A stand-in for tokenization: one token per 4 bytes of request body, at

@@ -8,6 +8,12 @@
 //!   exact OpenAI JSON shapes, streaming (`"stream": true`, Server-Sent Events)
 //!   or not, with configurable pacing ([`MockSettings`], overridable per
 //!   request with `x-mock-*` headers);
+//! * `POST /v1/responses` answers as OpenAI's Responses API: the Response
+//!   object, or its typed event stream; the last
+//!   [`MockSettings::stored_responses`] of them can be fetched again
+//!   (`GET /v1/responses/{id}`, also as the same stream from any
+//!   `starting_after`), cancelled (background ones), deleted, and their input
+//!   listed (`GET /v1/responses/{id}/input_items`);
 //! * `POST /v1/embeddings` and `GET /v1/models` answer with small fixed data;
 //! * special model names inject faults ([`Fault`]): rate limits, server
 //!   errors, streams that break in the middle, never finish, carry garbage or
@@ -44,11 +50,35 @@
 //!   `stream_options.include_usage`, and `data: [DONE]`. Each event is
 //!   exactly one body frame (one HTTP/1 chunk, one HTTP/2 DATA frame).
 //!   Legacy completions follow the same flow, starting with an empty `text`.
+//! * A Responses stream (`POST /v1/responses` with `"stream": true`) is, at
+//!   once, `response.created`, `response.in_progress`,
+//!   `response.output_item.added` and `response.content_part.added`; then one
+//!   `response.output_text.delta` per content chunk, the first after the
+//!   first-chunk delay (the time to first token), each later one after the
+//!   chunk delay; then at once `response.output_text.done`,
+//!   `response.content_part.done`, `response.output_item.done` and
+//!   `response.completed`. Each event is exactly
+//!   `event: <type>\ndata: <one-line JSON>\n\n`, the JSON's `type` the same
+//!   and its `sequence_number` counting from 0. Ids are `resp_mock<n>` and
+//!   `msg_mock<n>`, with the `n` of `x-request-id`. `x-mock-chunks` is at most
+//!   [`MAX_RESPONSE_CHUNKS`] there; the model name is echoed cut to 256 bytes
+//!   and `instructions` to 4 KiB, so that what is kept stays small.
+//! * A response is kept (unless created with `"store": false`) from the
+//!   moment it is created, whatever becomes of its stream: a retrieval sees
+//!   it completed. The oldest goes first. `GET /v1/responses/{id}` answers
+//!   with it; with `?stream=true` it regenerates the same events (the
+//!   retrieval's pacing headers apply, its chunk count is the original's),
+//!   with `&starting_after=N` only those numbered above `N`.
+//!   `POST /v1/responses/{id}/cancel` marks a background response
+//!   `cancelled` for good (its replay then has no `response.completed`) and
+//!   answers others `400`; `DELETE` forgets it; `/input_items` lists its input
+//!   text (the first 4 KiB) as one user message. An unknown id gets `404`.
 //! * Non-streaming answers wait headers delay + first-chunk delay. The
 //!   stream-shaping faults only affect streams; a non-streaming request for
 //!   `fail-midstream` & co. gets a normal answer.
-//! * `usage.prompt_tokens` is the request body length / 4 (rounded up, at
-//!   least 1); `completion_tokens` is the number of content chunks.
+//! * `usage.prompt_tokens` (Responses: `input_tokens`) is the request body
+//!   length / 4 (rounded up, at least 1); `completion_tokens`
+//!   (`output_tokens`) is the number of content chunks.
 //!
 //! # Fault schedules
 //!
@@ -139,8 +169,10 @@
 
 mod faults;
 mod handler;
+mod responses;
 mod sse;
 mod stats;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -185,6 +217,20 @@ pub const OVERSIZED_LINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// `system_fingerprint` on every completion object.
 pub const SYSTEM_FINGERPRINT: &str = "fp_tidegate_mock";
+
+/// The message of the errors that `fail-error-event` and
+/// `fail-response-failed` put in a stream.
+pub const STREAM_ERROR_MESSAGE: &str =
+    "The server had an error while processing your request. (mock)";
+
+/// Default [`MockSettings::stored_responses`]: how many `/v1/responses`
+/// answers the mock keeps for retrieval.
+pub const STORED_RESPONSES: usize = 1024;
+
+/// Most content chunks of one `/v1/responses` answer (a larger
+/// `x-mock-chunks` is a `400`): its closing events each carry the whole text,
+/// so this bounds them (about 600 KiB).
+pub const MAX_RESPONSE_CHUNKS: u32 = 100_000;
 
 /// Default per-connection HTTP/2 stream limit
 /// ([`MockSettings::h2_max_concurrent_streams`]). hyper's default (200) would
@@ -242,6 +288,11 @@ pub struct MockSettings {
     /// pool against a busy upstream. Default [`H2_MAX_CONCURRENT_STREAMS`].
     /// 0 refuses every stream.
     pub h2_max_concurrent_streams: u32,
+    /// How many `/v1/responses` answers (those created with `store` true, the
+    /// default) this mock keeps for `GET /v1/responses/{id}` and the other
+    /// retrieval routes; the oldest goes first. Default [`STORED_RESPONSES`];
+    /// 0 keeps none.
+    pub stored_responses: usize,
 }
 
 impl Default for MockSettings {
@@ -254,11 +305,18 @@ impl Default for MockSettings {
             slow_first_token_delay: Duration::from_secs(10),
             max_wait: Duration::from_secs(600),
             h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
+            stored_responses: STORED_RESPONSES,
         }
     }
 }
 
-/// Faults injected by choosing a special model name.
+/// Faults injected by choosing a special model name. Each works the same way
+/// on every completion route (`/v1/chat/completions`, `/v1/completions`) and
+/// on `/v1/responses`; where the two differ, both are given. "The two
+/// content chunks" of a Responses stream are its first two
+/// `response.output_text.delta` events, after `response.created`,
+/// `response.in_progress`, `response.output_item.added` and
+/// `response.content_part.added`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// `fail-429`: `429` with `retry-after: 1`, `retry-after-ms: 1000` and an
@@ -266,24 +324,30 @@ pub enum Fault {
     RateLimited,
     /// `fail-500`: `500` with an OpenAI `server_error` (after the headers delay).
     ServerError,
-    /// `fail-midstream`: the role chunk and 2 content chunks, then (after one
-    /// more chunk delay) the body fails, so hyper tears the stream down: on
-    /// HTTP/1 the connection closes without the terminating chunk, on HTTP/2
-    /// the stream is reset with `INTERNAL_ERROR`. Never `[DONE]`.
+    /// `fail-midstream`: the role chunk (Responses: the four opening events)
+    /// and 2 content chunks, then (after one more chunk delay) the body
+    /// fails, so hyper tears the stream down: on HTTP/1 the connection closes
+    /// without the terminating chunk, on HTTP/2 the stream is reset with
+    /// `INTERNAL_ERROR`. Never `[DONE]` (Responses: no terminal event).
     Midstream,
-    /// `fail-no-done`: a normal stream that ends cleanly without `data: [DONE]`.
+    /// `fail-no-done`: a normal stream that ends cleanly without `data: [DONE]`
+    /// (Responses: without its terminal `response.completed`).
     NoDone,
     /// `fail-malformed`: `data: {this is not json\n\n` right after the role
-    /// chunk, then the rest of a normal stream.
+    /// chunk, then the rest of a normal stream. Responses: right after
+    /// `response.created`, with an `event: response.in_progress` line; it
+    /// takes no sequence number.
     Malformed,
-    /// `fail-oversized`: right after the role chunk, one event whose `data:`
-    /// line is [`OVERSIZED_LINE_BYTES`] of `x`, then the rest of a normal stream.
+    /// `fail-oversized`: right after the role chunk (Responses: after
+    /// `response.created`), one event whose `data:` line is
+    /// [`OVERSIZED_LINE_BYTES`] of `x`, then the rest of a normal stream.
     Oversized,
     /// `hang`: never sends response headers; gives up after `max_wait` with
     /// `504`. Counted as a request, never as a stream.
     Hang,
-    /// `slow-first-token`: headers at once, first chunk after
-    /// `slow_first_token_delay` (`x-mock-first-delay-ms` still overrides).
+    /// `slow-first-token`: headers at once, first chunk (Responses: first
+    /// `response.output_text.delta`) after `slow_first_token_delay`
+    /// (`x-mock-first-delay-ms` still overrides).
     SlowFirstToken,
     /// `fail-not-event-stream`: a streaming request gets the non-streaming
     /// JSON answer (`200 application/json`), as from an upstream that ignores
@@ -296,11 +360,28 @@ pub enum Fault {
     /// `fail-400-echo-key`: `400` with an `invalid_request_error` whose
     /// message quotes the key likewise: an error a gateway relays, scrubbed.
     EchoKey,
+    /// `fail-error-event`: the role chunk and 2 content chunks, then (after
+    /// one more chunk delay) an error in the stream and a clean end, without
+    /// `[DONE]`: chat and completions send
+    /// `data: {"error":{"message":STREAM_ERROR_MESSAGE,"type":"server_error","param":null,"code":"server_error"}}`;
+    /// Responses sends `event: error` with
+    /// `{"type":"error","code":"server_error","message":..,"param":null,"sequence_number":..,"error":{"type":"server_error","code":"server_error","message":..,"param":null}}`
+    /// (the flat fields are the documented `ResponseErrorEvent`, the nested
+    /// object what OpenAI's servers send and what makes the SDKs raise) and
+    /// no terminal event. See [`STREAM_ERROR_MESSAGE`].
+    ErrorEvent,
+    /// `fail-response-failed`, Responses only: the four opening events and 2
+    /// deltas, then (after one more chunk delay) the terminal
+    /// `response.failed`, whose response has status `failed`, error
+    /// `{"code":"server_error","message":STREAM_ERROR_MESSAGE}`, the partial
+    /// message (status `incomplete`) as output and `usage: null`; then a
+    /// clean end. Chat and completions treat it as an ordinary model.
+    ResponseFailed,
 }
 
 impl Fault {
     /// Every fault, in the order `GET /v1/models` lists them.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 13] = [
         Fault::RateLimited,
         Fault::ServerError,
         Fault::Midstream,
@@ -312,6 +393,8 @@ impl Fault {
         Fault::NotEventStream,
         Fault::AuthRejected,
         Fault::EchoKey,
+        Fault::ErrorEvent,
+        Fault::ResponseFailed,
     ];
 
     /// The model name that triggers this fault.
@@ -328,6 +411,8 @@ impl Fault {
             Fault::NotEventStream => "fail-not-event-stream",
             Fault::AuthRejected => "fail-401",
             Fault::EchoKey => "fail-400-echo-key",
+            Fault::ErrorEvent => "fail-error-event",
+            Fault::ResponseFailed => "fail-response-failed",
         }
     }
 
@@ -338,8 +423,9 @@ impl Fault {
 }
 
 /// The text a normal response with `chunks` content chunks carries: what a
-/// client gets by concatenating every streamed `delta.content` (or `text`),
-/// and exactly the `message.content` of the non-streaming answer. Words cycle
+/// client gets by concatenating every streamed `delta.content` (or `text`, or
+/// Responses `response.output_text.delta` `delta`), and exactly the
+/// `message.content` (or `output_text`) of the non-streaming answer. Words cycle
 /// through a fixed paragraph that contains a quoted word and an emoji, so the
 /// gateway's JSON escaping and UTF-8 handling are exercised too; the default
 /// chunk count is the whole paragraph, up to its last full stop.

@@ -18,8 +18,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::responses::{ResponsesSpec, ResponsesStream};
 use super::stats::{Outcome, Tracker};
-use super::{Fault, OVERSIZED_LINE_BYTES, SYSTEM_FINGERPRINT};
+use super::{Fault, OVERSIZED_LINE_BYTES, STREAM_ERROR_MESSAGE, SYSTEM_FINGERPRINT};
 
 /// The words that content chunks cycle through, each with its trailing space: one paragraph
 /// that ends at a full stop after exactly the default chunk count
@@ -59,7 +60,7 @@ const MALFORMED_EVENT: &[u8] = b"data: {this is not json\n\n";
 
 /// `data: ` + 4 MiB of `x` + `\n\n`, built once and shared by every
 /// `fail-oversized` stream.
-fn oversized_event() -> Bytes {
+pub(crate) fn oversized_event() -> Bytes {
     static EVENT: OnceLock<Bytes> = OnceLock::new();
     EVENT
         .get_or_init(|| {
@@ -119,6 +120,21 @@ pub(crate) fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
     buf.extend_from_slice(&digits[at..]);
 }
 
+/// A buffer of `capacity` bytes for one JSON event, starting with the
+/// `x-mock-timestamps` send-time comment when `timestamps` is set.
+pub(crate) fn start_event(timestamps: bool, capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity + 32);
+    if timestamps {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        buf.extend_from_slice(SENT_US_COMMENT);
+        push_u64(&mut buf, now);
+        buf.push(b'\n');
+    }
+    buf
+}
+
 /// Which OpenAI API the stream imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Api {
@@ -128,7 +144,14 @@ pub(crate) enum Api {
     Legacy,
 }
 
-/// Everything a stream needs to know, decided by the handler.
+/// Which event stream to send, decided by the handler.
+#[derive(Debug)]
+pub(crate) enum StreamPlan {
+    Completions(StreamSpec),
+    Responses(ResponsesSpec),
+}
+
+/// Everything a completions stream needs to know, decided by the handler.
 #[derive(Debug)]
 pub(crate) struct StreamSpec {
     pub api: Api,
@@ -158,6 +181,8 @@ enum Step {
     Content(u32),
     /// fail-midstream: fail the body.
     Abort,
+    /// fail-error-event: an error object in the stream, then a clean end.
+    Error,
     Finish,
     Usage,
     Done,
@@ -250,15 +275,18 @@ impl SseStream {
     fn delay_before(&self, step: Step) -> Duration {
         match step {
             Step::Role => self.first_delay,
-            Step::Content(_) | Step::Abort => self.chunk_delay,
+            Step::Content(_) | Step::Abort | Step::Error => self.chunk_delay,
             _ => Duration::ZERO,
         }
     }
 
     /// What follows once `sent` content chunks have gone out.
     fn after_content(&self, sent: u32) -> Step {
-        if self.fault == Some(Fault::Midstream) && (sent >= 2 || sent >= self.chunks) {
+        let cut = sent >= 2 || sent >= self.chunks;
+        if cut && self.fault == Some(Fault::Midstream) {
             Step::Abort
+        } else if cut && self.fault == Some(Fault::ErrorEvent) {
+            Step::Error
         } else if sent < self.chunks {
             Step::Content(sent)
         } else {
@@ -292,16 +320,7 @@ impl SseStream {
 
     /// A buffer for one JSON event, holding its send-time comment if timestamps were asked for.
     fn start_event(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(self.prefix.len() + 144);
-        if self.timestamps {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-            buf.extend_from_slice(SENT_US_COMMENT);
-            push_u64(&mut buf, now);
-            buf.push(b'\n');
-        }
-        buf
+        start_event(self.timestamps, self.prefix.len() + 144)
     }
 
     /// One `data: {...}\n\n` event whose single choice is written by `choice`.
@@ -350,6 +369,18 @@ impl SseStream {
         })
     }
 
+    /// `data: {"error":{...}}`: what OpenAI sends when a completion fails
+    /// after its stream has started.
+    fn error_event(&self) -> Bytes {
+        let mut buf = self.start_event();
+        buf.extend_from_slice(b"data: {\"error\":{\"message\":");
+        push_json_str(&mut buf, STREAM_ERROR_MESSAGE);
+        buf.extend_from_slice(
+            b",\"type\":\"server_error\",\"param\":null,\"code\":\"server_error\"}}\n\n",
+        );
+        Bytes::from(buf)
+    }
+
     fn usage_event(&self) -> Bytes {
         let completion = u64::from(self.chunks);
         let mut buf = self.start_event();
@@ -390,6 +421,7 @@ impl SseStream {
                 self.step = Step::End;
                 return Poll::Ready(Some(Err(MockAbort)));
             }
+            Step::Error => (self.error_event(), Step::End),
             Step::Finish => (self.finish_event(), self.after_finish()),
             Step::Usage => (self.usage_event(), self.after_usage()),
             Step::Done => (Bytes::from_static(DONE_EVENT), Step::End),
@@ -426,6 +458,7 @@ pub(crate) struct MockBody(BodyKind);
 enum BodyKind {
     Full(Option<Bytes>),
     Sse(SseStream),
+    Responses(ResponsesStream),
 }
 
 impl MockBody {
@@ -434,8 +467,14 @@ impl MockBody {
         MockBody(BodyKind::Full((!bytes.is_empty()).then_some(bytes)))
     }
 
-    pub(crate) fn sse(stream: SseStream) -> MockBody {
-        MockBody(BodyKind::Sse(stream))
+    /// The event stream `plan` asks for; `sleep` paces it (see [`SseStream::new`]).
+    pub(crate) fn stream(plan: StreamPlan, tracker: Tracker, sleep: Pin<Box<Sleep>>) -> MockBody {
+        MockBody(match plan {
+            StreamPlan::Completions(spec) => BodyKind::Sse(SseStream::new(spec, tracker, sleep)),
+            StreamPlan::Responses(spec) => {
+                BodyKind::Responses(ResponsesStream::new(spec, tracker, sleep))
+            }
+        })
     }
 }
 
@@ -450,6 +489,7 @@ impl Body for MockBody {
         match &mut self.get_mut().0 {
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             BodyKind::Sse(stream) => stream.poll_event(cx),
+            BodyKind::Responses(stream) => stream.poll_event(cx),
         }
     }
 
@@ -457,6 +497,7 @@ impl Body for MockBody {
         match &self.0 {
             BodyKind::Full(bytes) => bytes.is_none(),
             BodyKind::Sse(stream) => stream.step == Step::End,
+            BodyKind::Responses(stream) => stream.is_end(),
         }
     }
 
@@ -465,7 +506,7 @@ impl Body for MockBody {
             BodyKind::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            BodyKind::Sse(_) => SizeHint::default(),
+            BodyKind::Sse(_) | BodyKind::Responses(_) => SizeHint::default(),
         }
     }
 }

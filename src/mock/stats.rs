@@ -53,8 +53,10 @@ pub struct StatsSnapshot {
     /// Streams whose request was accepted: counted once the request body has
     /// been read, before the headers delay.
     pub streams_started: u64,
-    /// Streams whose `data: [DONE]` event (for `fail-no-done`, whose last
-    /// event) was handed to hyper.
+    /// Streams whose last event was handed to hyper: `data: [DONE]` or
+    /// `response.completed`, or the last event of a fault that ends a stream
+    /// cleanly without it (`fail-no-done`, `fail-error-event`,
+    /// `fail-response-failed`, a cancelled response's replay).
     pub streams_completed: u64,
     /// Streams whose response future or body was dropped before completing:
     /// the client left, or the server shut down.

@@ -756,7 +756,9 @@ async fn embeddings_and_models_shape() {
             "slow-first-token",
             "fail-not-event-stream",
             "fail-401",
-            "fail-400-echo-key"
+            "fail-400-echo-key",
+            "fail-error-event",
+            "fail-response-failed"
         ]
     );
     let s = server.stats().snapshot();
@@ -1151,8 +1153,8 @@ fn assert_noticed(what: &str, since: Instant) {
     assert!(took < CANCEL_BOUND, "{what}: noticed only after {took:?}");
 }
 
-/// Reads from `stream` until `needle` has been seen.
-async fn read_until(stream: &mut TcpStream, needle: &[u8]) {
+/// Reads from `stream` until `needle` has been seen; returns what was read.
+async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut tmp = vec![0u8; 16 * 1024];
     tokio::time::timeout(DEADLINE, async {
@@ -1164,6 +1166,7 @@ async fn read_until(stream: &mut TcpStream, needle: &[u8]) {
     })
     .await
     .expect("did not see the expected bytes");
+    seen
 }
 
 #[tokio::test]
@@ -2113,4 +2116,1025 @@ fn the_default_answer_ends_at_a_full_stop() {
         1,
         "the paragraph once: {text}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Chat's fail-error-event
+
+#[tokio::test]
+async fn fault_error_event_ends_a_completion_stream_with_an_error_object() {
+    let server = start(fast()).await;
+    let error = format!(
+        "data: {{\"error\":{{\"message\":\"{STREAM_ERROR_MESSAGE}\",\"type\":\"server_error\",\"param\":null,\"code\":\"server_error\"}}}}\n\n"
+    );
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "10")],
+        r#"{"model":"fail-error-event","stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.complete, "a clean end");
+    let events = r.events();
+    assert_eq!(events.len(), 1 + 2 + 1, "{events:?}");
+    assert_eq!(
+        data_json(&events[0])["choices"][0]["delta"]["role"],
+        "assistant"
+    );
+    assert_eq!(
+        data_json(&events[2])["choices"][0]["delta"]["content"],
+        "from "
+    );
+    assert_eq!(events[3], error);
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/completions",
+        &[],
+        r#"{"model":"fail-error-event","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(data_json(&events[1])["choices"][0]["text"], "Hello ");
+    assert_eq!(events[3], error);
+
+    // Responses-only: an ordinary model here.
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"fail-response-failed","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.events().len(), 1 + 5 + 1 + 1);
+    assert_eq!(r.events().last().unwrap(), "data: [DONE]\n\n");
+
+    let s = server.wait("completion", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_completed, s.streams_cancelled), (3, 0));
+}
+
+// ---------------------------------------------------------------------------
+// The Responses API
+
+const RESPONSES: &str = "/v1/responses";
+
+/// One Responses event: exactly `event: <type>\ndata: <one-line JSON>\n\n`,
+/// the JSON's `type` repeating the event's.
+fn typed_event(event: &str) -> (String, Value) {
+    let (kind, data) = event
+        .strip_prefix("event: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .and_then(|e| e.split_once("\ndata: "))
+        .unwrap_or_else(|| panic!("not a typed SSE event: {event:?}"));
+    assert!(!data.contains('\n'), "{event:?}");
+    let value: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(value["type"], kind, "{event:?}");
+    (kind.to_owned(), value)
+}
+
+fn typed_events(r: &Raw) -> Vec<(String, Value)> {
+    r.events().iter().map(|e| typed_event(e)).collect()
+}
+
+fn kinds(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+/// The event types of a normal Responses stream with `n` deltas.
+fn normal_kinds(n: usize) -> Vec<&'static str> {
+    let mut kinds = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    kinds.extend(std::iter::repeat_n("response.output_text.delta", n));
+    kinds.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    kinds
+}
+
+/// The assistant message `msg_mock<id>`.
+fn message_item(id: u64, status: &str, text: Option<&str>) -> Value {
+    let content = match text {
+        Some(text) => json!([{"type": "output_text", "text": text, "annotations": []}]),
+        None => json!([]),
+    };
+    json!({
+        "id": format!("msg_mock{id}"),
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content
+    })
+}
+
+fn response_usage(prompt: u64, n: u64) -> Value {
+    json!({
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": n,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + n
+    })
+}
+
+/// The Response object `resp_mock<id>`, every field spelled out.
+fn response_object(
+    id: u64,
+    created_at: u64,
+    model: &str,
+    status: &str,
+    output: Value,
+    usage: Value,
+) -> Value {
+    json!({
+        "id": format!("resp_mock{id}"),
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "background": false,
+        "completed_at": if status == "completed" { json!(created_at) } else { Value::Null },
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "max_output_tokens": null,
+        "max_tool_calls": null,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "previous_response_id": null,
+        "reasoning": {"effort": null, "summary": null},
+        "service_tier": "default",
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": null,
+        "metadata": {}
+    })
+}
+
+/// The completed `resp_mock<id>` with `n` chunks.
+fn completed_response(id: u64, created_at: u64, model: &str, n: u32, prompt: u64) -> Value {
+    let text = expected_content(n);
+    response_object(
+        id,
+        created_at,
+        model,
+        "completed",
+        json!([message_item(id, "completed", Some(&text))]),
+        response_usage(prompt, u64::from(n)),
+    )
+}
+
+#[tokio::test]
+async fn responses_stream_exact_events_and_usage() {
+    let server = start(fast()).await;
+    let body = r#"{"model":"gpt-test","input":"hi","stream":true}"#;
+    let r = raw(server.addr, "POST", RESPONSES, &[], body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(r.header("x-request-id"), Some("req_mock_1"));
+    assert_v1_headers(&r);
+    assert!(r.complete, "stream must end cleanly");
+
+    let events = typed_events(&r);
+    assert_eq!(kinds(&events), normal_kinds(5));
+    for (i, (_, v)) in events.iter().enumerate() {
+        assert_eq!(v["sequence_number"], i, "{v}");
+    }
+    let created_at = events[0].1["response"]["created_at"].as_u64().unwrap();
+    assert!(created_at > 1_600_000_000);
+    let prompt = (body.len() as u64).div_ceil(4);
+    let text = expected_content(5);
+    let in_progress = response_object(
+        1,
+        created_at,
+        "gpt-test",
+        "in_progress",
+        json!([]),
+        Value::Null,
+    );
+    let address = |kind: &str, n: usize| json!({"type": kind, "item_id": "msg_mock1", "output_index": 0, "content_index": 0, "sequence_number": n});
+    let with = |mut event: Value, field: &str, value: Value| {
+        event[field] = value;
+        event
+    };
+
+    assert_eq!(
+        events[0].1,
+        json!({"type": "response.created", "response": in_progress, "sequence_number": 0})
+    );
+    assert_eq!(
+        events[1].1,
+        json!({"type": "response.in_progress", "response": in_progress, "sequence_number": 1})
+    );
+    assert_eq!(
+        events[2].1,
+        json!({"type": "response.output_item.added", "output_index": 0, "item": message_item(1, "in_progress", None), "sequence_number": 2})
+    );
+    assert_eq!(
+        events[3].1,
+        with(
+            address("response.content_part.added", 3),
+            "part",
+            json!({"type": "output_text", "text": "", "annotations": []})
+        )
+    );
+    // The exact bytes of a delta; the rest by value.
+    assert_eq!(
+        r.events()[4],
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hello \",\"logprobs\":[],\"sequence_number\":4}\n\n"
+    );
+    let mut deltas = String::new();
+    for (i, (_, v)) in events[4..9].iter().enumerate() {
+        let delta = v["delta"].as_str().unwrap();
+        let expected = with(
+            address("response.output_text.delta", 4 + i),
+            "delta",
+            json!(delta),
+        );
+        assert_eq!(*v, with(expected, "logprobs", json!([])));
+        deltas.push_str(delta);
+    }
+    assert_eq!(deltas, text);
+    assert_eq!(
+        events[9].1,
+        with(
+            with(address("response.output_text.done", 9), "text", json!(text)),
+            "logprobs",
+            json!([])
+        )
+    );
+    assert_eq!(
+        events[10].1,
+        with(
+            address("response.content_part.done", 10),
+            "part",
+            json!({"type": "output_text", "text": text, "annotations": []})
+        )
+    );
+    assert_eq!(
+        events[11].1,
+        json!({"type": "response.output_item.done", "output_index": 0, "item": message_item(1, "completed", Some(&text)), "sequence_number": 11})
+    );
+    assert_eq!(
+        events[12].1,
+        json!({"type": "response.completed", "response": completed_response(1, created_at, "gpt-test", 5, prompt), "sequence_number": 12})
+    );
+    assert_eq!(
+        events[12].1["response"]["usage"],
+        json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + 5})
+    );
+
+    // The whole paragraph (a quoted word, an emoji) and a model that needs escaping.
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "24")],
+        r#"{"model":"m\"q","stream":true}"#,
+    )
+    .await;
+    let events = typed_events(&r);
+    assert_eq!(kinds(&events), normal_kinds(24));
+    let deltas: String = events[4..28]
+        .iter()
+        .map(|(_, v)| v["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deltas, expected_content(24));
+    let completed = &events[31].1["response"];
+    assert_eq!(completed["id"], "resp_mock2");
+    assert_eq!(completed["model"], "m\"q");
+    assert_eq!(
+        completed["output"][0]["content"][0]["text"],
+        expected_content(24)
+    );
+
+    let s = server.wait("completion", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_started, s.streams_completed), (2, 2));
+    assert_eq!((s.streams_cancelled, s.requests_started), (0, 0));
+}
+
+#[tokio::test]
+async fn responses_first_delay_comes_before_the_first_delta() {
+    let server = start(fast()).await;
+    // A first-chunk delay far longer than the test: the opening events must
+    // come at once, and the first delta not at all.
+    let mut stream = send_raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-first-delay-ms", "60000")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    let seen = read_until(&mut stream, b"\"sequence_number\":3}\n\n").await;
+    let seen = String::from_utf8(seen).unwrap();
+    for kind in [
+        "event: response.created\n",
+        "event: response.in_progress\n",
+        "event: response.output_item.added\n",
+        "event: response.content_part.added\n",
+    ] {
+        assert!(seen.contains(kind), "{kind:?} missing from {seen:?}");
+    }
+    assert!(!seen.contains("output_text.delta"), "{seen:?}");
+    assert_eq!(server.stats().snapshot().streams_active, 1);
+    // Leaving during the wait for the first token is a cancellation.
+    let t0 = Instant::now();
+    drop(stream);
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 1 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h1 close before the first delta", t0);
+    assert_eq!(s.streams_completed, 0);
+}
+
+#[tokio::test]
+async fn responses_pacing_matches_chat() {
+    let server = start(MockSettings {
+        slow_first_token_delay: Duration::from_millis(300),
+        ..fast()
+    })
+    .await;
+    let mut client = h1_client(server.addr).await;
+    let t0 = Instant::now();
+    let response = client
+        .send_request(post(
+            server.addr,
+            RESPONSES,
+            &[
+                ("x-mock-chunks", "3"),
+                ("x-mock-headers-delay-ms", "100"),
+                ("x-mock-first-delay-ms", "150"),
+                ("x-mock-chunk-delay-ms", "50"),
+            ],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let headers_at = t0.elapsed();
+    assert!(headers_at >= Duration::from_millis(100), "{headers_at:?}");
+    let events = timed_events(&mut response.into_body(), t0).await;
+    assert_eq!(events.len(), 3 + 8);
+    // The first-chunk delay sits between content_part.added and the first delta.
+    let gap = events[4].0 - events[3].0;
+    assert!(
+        gap >= Duration::from_millis(145),
+        "first delta after {gap:?}"
+    );
+    assert!(events[4].0 >= headers_at + Duration::from_millis(145));
+    for i in 5..7 {
+        let gap = events[i].0 - events[i - 1].0;
+        assert!(gap >= Duration::from_millis(45), "delta {i} after {gap:?}");
+    }
+    assert!(events[10].1.starts_with("event: response.completed\n"));
+
+    // slow-first-token: the same place, its own delay.
+    let t0 = Instant::now();
+    let response = client
+        .send_request(post(
+            server.addr,
+            RESPONSES,
+            &[("x-mock-chunks", "1")],
+            r#"{"model":"slow-first-token","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let events = timed_events(&mut response.into_body(), t0).await;
+    assert!(events[3]
+        .1
+        .starts_with("event: response.content_part.added\n"));
+    let gap = events[4].0 - events[3].0;
+    assert!(
+        gap >= Duration::from_millis(295),
+        "first delta after {gap:?}"
+    );
+}
+
+#[tokio::test]
+async fn responses_fault_midstream_cuts_after_two_deltas() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunk-delay-ms", "0"), ("x-mock-chunks", "10")],
+        r#"{"model":"fail-midstream","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.complete, "the chunked body must not terminate cleanly");
+    let events = typed_events(&r);
+    assert_eq!(kinds(&events), normal_kinds(2)[..6]);
+    assert_eq!(events[5].1["delta"], "from ");
+    assert_eq!(events[5].1["sequence_number"], 5);
+    let s = server.wait("abort", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_completed, s.streams_cancelled), (0, 0));
+}
+
+#[tokio::test]
+async fn responses_faults_without_a_terminal_event() {
+    let server = start(fast()).await;
+
+    // fail-no-done: everything but response.completed, then a clean end.
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[],
+        r#"{"model":"fail-no-done","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = typed_events(&r);
+    assert_eq!(kinds(&events), normal_kinds(5)[..12]);
+
+    // fail-error-event: two deltas, then the error event.
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "10")],
+        r#"{"model":"fail-error-event","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let raw_events = r.events();
+    assert_eq!(raw_events.len(), 4 + 2 + 1, "{raw_events:?}");
+    assert_eq!(kinds(&typed_events(&r)[..6]), normal_kinds(2)[..6]);
+    assert_eq!(
+        raw_events[6],
+        format!(
+            "event: error\ndata: {{\"type\":\"error\",\"code\":\"server_error\",\"message\":\"{STREAM_ERROR_MESSAGE}\",\"param\":null,\"sequence_number\":6,\"error\":{{\"type\":\"server_error\",\"code\":\"server_error\",\"message\":\"{STREAM_ERROR_MESSAGE}\",\"param\":null}}}}\n\n"
+        )
+    );
+
+    // fail-response-failed: two deltas, then response.failed with the partial message.
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "10")],
+        r#"{"model":"fail-response-failed","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = typed_events(&r);
+    assert_eq!(events.len(), 4 + 2 + 1);
+    let created_at = events[0].1["response"]["created_at"].as_u64().unwrap();
+    let mut failed = response_object(
+        3,
+        created_at,
+        "fail-response-failed",
+        "failed",
+        json!([message_item(3, "incomplete", Some("Hello from "))]),
+        Value::Null,
+    );
+    failed["error"] = json!({"code": "server_error", "message": STREAM_ERROR_MESSAGE});
+    assert_eq!(
+        events[6].1,
+        json!({"type": "response.failed", "response": failed, "sequence_number": 6})
+    );
+
+    let s = server.wait("completion", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_completed, s.streams_cancelled), (3, 0));
+}
+
+#[tokio::test]
+async fn responses_faults_shared_with_chat() {
+    let server = start(fast()).await;
+
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[],
+        r#"{"model":"fail-malformed","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 1 + normal_kinds(5).len());
+    assert_eq!(typed_event(&events[0]).0, "response.created");
+    assert_eq!(
+        events[1],
+        "event: response.in_progress\ndata: {this is not json\n\n"
+    );
+    let (kind, v) = typed_event(&events[2]);
+    assert_eq!(
+        (kind.as_str(), &v["sequence_number"]),
+        ("response.in_progress", &json!(1))
+    );
+
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "1")],
+        r#"{"model":"fail-oversized","stream":true}"#,
+    )
+    .await;
+    assert!(r.complete);
+    let events = r.events();
+    assert_eq!(events.len(), 1 + normal_kinds(1).len());
+    assert_eq!(events[1].len(), "data: ".len() + OVERSIZED_LINE_BYTES + 2);
+    assert!(events[1].starts_with("data: xxx"));
+    assert_eq!(typed_event(&events[2]).1["sequence_number"], 1);
+
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "2")],
+        r#"{"model":"fail-not-event-stream","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["output"][0]["content"][0]["text"], expected_content(2));
+
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[],
+        r#"{"model":"fail-429","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("authorization", "Bearer sk-echo")],
+        r#"{"model":"fail-401","stream":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sk-echo"));
+
+    // Stream-shaping faults leave a non-streaming answer alone.
+    for model in ["fail-midstream", "fail-error-event", "fail-response-failed"] {
+        let r = raw(
+            server.addr,
+            "POST",
+            RESPONSES,
+            &[],
+            &format!(r#"{{"model":"{model}"}}"#),
+        )
+        .await;
+        assert_eq!(r.json()["status"], "completed", "{model}");
+    }
+}
+
+#[tokio::test]
+async fn responses_non_streaming_and_bad_requests() {
+    let server = start(fast()).await;
+    let body = r#"{"model":"gpt-test","instructions":"Be brief.","background":true,"input":[{"role":"user","content":"hi"}]}"#;
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "3")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_v1_headers(&r);
+    let v = r.json();
+    let created_at = v["created_at"].as_u64().unwrap();
+    let prompt = (body.len() as u64).div_ceil(4);
+    let mut expected = completed_response(1, created_at, "gpt-test", 3, prompt);
+    expected["instructions"] = json!("Be brief.");
+    expected["background"] = json!(true);
+    assert_eq!(v, expected);
+    let s = server.stats().snapshot();
+    assert_eq!((s.requests_completed, s.streams_started), (1, 0));
+
+    let bad = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let addr = server.addr;
+        async move {
+            let r = raw(addr, "POST", RESPONSES, headers, body).await;
+            assert_eq!(r.status, 400, "{body}");
+            assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+            r.json()["error"].clone()
+        }
+    };
+    assert_eq!(bad(r#"{"input":"hi"}"#, &[]).await["param"], "model");
+    assert_eq!(
+        bad(r#"{"model":"m","input":5}"#, &[]).await["param"],
+        "input"
+    );
+    assert!(bad("{nope", &[]).await["message"]
+        .as_str()
+        .unwrap()
+        .contains("parse the JSON body"));
+    assert!(
+        bad(r#"{"model":"m","instructions":7}"#, &[]).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("parse the JSON body")
+    );
+    assert!(
+        bad(r#"{"model":"m"}"#, &[("x-mock-chunks", "100001")]).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("100000")
+    );
+    // None of them was kept.
+    let r = raw(server.addr, "GET", "/v1/responses/resp_mock2", &[], "").await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn responses_retrieval_replays_the_stream() {
+    let server = start(fast()).await;
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "3")],
+        r#"{"model":"mock-1","input":"hi","stream":true}"#,
+    )
+    .await;
+    let original = r.events();
+    assert_eq!(original.len(), 3 + 8);
+    let completed = typed_event(original.last().unwrap()).1["response"].clone();
+
+    let r = raw(server.addr, "GET", "/v1/responses/resp_mock1", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-request-id"), Some("req_mock_2"));
+    assert_eq!(r.json(), completed);
+
+    // The same stream again, byte for byte (the request's own chunk count is ignored).
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1?stream=true",
+        &[("x-mock-chunks", "7")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert!(r.complete);
+    assert_eq!(r.events(), original);
+
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1?stream=true&starting_after=5",
+        &[],
+        "",
+    )
+    .await;
+    assert!(r.complete);
+    assert_eq!(r.events(), original[6..]);
+    let captured = server.upstream.last_request().unwrap();
+    assert_eq!(
+        (captured.method.as_str(), captured.path.as_str()),
+        ("GET", "/v1/responses/resp_mock1")
+    );
+    assert_eq!(
+        captured.query.as_deref(),
+        Some("stream=true&starting_after=5")
+    );
+
+    // Past the end: an empty stream that ends cleanly.
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1?starting_after=10&stream=true",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert!(r.events().is_empty());
+
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1?stream=true&starting_after=x",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "starting_after");
+
+    let s = server.wait("replays", |s| s.streams_active == 0).await;
+    assert_eq!((s.streams_started, s.streams_completed), (4, 4));
+    assert_eq!((s.requests_started, s.requests_completed), (2, 2));
+}
+
+#[tokio::test]
+async fn responses_cancel_delete_and_input_items() {
+    let server = start(fast()).await;
+    let background = r#"{"model":"mock-1","background":true,"input":[{"role":"user","content":[{"type":"input_text","text":"first"}]},{"role":"user","content":"second"}]}"#;
+    let r = raw(server.addr, "POST", RESPONSES, &[], background).await;
+    assert_eq!(r.json()["id"], "resp_mock1");
+    let created_at = r.json()["created_at"].as_u64().unwrap();
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[],
+        r#"{"model":"mock-1","input":"just text"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["id"], "resp_mock2");
+
+    // Cancelling a background response: it stays cancelled.
+    let prompt = (background.len() as u64).div_ceil(4);
+    let mut cancelled = completed_response(1, created_at, "mock-1", 5, prompt);
+    cancelled["status"] = json!("cancelled");
+    cancelled["completed_at"] = Value::Null;
+    cancelled["background"] = json!(true);
+    for (method, path) in [
+        ("POST", "/v1/responses/resp_mock1/cancel"),
+        ("GET", "/v1/responses/resp_mock1"),
+        ("POST", "/v1/responses/resp_mock1/cancel"),
+    ] {
+        let r = raw(server.addr, method, path, &[], "").await;
+        assert_eq!(r.status, 200, "{method} {path}");
+        assert_v1_headers(&r);
+        assert_eq!(r.json(), cancelled, "{method} {path}");
+    }
+    // Its replay has no terminal event.
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1?stream=true",
+        &[],
+        "",
+    )
+    .await;
+    assert!(r.complete);
+    assert_eq!(kinds(&typed_events(&r)), normal_kinds(5)[..12]);
+
+    let r = raw(
+        server.addr,
+        "POST",
+        "/v1/responses/resp_mock2/cancel",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Only responses created with background=true can be cancelled.", "type": "invalid_request_error", "param": null, "code": null}})
+    );
+
+    let input_items = |id: u64, text: &str| {
+        let item = format!("msg_mock{id}_input");
+        json!({
+            "object": "list",
+            "data": [{"id": item, "type": "message", "role": "user", "status": "completed", "content": [{"type": "input_text", "text": text}]}],
+            "first_id": item,
+            "last_id": item,
+            "has_more": false
+        })
+    };
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock1/input_items",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), input_items(1, "first\nsecond"));
+    let r = raw(
+        server.addr,
+        "GET",
+        "/v1/responses/resp_mock2/input_items?limit=5",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.json(), input_items(2, "just text"));
+
+    let r = raw(server.addr, "DELETE", "/v1/responses/resp_mock2", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"id": "resp_mock2", "object": "response.deleted", "deleted": true})
+    );
+    let not_found = |id: &str| json!({"error": {"message": format!("Response with id '{id}' not found."), "type": "invalid_request_error", "param": null, "code": null}});
+    for (method, path) in [
+        ("GET", "/v1/responses/resp_mock2"),
+        ("GET", "/v1/responses/resp_mock2?stream=true"),
+        ("DELETE", "/v1/responses/resp_mock2"),
+        ("POST", "/v1/responses/resp_mock2/cancel"),
+        ("GET", "/v1/responses/resp_mock2/input_items"),
+    ] {
+        let r = raw(server.addr, method, path, &[], "").await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_v1_headers(&r);
+        assert_eq!(r.json(), not_found("resp_mock2"), "{method} {path}");
+    }
+    for id in ["resp_mock999", "nope", "resp_mock01", "resp_mock+1"] {
+        let r = raw(server.addr, "GET", &format!("/v1/responses/{id}"), &[], "").await;
+        assert_eq!(r.json(), not_found(id));
+    }
+    let long = "x".repeat(1000);
+    let r = raw(
+        server.addr,
+        "GET",
+        &format!("/v1/responses/{long}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json(), not_found(&format!("{}...", &long[..64])));
+
+    // Other methods and paths: the usual unknown-URL answer.
+    for (method, path) in [
+        ("GET", "/v1/responses"),
+        ("PUT", "/v1/responses/resp_mock1"),
+        ("POST", "/v1/responses/resp_mock1"),
+        ("GET", "/v1/responses/resp_mock1/cancel"),
+        ("DELETE", "/v1/responses/resp_mock1/input_items"),
+        ("GET", "/v1/responses/"),
+        ("GET", "/v1/responses/resp_mock1/other"),
+    ] {
+        let r = raw(server.addr, method, path, &[], "").await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_eq!(
+            r.json()["error"]["message"],
+            format!("Invalid URL ({method} {path})")
+        );
+    }
+
+    // `store: false` keeps nothing; the schedules apply here too.
+    let r = raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[],
+        r#"{"model":"mock-1","store":false}"#,
+    )
+    .await;
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = raw(server.addr, "GET", &format!("/v1/responses/{id}"), &[], "").await;
+    assert_eq!(r.status, 404);
+    server.upstream.fail_next(1, 503, None);
+    let r = raw(server.addr, "GET", "/v1/responses/resp_mock1", &[], "").await;
+    assert_eq!(r.status, 503);
+    let r = raw(server.addr, "GET", "/v1/responses/resp_mock1", &[], "").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn responses_store_is_bounded_and_cuts_what_it_keeps() {
+    let server = start(MockSettings {
+        stored_responses: 3,
+        ..fast()
+    })
+    .await;
+    for _ in 0..4 {
+        let r = raw(
+            server.addr,
+            "POST",
+            RESPONSES,
+            &[("x-mock-chunks", "1")],
+            r#"{"model":"mock-1","input":"hi"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let status = |id: u64| {
+        let addr = server.addr;
+        async move {
+            raw(
+                addr,
+                "GET",
+                &format!("/v1/responses/resp_mock{id}"),
+                &[],
+                "",
+            )
+            .await
+            .status
+        }
+    };
+    // The oldest went first.
+    assert_eq!(status(1).await, 404);
+    for id in 2..=4 {
+        assert_eq!(status(id).await, 200, "resp_mock{id}");
+    }
+
+    // Megabytes of input, instructions or model name are kept (and echoed) cut.
+    let long = "é".repeat(3000); // 6000 bytes
+    let body = json!({"model": long, "instructions": long, "input": long}).to_string();
+    let r = raw(server.addr, "POST", RESPONSES, &[], &body).await;
+    let v = r.json();
+    assert_eq!(v["model"], "é".repeat(128));
+    assert_eq!(v["instructions"], "é".repeat(2048));
+    let id = v["id"].as_str().unwrap().to_owned();
+    let r = raw(
+        server.addr,
+        "GET",
+        &format!("/v1/responses/{id}/input_items"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["data"][0]["content"][0]["text"], "é".repeat(2048));
+
+    let none = start(MockSettings {
+        stored_responses: 0,
+        ..fast()
+    })
+    .await;
+    raw(none.addr, "POST", RESPONSES, &[], r#"{"model":"mock-1"}"#).await;
+    let r = raw(none.addr, "GET", "/v1/responses/resp_mock1", &[], "").await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn responses_client_disconnect_mid_stream_counts_cancelled() {
+    let server = start(fast()).await;
+    let mut stream = send_raw(
+        server.addr,
+        "POST",
+        RESPONSES,
+        &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+        r#"{"model":"mock-1","stream":true}"#,
+    )
+    .await;
+    read_until(&mut stream, b"\"delta\":\"Hello \"").await;
+    assert_eq!(server.stats().snapshot().streams_active, 1);
+
+    let t0 = Instant::now();
+    drop(stream);
+    let s = server
+        .wait("cancellation", |s| {
+            s.streams_cancelled == 1 && s.streams_active == 0
+        })
+        .await;
+    assert_noticed("h1 close mid-response", t0);
+    assert_eq!((s.streams_started, s.streams_completed), (1, 0));
+
+    // The same over HTTP/2: a reset stream.
+    let mut client = h2_client(server.addr).await;
+    let response = client
+        .send_request(post(
+            server.addr,
+            RESPONSES,
+            &[("x-mock-chunks", "1000"), ("x-mock-chunk-delay-ms", "50")],
+            r#"{"model":"mock-1","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(body);
+    let s = server
+        .wait("h2 cancellation", |s| {
+            s.streams_cancelled == 2 && s.streams_active == 0
+        })
+        .await;
+    assert_eq!(s.streams_completed, 0);
 }
