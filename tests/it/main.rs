@@ -28,6 +28,7 @@ mod openai_sdk;
 mod prometheus;
 mod registry;
 mod relay;
+mod responses;
 mod resume;
 mod routing;
 mod shutdown;
