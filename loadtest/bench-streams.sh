@@ -14,6 +14,8 @@
 #                    `listen ... ssl http2`, tidegate [tls]; ALPN picks the protocol). The mock
 #                    has no TLS, so the "direct" target is refused
 #   CHUNKS [30]  DELAY_MS [1000]  RAMP [1000]  THREADS [1]
+#   API [chat]       chat or responses (OpenAI's Responses API), the driver's --api; other than
+#                    chat, each target's files are named OUT_DIR/<target>-responses.{json,svg,...}
 #   NGINX_ACCESS_LOG [0]  1: nginx writes its default access log (one line per request) to a file
 #   TARGETS ["direct nginx tidegate"]; also "tidegate-h2": tidegate with upstream.http2 = true
 #                    (one HTTP/2 connection to the mock for all streams)
@@ -33,6 +35,7 @@ CHUNKS=${CHUNKS:-30}
 DELAY_MS=${DELAY_MS:-1000}
 RAMP=${RAMP:-1000}
 THREADS=${THREADS:-1}
+API=${API:-chat}
 TARGETS=${TARGETS:-"direct nginx tidegate"}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-bench.XXXXXX)}
 
@@ -40,6 +43,13 @@ LOG_NAME=bench-streams
 # shellcheck source=loadtest/lib.sh
 source loadtest/lib.sh
 EXIT_NOTE="logs, reports and charts in $OUT_DIR"
+
+# What each target's file names add for the API: nothing for chat, as before.
+case $API in
+    chat) API_SUFFIX="" ;;
+    responses) API_SUFFIX=-responses ;;
+    *) die "API=$API: give chat or responses" ;;
+esac
 
 find_binaries
 mkdir -p "$OUT_DIR"
@@ -68,12 +78,13 @@ for target in $TARGETS; do
         tidegate-h2) start_tidegate tidegate-h2 true ;;
         *) die "unknown target $target" ;;
     esac
-    log "[$target] $STREAMS streams over $PROTOCOL to $TARGET_URL"
-    "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --streams "$STREAMS" --ramp "$RAMP" \
+    log "[$target] $STREAMS streams${API_SUFFIX:+ ($API API)} over $PROTOCOL to $TARGET_URL"
+    out=$OUT_DIR/$target$API_SUFFIX
+    "$TIDEGATE_BENCH_BIN" --url "$TARGET_URL" --api "$API" --streams "$STREAMS" --ramp "$RAMP" \
         --protocol "$PROTOCOL" --per-connection "$PER_CONNECTION" --chunks "$CHUNKS" \
         --chunk-delay-ms "$DELAY_MS" --threads "$THREADS" "${TARGET_PIDS[@]}" "${DRIVER_TLS_ARGS[@]}" \
-        --json "$OUT_DIR/$target.json" --svg "$OUT_DIR/$target.svg" \
-        >"$OUT_DIR/$target.txt" 2>"$OUT_DIR/$target.progress" || log "[$target] some streams failed"
-    cat "$OUT_DIR/$target.txt"
+        --json "$out.json" --svg "$out.svg" \
+        >"$out.txt" 2>"$out.progress" || log "[$target] some streams failed"
+    cat "$out.txt"
     stop_pid "$TARGET_PID" 10
 done

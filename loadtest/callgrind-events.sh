@@ -15,6 +15,7 @@
 # process's start-up cancels out.
 #
 #   TARGETS="tidegate-h2 nginx" loadtest/callgrind-events.sh
+#   API=responses TARGETS=tidegate-h2 loadtest/callgrind-events.sh    # the Responses API
 #
 # Environment:
 #   TARGETS       tidegate-h2 (HTTP/2 to the upstream), tidegate (HTTP/1.1), nginx
@@ -22,6 +23,12 @@
 #   STREAMS       concurrent streams (default 300)
 #   CHUNKS        content chunks per stream in the third run (default 40)
 #   DELAY_MS      delay between chunks (default 50)
+#   API           chat (POST /v1/chat/completions, the default) or responses (POST /v1/responses:
+#                 eight events per stream without chunks, and each chunk a
+#                 response.output_text.delta), passed to the driver as --api. Other than chat,
+#                 the API is named above the table, in the log and in the output names
+#                 (OUT_DIR/<target>-responses-base, ..., mock-responses.log), so runs of both
+#                 APIs can share an OUT_DIR
 #   TIDEGATE_BIN  the binary to measure and to run the mock with (default: builds
 #                 target/release/tidegate, and the driver with it)
 #   TIDEGATE_BENCH_BIN  the load driver (default: tidegate-bench next to TIDEGATE_BIN)
@@ -29,7 +36,8 @@
 #   BY_CRATE=1    also split both figures by crate (loadtest/callgrind-summary.py)
 #   TIDEGATE_EXTRA_CONFIG  more TOML for the tidegate targets' config, e.g.
 #                 $'[resume]\nenabled = true' to count resumable streams
-# Open a profile with `callgrind_annotate --inclusive=yes OUT_DIR/<target>-loaded/cg.<pid>`.
+# Open a profile with `callgrind_annotate --inclusive=yes OUT_DIR/<target>-loaded/cg.<pid>`
+# (with API=responses: OUT_DIR/<target>-responses-loaded/cg.<pid>).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,29 +47,49 @@ TARGETS=${TARGETS:-"tidegate-h2 nginx"}
 STREAMS=${STREAMS:-300}
 CHUNKS=${CHUNKS:-40}
 DELAY_MS=${DELAY_MS:-50}
+API=${API:-chat}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/tidegate-callgrind.XXXXXX)}
-# mktemp makes it 0700: nginx's workers (an unprivileged user) must reach their profile folders
-# inside it, or they write no profile and nginx's counts come out as 0.
+# A given OUT_DIR may not exist yet. mktemp makes it 0700: nginx's workers (an unprivileged user)
+# must reach their profile folders inside it, or they write no profile and nginx's counts come
+# out as 0.
+mkdir -p "$OUT_DIR"
 chmod 755 "$OUT_DIR"
 
-LOG_NAME=callgrind-events
-# shellcheck source=loadtest/lib.sh
+# LOG_NAME and EXIT_NOTE are read by lib.sh, which plain `shellcheck` (without -x) does not follow.
+# shellcheck disable=SC2034
+LOG_NAME="callgrind-events"
+# shellcheck source=loadtest/lib.sh disable=SC1091
 source loadtest/lib.sh
+# shellcheck disable=SC2034
 EXIT_NOTE="profiles and reports in $OUT_DIR"
+
+# What the output names add for the API: nothing for chat, so its names stay as they were.
+case $API in
+    chat) API_SUFFIX="" ;;
+    responses) API_SUFFIX=-responses ;;
+    *) die "API=$API: give chat or responses" ;;
+esac
 
 command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
 find_binaries
 mkdir -p "$OUT_DIR"
 
-"$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$OUT_DIR/mock.log" 2>&1 &
+MOCK_LOG=$OUT_DIR/mock$API_SUFFIX.log
+"$TIDEGATE_BIN" mock-upstream --listen 127.0.0.1:0 >"$MOCK_LOG" 2>&1 &
 track "$!"
-wait_for_line "$OUT_DIR/mock.log" 'mock upstream on http://' 15 "$!" || die "the mock did not start"
-MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$OUT_DIR/mock.log" | head -n 1 | cut -d/ -f3)
+wait_for_line "$MOCK_LOG" 'mock upstream on http://' 15 "$!" || die "the mock did not start"
+MOCK=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$MOCK_LOG" | head -n 1 | cut -d/ -f3)
+
+# run_dir TARGET NAME: where one run's profiles and the driver's report go.
+run_dir() {
+    printf '%s/%s%s-%s' "$OUT_DIR" "$1" "$API_SUFFIX" "$2"
+}
 
 # measure TARGET STREAMS CHUNKS NAME: one run with the target under callgrind; its profiles
-# land in $OUT_DIR/TARGET-NAME/cg.<pid>, the driver's report in bench.json there.
+# land in $(run_dir TARGET NAME)/cg.<pid>, the driver's report in bench.json there.
 measure() {
-    local target=$1 streams=$2 chunks=$3 dir=$OUT_DIR/$1-$4 port pid
+    local target=$1 streams=$2 chunks=$3 dir port pid
+    dir=$(run_dir "$1" "$4")
     mkdir -p "$dir"
     # nginx's workers run as an unprivileged user and write their own profiles.
     chmod 1777 "$dir"
@@ -105,7 +133,7 @@ measure() {
         sleep 0.2
     done
     ((i < 300)) || die "$target did not listen within 60 s"
-    "$TIDEGATE_BENCH_BIN" --url "http://127.0.0.1:$port" --streams "$streams" --ramp 200 \
+    "$TIDEGATE_BENCH_BIN" --url "http://127.0.0.1:$port" --api "$API" --streams "$streams" --ramp 200 \
         --chunks "$chunks" --chunk-delay-ms "$DELAY_MS" --quiet --json "$dir/bench.json" \
         >"$dir/bench.txt" 2>&1 || die "[$target] streams failed: $(cat "$dir/bench.txt")"
     # A graceful stop, so that every process writes its profile.
@@ -125,12 +153,18 @@ measure() {
 
 split=()
 [[ ${BY_CRATE:-0} == 1 ]] && split=(--by-crate)
+api_note=""
+if [[ $API != chat ]]; then
+    api_note=" ($API API)"
+    printf 'API: %s\n' "$API"
+fi
 printf '%-12s %8s %10s %12s %12s\n' target streams "extra ev" "instr/event" "instr/stream"
 for target in $TARGETS; do
-    log "[$target] $STREAMS streams without chunks, $((2 * STREAMS)) without, $STREAMS with $CHUNKS"
+    log "[$target]$api_note $STREAMS streams without chunks, $((2 * STREAMS)) without," \
+        "$STREAMS with $CHUNKS"
     measure "$target" "$STREAMS" 0 base
     measure "$target" "$((2 * STREAMS))" 0 double
     measure "$target" "$STREAMS" "$CHUNKS" loaded
-    python3 loadtest/callgrind-summary.py "$target" "$OUT_DIR/$target-base" \
-        "$OUT_DIR/$target-double" "$OUT_DIR/$target-loaded" "${split[@]}"
+    python3 loadtest/callgrind-summary.py "$target" "$(run_dir "$target" base)" \
+        "$(run_dir "$target" double)" "$(run_dir "$target" loaded)" "${split[@]}"
 done

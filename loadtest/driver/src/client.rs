@@ -1,6 +1,8 @@
 //! Connections, requests and one stream's life: connect (HTTP/1.1 from a chosen source address,
-//! or a stream on a shared HTTP/2 connection), send the chat request, check the status, read the
-//! body through the [`SseReader`](super::sse::SseReader) and record what it saw in [`Live`].
+//! or a stream on a shared HTTP/2 connection), send the streaming request (chat completions or
+//! Responses, [`Api`]), check the status, read the body through the
+//! [`SseReader`](super::sse::SseReader), classify each event by the API's grammar and record what
+//! it saw in [`Live`].
 //! Nothing is retried; how a stream ended is its [`Outcome`]. A stream may also be told to go
 //! away early ([`WalkAway`]), as a client that loses interest or hangs does.
 
@@ -20,13 +22,11 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::sse::{classify, EventKind, Item, SseReader};
+use super::sse::{classify, classify_response_event, EventKind, Item, SseReader};
 use super::stats::Live;
 use super::tls::TlsClient;
-use super::Protocol;
+use super::{Api, Protocol};
 
-/// The path every stream posts to.
-pub const CHAT_PATH: &str = "/v1/chat/completions";
 /// Most bytes of a non-200 answer read to describe it.
 const ERROR_BODY_BYTES: usize = 4096;
 
@@ -40,8 +40,6 @@ pub struct Target {
     pub https: bool,
     /// `host:port`, for `Host` and `:authority`.
     pub authority: String,
-    /// The chat endpoint's absolute URI (HTTP/2 needs scheme and authority).
-    pub absolute: Uri,
 }
 
 impl Target {
@@ -80,22 +78,18 @@ impl Target {
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
-                "--url {url:?}: give the base URL without a path; {CHAT_PATH} is appended"
+                "--url {url:?}: give the base URL without a path; the API's path \
+                 (/v1/chat/completions or /v1/responses) is appended"
             ));
         }
         let default_port = if https { 443 } else { 80 };
         let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(default_port));
         let authority = addr.to_string();
-        let scheme = if https { "https" } else { "http" };
-        let absolute: Uri = format!("{scheme}://{authority}{CHAT_PATH}")
-            .parse()
-            .map_err(|e| format!("cannot build the request URI: {e}"))?;
         Ok(Target {
             addr,
             host: host.to_owned(),
             https,
             authority,
-            absolute,
         })
     }
 }
@@ -107,6 +101,10 @@ pub struct RequestSpec {
     pub protocol: Protocol,
     /// For an `https://` target: the TLS client every connection shares.
     pub tls: Option<Arc<TlsClient>>,
+    /// Which API: the path, the body, and how the stream's events are read.
+    pub api: Api,
+    /// The API's absolute URI (HTTP/2 needs scheme and authority).
+    absolute: Uri,
     body: Bytes,
     headers: HeaderMap,
 }
@@ -114,6 +112,7 @@ pub struct RequestSpec {
 /// The request's knobs.
 #[derive(Debug, Clone)]
 pub struct RequestOptions {
+    pub api: Api,
     pub model: String,
     pub api_key: Option<String>,
     /// `(chunks, chunk delay in ms)` for the mock, or `None` for a real upstream.
@@ -127,12 +126,24 @@ impl RequestSpec {
         tls: Option<Arc<TlsClient>>,
         options: &RequestOptions,
     ) -> Result<RequestSpec, String> {
-        let body = serde_json::json!({
-            "model": options.model,
-            "messages": [{"role": "user", "content": "Hello"}],
-            "stream": true,
-        });
+        let api = options.api;
+        let body = match api {
+            Api::Chat => serde_json::json!({
+                "model": options.model,
+                "messages": [{"role": "user", "content": "Hello"}],
+                "stream": true,
+            }),
+            Api::Responses => serde_json::json!({
+                "model": options.model,
+                "input": "Hello",
+                "stream": true,
+            }),
+        };
         let body = serde_json::to_vec(&body).map_err(|e| format!("request body: {e}"))?;
+        let scheme = if target.https { "https" } else { "http" };
+        let absolute: Uri = format!("{scheme}://{}{}", target.authority, api.path())
+            .parse()
+            .map_err(|e| format!("cannot build the request URI: {e}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
@@ -161,6 +172,8 @@ impl RequestSpec {
             target,
             protocol,
             tls,
+            api,
+            absolute,
             body: Bytes::from(body),
             headers,
         })
@@ -168,8 +181,8 @@ impl RequestSpec {
 
     fn request(&self) -> Result<Request<Full<Bytes>>, String> {
         let uri = match self.protocol {
-            Protocol::H2 => self.target.absolute.clone(),
-            Protocol::Http1 => Uri::from_static(CHAT_PATH),
+            Protocol::H2 => self.absolute.clone(),
+            Protocol::Http1 => Uri::from_static(self.api.path()),
         };
         let mut request = Request::post(uri)
             .body(Full::new(self.body.clone()))
@@ -260,8 +273,9 @@ impl WalkAway {
     }
 
     /// Whether a reading stream that has seen `events` events goes away now. Never once the
-    /// body has carried its end (`[DONE]` or an error event): that end is what it reports, so
-    /// an error event is still a failure.
+    /// body has carried its end (`[DONE]` or a Responses terminal event, an error event, a
+    /// Responses stream's `[DONE]`): that end is what it reports, so an error event is still a
+    /// failure.
     fn due_after(self, events: u64, ended: bool) -> bool {
         match self {
             WalkAway::Reading {
@@ -313,10 +327,11 @@ impl WalkAway {
 /// How one stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// `data: [DONE]`, then a clean end of body.
+    /// `data: [DONE]` (Responses: `response.completed` or `response.incomplete`), then a clean
+    /// end of body.
     Completed,
     /// `kind` is one of `connect`, `tls` (the handshake), `request`, `status_NNN`, `timeout`, `reset`, `eof`,
-    /// `error_event:CODE`.
+    /// `error_event:CODE`; Responses also `response.failed:CODE` and `protocol` (`[DONE]`).
     Failed { kind: String, message: String },
     /// Stopped by the run (duration cap, interrupt, the end of a hold), not by anything the
     /// target did.
@@ -621,14 +636,17 @@ async fn read_body(
     counts: &mut BodyCounts,
 ) -> Outcome {
     let live = &ctx.live;
+    let api = ctx.spec.api;
     let mut reader = SseReader::default();
+    // The good end ([DONE], or a Responses stream's completed or incomplete) has been seen.
     let mut done = false;
-    let mut error: Option<String> = None;
+    // The first event that fails the stream, as `(kind, message)`: it decides the outcome.
+    let mut failure: Option<(String, &'static str)> = None;
     let mut first_event_seen = false;
     // Bounded: every pass awaits a frame, and the deadline, the cancel or the end of the body
     // ends the loop (without a deadline, in hold mode, the cancel at the hold's end does).
     loop {
-        let ended = done || error.is_some();
+        let ended = done || failure.is_some();
         let frame = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Outcome::Cancelled,
@@ -636,26 +654,29 @@ async fn read_body(
             () = until(drop_at), if !ended => return Outcome::Dropped,
             frame = body.frame() => frame,
             () = until(deadline) => {
-                let what = if done {
-                    "the body did not end after [DONE]"
-                } else {
-                    "the stream did not finish"
+                let what = match (done, api) {
+                    (true, Api::Chat) => "the body did not end after [DONE]",
+                    (true, Api::Responses) => "the body did not end after its terminal event",
+                    (false, _) => "the stream did not finish",
                 };
                 return failed("timeout", format!("{what} within {:?}", ctx.timeout));
             }
         };
         let data = match frame {
             None => {
-                return match (&error, done) {
-                    (Some(code), _) => failed(format!("error_event:{code}"), "final error event"),
+                return match (failure, done) {
+                    (Some((kind, message)), _) => failed(kind, message),
                     (None, true) => Outcome::Completed,
-                    (None, false) => failed("eof", "the body ended without data: [DONE]"),
+                    (None, false) => failed(
+                        "eof",
+                        format!("the body ended without {}", api.end_marker()),
+                    ),
                 };
             }
             Some(Err(e)) => {
-                return match &error {
-                    Some(code) => failed(format!("error_event:{code}"), e.to_string()),
-                    None if done => failed("reset", format!("after [DONE]: {e}")),
+                return match failure {
+                    Some((kind, _)) => failed(kind, e.to_string()),
+                    None if done => failed("reset", format!("after {}: {e}", end_name(api))),
                     None => failed("reset", e.to_string()),
                 };
             }
@@ -668,18 +689,30 @@ async fn read_body(
         let now_us = unix_micros();
         let since_start = start.elapsed();
         let (mut events, mut pings, mut comments) = (0u64, 0u64, 0u64);
+        // Chat: any event is the first; Responses: the first *.delta (the first token).
+        let mut first_token = false;
         reader.feed(&data, &mut |item| match item {
             Item::Event(event) => {
                 events += 1;
                 if let Some(sent_us) = event.sent_us {
                     live.record_latency(now_us.saturating_sub(sent_us));
                 }
-                match classify(event.data) {
-                    EventKind::Done => done = true,
-                    EventKind::Error(code) => {
-                        error.get_or_insert(code);
+                let kind = match api {
+                    Api::Chat => {
+                        first_token = true;
+                        classify(event.data)
                     }
+                    Api::Responses => classify_response_event(event.event_type, event.data),
+                };
+                match kind {
+                    EventKind::Done => done = true,
+                    EventKind::Delta => first_token = true,
                     EventKind::Data => {}
+                    other => {
+                        if failure.is_none() {
+                            failure = other.failure();
+                        }
+                    }
                 }
             }
             Item::Ping => pings += 1,
@@ -688,10 +721,10 @@ async fn read_body(
         if events > 0 {
             Live::add(&live.events, events);
             counts.events += events;
-            if !first_event_seen {
-                first_event_seen = true;
-                live.first_event_us.record(micros(since_start));
-            }
+        }
+        if first_token && !first_event_seen {
+            first_event_seen = true;
+            live.first_event_us.record(micros(since_start));
         }
         if pings > 0 {
             Live::add(&live.pings, pings);
@@ -703,10 +736,18 @@ async fn read_body(
         }
         if ctx
             .walk_away
-            .due_after(counts.events, done || error.is_some())
+            .due_after(counts.events, done || failure.is_some())
         {
             return Outcome::Dropped;
         }
+    }
+}
+
+/// The good end a stream had, for a reset after it.
+fn end_name(api: Api) -> &'static str {
+    match api {
+        Api::Chat => "[DONE]",
+        Api::Responses => "its terminal event",
     }
 }
 
@@ -740,13 +781,19 @@ mod tests {
         }
         let t = Target::parse("http://localhost:9").unwrap();
         assert_eq!(t.authority, "127.0.0.1:9");
-        assert_eq!(t.absolute, "http://127.0.0.1:9/v1/chat/completions");
         assert!(!t.https);
         let t = Target::parse("https://localhost").unwrap();
         assert!(t.https);
         assert_eq!(t.host, "localhost");
         assert_eq!(t.addr.port(), 443);
-        assert_eq!(t.absolute, "https://127.0.0.1:443/v1/chat/completions");
+        let options = RequestOptions {
+            api: Api::Chat,
+            model: "m".into(),
+            api_key: None,
+            mock: None,
+        };
+        let spec = RequestSpec::new(t, Protocol::H2, None, &options).unwrap();
+        assert_eq!(spec.absolute, "https://127.0.0.1:443/v1/chat/completions");
     }
 
     #[test]
@@ -829,6 +876,7 @@ mod tests {
     fn requests_carry_the_mock_headers_and_the_key() {
         let target = Target::parse("http://127.0.0.1:8080").unwrap();
         let options = RequestOptions {
+            api: Api::Chat,
             model: "fail-\"midstream\"".into(),
             api_key: Some("sk-test".into()),
             mock: Some((5, 20)),
@@ -845,8 +893,10 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
         assert_eq!(body["model"], "fail-\"midstream\"");
         assert_eq!(body["stream"], true);
+        assert_eq!(body["messages"][0]["content"], "Hello");
 
         let options = RequestOptions {
+            api: Api::Chat,
             model: "m".into(),
             api_key: None,
             mock: None,
@@ -857,5 +907,39 @@ mod tests {
         assert!(request.headers().get("host").is_none());
         assert!(request.headers().get("x-mock-chunks").is_none());
         assert!(request.headers().get("authorization").is_none());
+    }
+
+    #[test]
+    fn responses_requests_post_input_to_their_path_with_the_same_headers() {
+        let target = Target::parse("http://127.0.0.1:8080").unwrap();
+        let options = RequestOptions {
+            api: Api::Responses,
+            model: "mock-1".into(),
+            api_key: Some("sk-test".into()),
+            mock: Some((5, 20)),
+        };
+        let spec = RequestSpec::new(target.clone(), Protocol::Http1, None, &options).unwrap();
+        let request = spec.request().unwrap();
+        assert_eq!(request.method(), http::Method::POST);
+        assert_eq!(request.uri(), "/v1/responses");
+        let h = request.headers();
+        assert_eq!(h["host"], "127.0.0.1:8080");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["accept"], "text/event-stream");
+        assert_eq!(h["x-mock-chunks"], "5");
+        assert_eq!(h["x-mock-chunk-delay-ms"], "20");
+        assert_eq!(h["x-mock-timestamps"], "1");
+        assert_eq!(h["authorization"], "Bearer sk-test");
+        let body: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"model": "mock-1", "input": "Hello", "stream": true})
+        );
+
+        let spec = RequestSpec::new(target, Protocol::H2, None, &options).unwrap();
+        assert_eq!(
+            spec.request().unwrap().uri(),
+            "http://127.0.0.1:8080/v1/responses"
+        );
     }
 }

@@ -30,7 +30,12 @@
 //! reading the body meanwhile or, stalled, none of it. They count as `dropped`, not failed; a
 //! run of them succeeds when every stream completed or was dropped.
 //!
-//! [`client`] has one stream's life; [`sse`] the event parsing.
+//! `--api responses` runs the same streams against OpenAI's Responses API (`POST /v1/responses`):
+//! a stream ends with its terminal event (`response.completed`, `response.incomplete`; a
+//! `response.failed` is a failure) instead of `[DONE]`, and its first event is its first
+//! `*.delta` (the first token).
+//!
+//! [`client`] has one stream's life; [`sse`] the event parsing and classification.
 
 pub mod chart;
 pub mod client;
@@ -109,13 +114,56 @@ impl Protocol {
     }
 }
 
+/// Which OpenAI API the streams use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Chat completions: POST /v1/chat/completions, chunks ending with data: [DONE]
+    #[default]
+    Chat,
+    /// The Responses API: POST /v1/responses, typed events ending with a terminal event
+    /// (response.completed or response.incomplete; response.failed is a failure)
+    Responses,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Responses => "responses",
+        }
+    }
+
+    /// The path every stream posts to.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Responses => "/v1/responses",
+        }
+    }
+
+    /// What a complete stream carries before its body ends, for the messages.
+    pub fn end_marker(self) -> &'static str {
+        match self {
+            Api::Chat => "data: [DONE]",
+            Api::Responses => "a terminal event (response.completed or response.incomplete)",
+        }
+    }
+}
+
 /// Arguments of `tidegate-bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Base URL of the gateway, or of the mock as the reference, e.g. http://127.0.0.1:8080
-    /// (loopback only, no path: /v1/chat/completions is appended); https:// needs --ca-file
+    /// (loopback only, no path: the --api's path, /v1/chat/completions or /v1/responses, is
+    /// appended); https:// needs --ca-file
     #[arg(long, value_name = "URL")]
     pub url: String,
+    /// chat (streaming chat completions) or responses (the Responses API, POST /v1/responses
+    /// with "input"; a stream ends with its terminal event, and time to first event is to the
+    /// first *.delta event, the first token)
+    #[arg(long, value_enum, default_value_t = Api::Chat)]
+    pub api: Api,
     /// TLS to an https:// --url, trusting only the CA certificate(s) in this PEM file; ALPN
     /// offers the --protocol's name alone (h2 or http/1.1), and every connection makes a full
     /// handshake (no session resumption)
@@ -211,7 +259,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Request mode: instead of streams, send requests to PATH (/healthz; a /v1/ path gets a
-    /// small non-streaming chat POST) back to back on --connections keep-alive HTTP/1.1
+    /// small non-streaming POST, a Responses one for /v1/responses, else chat) back to back on --connections keep-alive HTTP/1.1
     /// connections for --duration; report requests/s by status and each --pid's CPU per request
     #[arg(long, value_name = "PATH",
           conflicts_with_all = ["hold", "drop_after_events", "drop_after_ms", "stall_after_headers"])]
@@ -385,6 +433,7 @@ fn prepare(args: &BenchArgs) -> Result<Prepared, String> {
         }
     }
     let options = RequestOptions {
+        api: args.api,
         model: args.model.clone(),
         api_key: args.api_key.clone(),
         mock: (!args.no_mock_headers).then_some((args.chunks, args.chunk_delay_ms)),
@@ -450,9 +499,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
     };
     if !args.quiet {
         eprintln!(
-            "tidegate-bench: {} streams over {}{} to {} at {}/s; {}{} (stream timeout {:?}, run \
+            "tidegate-bench: {} streams{} over {}{} to {} at {}/s; {}{} (stream timeout {:?}, run \
              cap {:?}, open-files limit {})",
             args.streams,
+            api_text(args.api),
             args.protocol.name(),
             if prepared.spec.tls.is_some() {
                 " over TLS"
@@ -564,6 +614,15 @@ fn requests_main(args: &BenchArgs, path: &str) -> ExitCode {
     }
 }
 
+/// `" (Responses API)"` after the stream count on the start line and the report's first line;
+/// nothing for chat completions, the default.
+pub(crate) fn api_text(api: Api) -> &'static str {
+    match api {
+        Api::Chat => "",
+        Api::Responses => " (Responses API)",
+    }
+}
+
 /// `"; each dropped after 1 event"` for the start line and the report's first line, or nothing.
 pub(crate) fn walk_away_text(walk_away: WalkAway) -> String {
     match walk_away {
@@ -620,6 +679,8 @@ pub struct Tally {
     pub pings_per_min: Spread,
     /// Events with data per opened stream.
     pub events_per_stream: Spread,
+    /// The streams' API, for what a `done` end was.
+    pub api: Api,
 }
 
 /// How a finished stream counts.
@@ -654,7 +715,10 @@ impl Tally {
             (Counting::Run, Outcome::Completed) => self.completed += 1,
             (Counting::Hold { .. }, Outcome::Completed) => self.ended_early.add(
                 "done".into(),
-                "data: [DONE] and the end of the body before the hold ended".into(),
+                format!(
+                    "{} and the end of the body before the hold ended",
+                    self.api.end_marker()
+                ),
             ),
             (Counting::Hold { .. }, Outcome::Failed { kind, message }) if opened => {
                 self.ended_early.add(kind, message)
@@ -864,7 +928,10 @@ async fn run(args: &BenchArgs, prepared: Prepared) -> Report {
     // Set when every stream is cancelled (stop or end of the hold); tasks left then are aborted.
     let mut collect_deadline: Option<tokio::time::Instant> = None;
     let mut tasks: JoinSet<StreamRecord> = JoinSet::new();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        api: args.api,
+        ..Tally::default()
+    };
     // The first point: nothing started yet, and each process's idle RSS and CPU time.
     let mut timeline: Vec<Sample> = vec![sampler.sample(&live, &Tally::default(), &mut watched, 0)];
     let mut started: u32 = 0;
@@ -1079,6 +1146,7 @@ mod tests {
     fn defaults_and_the_stream_timeout() {
         let args = parse(&[]).unwrap();
         assert_eq!(args.protocol, Protocol::Http1);
+        assert_eq!(args.api, Api::Chat);
         assert_eq!(args.duration, Duration::from_secs(600));
         // 31 × 1 s + 30 s
         assert_eq!(args.effective_stream_timeout(), Duration::from_secs(61));
@@ -1117,6 +1185,33 @@ mod tests {
         assert!(parse(&["--per-connection", "257"]).is_err());
         assert!(parse(&["--duration", "10"]).is_err());
         assert!(parse(&["--protocol", "h3"]).is_err());
+        assert!(parse(&["--api", "completions"]).is_err());
+    }
+
+    #[test]
+    fn the_api_picks_the_path_and_the_end() {
+        let args = parse(&["--api", "responses"]).unwrap();
+        assert_eq!(args.api, Api::Responses);
+        assert_eq!(args.api.path(), "/v1/responses");
+        assert_eq!(Api::Chat.path(), "/v1/chat/completions");
+        let prepared = prepare(&args).unwrap();
+        assert_eq!(prepared.spec.api, Api::Responses);
+        assert_eq!(api_text(Api::Chat), "");
+        assert_eq!(api_text(Api::Responses), " (Responses API)");
+        // A Responses stream that ends in a hold ended with its terminal event.
+        let mut t = Tally {
+            api: Api::Responses,
+            ..Tally::default()
+        };
+        t.add(
+            StreamRecord {
+                outcome: Outcome::Completed,
+                open_for: Some(Duration::from_secs(2)),
+                counts: client::BodyCounts::default(),
+            },
+            Counting::Hold { over: false },
+        );
+        assert!(t.ended_early.examples["done"].starts_with("a terminal event"));
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub fn peak_rate(timeline: &[Sample], min_window_s: f64, count: impl Fn(&Sample)
 #[derive(Debug, Clone, Serialize)]
 pub struct ArgsRecord {
     pub url: String,
+    /// `chat` or `responses` (`--api`).
+    pub api: super::Api,
     /// Over TLS (`--ca-file`): version, cipher suite, key exchange and ALPN of the first
     /// handshake (every connection made a full one); `None` in cleartext.
     pub tls: Option<String>,
@@ -243,7 +245,8 @@ pub struct Report {
     pub throughput: Throughput,
     /// From the start of the request (connect included on HTTP/1.1) to `200` headers.
     pub time_to_headers_us: LatencySummary,
-    /// From the start of the request (connect included on HTTP/1.1) to the first event.
+    /// From the start of the request (connect included on HTTP/1.1) to the first event; with
+    /// `--api responses`, to the first `*.delta` event (the first token).
     pub time_to_first_event_us: LatencySummary,
     /// Receive time − the event's `sent_us` (same machine): what the path added per event.
     pub event_latency_us: LatencySummary,
@@ -276,6 +279,7 @@ impl Report {
         let mock = !a.no_mock_headers;
         let args = ArgsRecord {
             url: a.url.clone(),
+            api: a.api,
             tls: run.tls,
             protocol: a.protocol,
             streams: a.streams,
@@ -435,9 +439,13 @@ impl Report {
         let walk_away_text = super::walk_away_text(walk_away);
         let _ = writeln!(
             out,
-            "tidegate bench: {} streams to {} over {shape}, {}/s, {load}, model {}{hold}\
+            "tidegate bench: {} streams{} to {} over {shape}, {}/s, {load}, model {}{hold}\
              {walk_away_text}",
-            a.streams, a.url, a.ramp_per_s, a.model
+            a.streams,
+            super::api_text(a.api),
+            a.url,
+            a.ramp_per_s,
+            a.model
         );
         let stopped = match self.stopped_early {
             Some(StopReason::DurationCap) => " (stopped by --duration)",
@@ -529,7 +537,13 @@ impl Report {
         );
         for (name, l) in [
             ("time to headers", &self.time_to_headers_us),
-            ("time to first event", &self.time_to_first_event_us),
+            (
+                match a.api {
+                    super::Api::Chat => "time to first event",
+                    super::Api::Responses => "time to first delta",
+                },
+                &self.time_to_first_event_us,
+            ),
             ("per-event added", &self.event_latency_us),
         ] {
             let _ = writeln!(

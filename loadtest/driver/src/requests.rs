@@ -1,8 +1,8 @@
 //! Request mode (`--requests PATH`): short requests back to back instead of streams, for what a
 //! request costs the gateway rather than what a stream does: `--connections` keep-alive
 //! HTTP/1.1 connections each send a request, read the whole answer and send the next, until
-//! `--duration` has passed. `GET PATH`, or for a `/v1/` path a small non-streaming chat
-//! completion (`POST`, JSON, `--model`). Reported: requests per second by status, connections
+//! `--duration` has passed. `GET PATH`, or for a `/v1/` path a small non-streaming `POST`
+//! (JSON, `--model`): a Responses request (`input`) for `/v1/responses`, else a chat completion. Reported: requests per second by status, connections
 //! opened, and the CPU seconds per request and RSS of each `--pid` and of the driver.
 //!
 //! With `--new-address-per-request` every request has a connection of its own, bound to the
@@ -63,10 +63,16 @@ impl RequestPlan {
             return Err(format!("--requests {path:?}: give a path such as /healthz"));
         }
         let (method, body) = if path.starts_with("/v1/") {
-            let body = serde_json::json!({
-                "model": model,
-                "messages": [{"role": "user", "content": "Hello"}],
-            });
+            // The body follows the path, not --api: a Responses body to any other path (or a
+            // chat one to /v1/responses) would only measure a 400.
+            let body = if path == "/v1/responses" {
+                serde_json::json!({"model": model, "input": "Hello"})
+            } else {
+                serde_json::json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "Hello"}],
+                })
+            };
             let body = serde_json::to_vec(&body).map_err(|e| format!("request body: {e}"))?;
             (Method::POST, Bytes::from(body))
         } else {
@@ -355,5 +361,38 @@ impl RequestReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(path: &str) -> RequestPlan {
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+        RequestPlan::new(target, None, path, "m", 1, Duration::from_secs(1), false).unwrap()
+    }
+
+    #[test]
+    fn the_body_follows_the_path() {
+        let p = plan("/healthz");
+        assert_eq!((p.method.clone(), p.body.len()), (Method::GET, 0));
+        let body = |p: &RequestPlan| serde_json::from_slice::<serde_json::Value>(&p.body).unwrap();
+        let p = plan("/v1/chat/completions");
+        assert_eq!(p.method, Method::POST);
+        assert_eq!(body(&p)["messages"][0]["content"], "Hello");
+        assert!(body(&p).get("stream").is_none());
+        let p = plan("/v1/responses");
+        assert_eq!(p.method, Method::POST);
+        assert_eq!(
+            body(&p),
+            serde_json::json!({"model": "m", "input": "Hello"})
+        );
+        assert_eq!(
+            p.request().unwrap().headers()["content-type"],
+            "application/json"
+        );
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 8080));
+        assert!(RequestPlan::new(target, None, "healthz", "m", 1, Duration::ZERO, false).is_err());
     }
 }

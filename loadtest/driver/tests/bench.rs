@@ -142,6 +142,7 @@ async fn http1_streams_all_complete_and_the_report_adds_up() {
     assert_eq!(report["args"]["protocol"], "http1");
     assert_eq!(u(&report["streams"]["connections"]), 200);
     assert_eq!(report["args"]["api_key"], false);
+    assert_eq!(report["args"]["api"], "chat");
 
     // The gateway (this process) and the driver itself were sampled.
     let processes = report["processes"].as_array().unwrap();
@@ -214,6 +215,117 @@ async fn the_mock_alone_works_as_the_reference() {
         run.stdout, run.stderr
     );
     assert_clean_run(&read_json(&json), 50, 2);
+}
+
+/// `--api responses`: through the gateway over HTTP/1.1 and h2, and straight at the mock. The
+/// mock's Responses stream is chunks + 8 events (created, in_progress, output_item.added,
+/// content_part.added, the deltas, output_text.done, content_part.done, output_item.done,
+/// completed), each stamped; the first event timed is the first delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_streams_complete_through_the_gateway_and_from_the_mock() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("responses", "report.json");
+    let (streams, chunks) = (50u64, 3u64);
+    for (url, protocol) in [
+        (format!("http://{}", env.gateway), "http1"),
+        (format!("http://{}", env.gateway), "h2"),
+        (format!("http://{}", env.mock), "http1"),
+    ] {
+        let run = bench_at(
+            &url,
+            &format!(
+                "--api responses --protocol {protocol} --streams {streams} --ramp 1000 \
+                 --chunks {chunks} --chunk-delay-ms 10 --quiet"
+            ),
+            &[("--json", &json)],
+        )
+        .await;
+        assert_eq!(
+            run.code, 0,
+            "{url} {protocol}: stdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        );
+        let report = read_json(&json);
+        assert_eq!(report["args"]["api"], "responses");
+        let s = &report["streams"];
+        assert_eq!(u(&s["completed"]), streams, "{url} {protocol}: {s}");
+        assert_eq!(u(&s["failed"]), 0, "{url} {protocol}: {s}");
+        let t = &report["throughput"];
+        assert_eq!(u(&t["events"]), streams * (chunks + 8), "{t}");
+        assert_eq!(u(&t["timed_events"]), streams * (chunks + 8), "{t}");
+        assert_eq!(
+            u(&report["event_latency_us"]["count"]),
+            streams * (chunks + 8)
+        );
+        assert_eq!(u(&report["time_to_first_event_us"]["count"]), streams);
+        assert!(
+            run.stdout.contains("streams (Responses API) to"),
+            "{}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("time to first delta"), "{}", run.stdout);
+    }
+
+    // Without deltas there is no first token to time, and the stream still completes.
+    let url = format!("http://{}", env.gateway);
+    let run = bench_at(
+        &url,
+        "--api responses --streams 5 --ramp 1000 --chunks 0 --quiet",
+        &[("--json", &json)],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = read_json(&json);
+    assert_eq!(u(&report["streams"]["completed"]), 5);
+    assert_eq!(u(&report["throughput"]["events"]), 5 * 8);
+    assert_eq!(u(&report["time_to_first_event_us"]["count"]), 0);
+}
+
+/// A Responses stream's failures by kind: `response.failed` and `event: error` from the mock,
+/// relayed by the gateway; an upstream abort that the gateway turns into its own `event: error`
+/// and the mock alone turns into a broken body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_failures_are_counted_by_kind() {
+    raise_fd_limit();
+    let env = start_with(MockSettings::default(), |_| {}).await;
+    let json = out_path("responses-failures", "report.json");
+    let gateway = format!("http://{}", env.gateway);
+    let mock = format!("http://{}", env.mock);
+    for (url, model, kind) in [
+        (
+            &gateway,
+            "fail-response-failed",
+            "response.failed:server_error",
+        ),
+        (
+            &mock,
+            "fail-response-failed",
+            "response.failed:server_error",
+        ),
+        (&gateway, "fail-error-event", "error_event:server_error"),
+        (&mock, "fail-error-event", "error_event:server_error"),
+        (&gateway, "fail-midstream", "error_event:upstream_reset"),
+        (&mock, "fail-midstream", "reset"),
+    ] {
+        let run = bench_at(
+            url,
+            &format!(
+                "--api responses --streams 10 --ramp 1000 --chunks 5 --chunk-delay-ms 10 \
+                 --model {model} --quiet"
+            ),
+            &[("--json", &json)],
+        )
+        .await;
+        assert_eq!(run.code, 1, "{url} {model}: {}\n{}", run.stdout, run.stderr);
+        let s = &read_json(&json)["streams"];
+        assert_eq!(u(&s["completed"]), 0, "{url} {model}: {s}");
+        assert_eq!(
+            s["failed_by_kind"],
+            serde_json::json!({ kind: 10 }),
+            "{url} {model}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
