@@ -486,23 +486,35 @@ pub async fn handle(
             return Ok(crate::response::json(StatusCode::OK, list));
         }
     }
-    let pinned;
-    let members = if let Endpoint::StoredResponse(_) = endpoint {
-        // A stored response lives on the upstream that made it: the one the client names
-        // (as `x-tidegate-upstream` named it on the answer that created it), else any.
-        match pinned_upstream(&parts.headers, backends)? {
-            Some(member) => {
-                pinned = member;
-                std::slice::from_ref(&pinned)
-            }
-            None => backends.all(),
+    // A stored response lives on the upstream that made it: a request for one, or a new
+    // response that continues one (`previous_response_id`), goes to the upstream the client
+    // names, as `x-tidegate-upstream` named it on the answer that made it.
+    let pin = match endpoint {
+        Endpoint::Responses | Endpoint::StoredResponse(_) => {
+            pinned_upstream(&parts.headers, backends)?
         }
+        _ => None,
+    };
+    let members = if let Endpoint::StoredResponse(_) = endpoint {
+        backends.all()
     } else {
         let model = (endpoint != Endpoint::Models).then_some(validated.model.as_str());
         match backends.members(model) {
             Some(members) => members,
             None => return Err(GatewayError::ModelNotFound(validated.model)),
         }
+    };
+    let members = match pin {
+        None => members,
+        Some(index) => match members.iter().position(|m| m.index == index) {
+            Some(at) => &members[at..=at],
+            None => {
+                return Err(GatewayError::InvalidParameter {
+                    param: UPSTREAM_HEADER,
+                    expected: "an upstream that serves the request's model".into(),
+                })
+            }
+        },
     };
     let suffix = endpoint.upstream_suffix(response_id);
     let outgoing = Outgoing {
@@ -612,12 +624,12 @@ fn query_asks_for_stream(query: Option<&str>) -> bool {
         .any(|(name, value)| name == "stream" && value.eq_ignore_ascii_case("true"))
 }
 
-/// The upstream a request names in `x-tidegate-upstream`, if it names one. A name that is not
-/// one of ours is the client's mistake, told as such.
+/// The index of the upstream a request names in `x-tidegate-upstream`, if it names one. A name
+/// that is not one of ours is the client's mistake, told as such.
 fn pinned_upstream(
     headers: &HeaderMap,
     backends: &Backends,
-) -> Result<Option<crate::upstream::backends::Member>, GatewayError> {
+) -> Result<Option<usize>, GatewayError> {
     let Some(name) = headers.get(UPSTREAM_HEADER) else {
         return Ok(None);
     };
@@ -626,10 +638,7 @@ fn pinned_upstream(
         .ok()
         .and_then(|name| backends.index_of(name.trim()));
     match index {
-        Some(index) => Ok(Some(crate::upstream::backends::Member {
-            index,
-            rename: None,
-        })),
+        Some(index) => Ok(Some(index)),
         None => Err(GatewayError::InvalidParameter {
             param: UPSTREAM_HEADER,
             expected: "the name of one of the gateway's upstreams, as the x-tidegate-upstream \

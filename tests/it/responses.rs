@@ -513,9 +513,9 @@ async fn a_responses_stream_resumes_exactly_once() {
     assert_eq!(output_text(&all), expected_content(30));
 }
 
-/// Several upstreams: a stored response's routes go to the upstream the client names in
-/// `x-tidegate-upstream` (as the answer that created it named it); a name that is not an
-/// upstream's is refused.
+/// Several upstreams: a stored response's routes, and a new response that continues it, go to
+/// the upstream the client names in `x-tidegate-upstream` (as the answer that created it named
+/// it); a name that is not an upstream's is refused.
 #[tokio::test]
 async fn a_stored_response_can_be_asked_of_the_upstream_that_made_it() {
     let fleet = start_fleet(2, MockSettings::default(), |_| {}).await;
@@ -538,7 +538,20 @@ async fn a_stored_response_can_be_asked_of_the_upstream_that_made_it() {
         assert_eq!(status, StatusCode::OK, "{json}");
         assert_eq!(header(&headers, "x-tidegate-upstream"), made_by);
     }
-    assert_eq!(fleet.stats(made_by_index).requests_received, 5);
+    // A new response that continues it goes there too.
+    let next = format!(r#"{{"model":"mock-1","input":"And?","previous_response_id":"{id}"}}"#);
+    for _ in 0..4 {
+        let (status, headers, json) = fetch_json(post(
+            fleet.gateway,
+            "/v1/responses",
+            &next,
+            &[("x-tidegate-upstream", &made_by)],
+        ))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(header(&headers, "x-tidegate-upstream"), made_by);
+    }
+    assert_eq!(fleet.stats(made_by_index).requests_received, 9);
     assert_eq!(fleet.stats(1 - made_by_index).requests_received, 0);
 
     let mut get = get(fleet.gateway, &format!("/v1/responses/{id}"));
@@ -583,4 +596,40 @@ async fn a_long_answers_closing_events_fit_the_default_event_limit() {
         completed.data.len()
     );
     assert_eq!(output_text(&parsed), expected_content(chunks));
+}
+
+/// With routes, a stored response's routes may go to any upstream (they name no model), but a
+/// new response may only be pinned to an upstream that serves its model.
+#[tokio::test]
+async fn a_pin_outside_the_models_route_is_refused() {
+    let fleet = start_fleet(2, MockSettings::default(), |config| {
+        config.routes = vec![tidegate::config::RouteConfig {
+            models: vec!["mock-1".to_owned()],
+            upstreams: vec!["a".to_owned()],
+            rename: Default::default(),
+        }];
+    })
+    .await;
+    let (status, _, json) = fetch_json(post(
+        fleet.gateway,
+        "/v1/responses",
+        &responses_body("mock-1", false),
+        &[("x-tidegate-upstream", "b")],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert_eq!(json["error"]["param"], "x-tidegate-upstream");
+    assert_eq!(fleet.stats(1).requests_received, 0);
+
+    let mut get = get(fleet.gateway, "/v1/responses/resp_mock1");
+    get.headers_mut()
+        .insert("x-tidegate-upstream", "b".parse().unwrap());
+    let (status, headers, _) = fetch(get).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "b never made it: its own 404"
+    );
+    assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
+    assert_eq!(fleet.stats(1).requests_received, 1);
 }
