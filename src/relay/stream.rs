@@ -1304,6 +1304,72 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
+        /// A Responses stream, however split (with CRLF, CR or LF line ends, comments, and
+        /// with or without the `event:` lines): the client gets the same bytes up to and
+        /// including the terminal event and nothing after it, the stream completes, and the
+        /// first token is the first delta. Without the terminal event it ends with one
+        /// `event: error` numbered after the last event.
+        #[test]
+        fn any_split_of_a_responses_stream_relays_it_to_its_terminal_event(
+            deltas in 0usize..6,
+            eol in line_end(),
+            event_lines in any::<bool>(),
+            comment in any::<bool>(),
+            terminal in any::<bool>(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut kinds = vec!["response.created", "response.in_progress"];
+            kinds.extend(std::iter::repeat_n("response.output_text.delta", deltas));
+            kinds.push("response.output_text.done");
+            if terminal {
+                kinds.push("response.completed");
+            }
+            let eol = std::str::from_utf8(eol).unwrap();
+            let mut input = String::new();
+            for (seq, kind) in kinds.iter().enumerate() {
+                if comment {
+                    input.push_str(&format!(": c{eol}"));
+                }
+                if event_lines {
+                    input.push_str(&format!("event: {kind}{eol}"));
+                }
+                input.push_str(&format!(
+                    "data: {{\"type\":\"{kind}\",\"sequence_number\":{seq}}}{eol}{eol}"
+                ));
+            }
+            let after = format!("event: late{eol}data: {{\"type\":\"late\"}}{eol}{eol}");
+            let all = [input.as_bytes(), after.as_bytes()].concat();
+            let parts = split_at(&all, &cuts);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (frames, outcome, events, first_token) =
+                runtime.block_on(relay_responses(reads(&parts)));
+            let sent = concat(&frames);
+            if terminal {
+                // All of it, but for the LF of a final CRLF split off into a read of its own,
+                // which is never read: the stream is over at the CR, which ended the line.
+                let whole = sent == input.as_bytes();
+                let but_lf = eol == "\r\n" && sent == input.as_bytes()[..input.len() - 1];
+                prop_assert!(whole || but_lf, "{:?}", String::from_utf8_lossy(&sent));
+                prop_assert_eq!(outcome, Some(Outcome::Completed));
+            } else {
+                // The "late" event is relayed (nothing ended the stream before it); then ours.
+                // (Bytes compared up to the last line end: the LF of a CRLF split off into a
+                // read of its own at the very end is not relayed, the CR having ended the line.)
+                prop_assert!(sent.starts_with(&all[..all.len() - 1]));
+                let parsed = parsed(&frames);
+                let upstream = crate::sse::parser::parse_all(&all, 4096).unwrap();
+                prop_assert_eq!(&parsed[..parsed.len() - 1], &upstream[..]);
+                let last = parsed.last().unwrap();
+                prop_assert_eq!(&last.event_type, "error");
+                let data: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+                prop_assert_eq!(&data["sequence_number"], &serde_json::json!(kinds.len()));
+                prop_assert_eq!(outcome, Some(Outcome::Failed("upstream_incomplete_stream")));
+            }
+            let relayed = kinds.len() as u64 - u64::from(terminal) + u64::from(!terminal);
+            prop_assert_eq!(events, relayed);
+            prop_assert_eq!(first_token, deltas > 0);
+        }
+
         /// However the upstream splits its bytes, the client gets the same bytes, and every frame
         /// but a CR-ended one ends exactly at a block boundary (nothing can land inside an event).
         #[test]
