@@ -1222,3 +1222,34 @@ async fn requests_reach_running_instances_that_nginx_still_holds_out() {
         "the streams must start while nginx still holds the instances out"
     );
 }
+
+/// The Responses API through the shipped nginx config: a stream arrives whole, its `event:`
+/// lines intact and its terminal event last (nginx passes it unbuffered like any stream), and
+/// the stored response is retrieved through nginx too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx (apt-get install nginx); .ci/run installs it"]
+async fn the_responses_api_through_nginx() {
+    let fleet = Fleet::start("responses", MockSettings::default(), |toml| toml).await;
+    let nginx = fleet.nginx.addr;
+    let body = r#"{"model":"mock-1","stream":true,"input":"Hello"}"#;
+    let response = send_from(client(30), nginx, post(nginx, "/v1/responses", body, &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = read_to_end(response.into_body()).await;
+    let events = tidegate::sse::parser::parse_all(&bytes, 16 << 20).unwrap();
+    assert_eq!(events[0].event_type, "response.created");
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.event_type,
+        "response.completed",
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(String::from_utf8_lossy(&bytes).contains("\nevent: response.output_text.delta\n"));
+    let completed: Value = serde_json::from_str(&last.data).unwrap();
+    let id = completed["response"]["id"].as_str().unwrap();
+
+    let (status, _, json) = fetch_json(get(nginx, &format!("/v1/responses/{id}"))).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["id"], id);
+    assert_eq!(json["status"], "completed");
+}
