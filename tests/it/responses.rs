@@ -633,3 +633,50 @@ async fn a_pin_outside_the_models_route_is_refused() {
     assert_eq!(header(&headers, "x-tidegate-upstream"), "b");
     assert_eq!(fleet.stats(1).requests_received, 1);
 }
+
+/// Proves requirement 2's slow-client cut: a client that stops reading a Responses stream is
+/// cut after `streams.client_stall_timeout` (outcome `slow_client`) and its upstream cancelled,
+/// as for chat.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_responses_stream_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = start_with(MockSettings::default(), |config| {
+        config.streams.client_stall_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(env.gateway).await.unwrap();
+    let body = responses_body("mock-1", true);
+    let request = format!(
+        "POST /v1/responses HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nx-mock-chunks: 100000\r\nx-mock-chunk-delay-ms: 0\r\n\r\n{body}",
+        env.gateway,
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut head))
+        .await
+        .expect("the answer's head in time")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Now it reads nothing more.
+    wait_for(
+        "the stream to be cut as a slow client",
+        PATIENCE,
+        || async {
+            let text = scrape(&env).await;
+            value(&text, r#"tidegate_streams_total{outcome="slow_client"}"#)
+                .is_some_and(|n| n == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let stats = wait_for_mock(env.mock, "the upstream to be cancelled", PATIENCE, |s| {
+        s.streams_active == 0
+    })
+    .await;
+    assert_eq!((stats.streams_cancelled, stats.streams_completed), (1, 0));
+    drop(client);
+}
