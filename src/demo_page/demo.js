@@ -1,4 +1,5 @@
-// The tidegate demo page. It streams a chat completion with fetch() and reads the body with a
+// The tidegate demo page. It streams a chat completion (or a response, with the Responses API)
+// with fetch() and reads the body with a
 // ReadableStream reader, parsing the Server-Sent Events itself (EventSource can only GET). Each
 // event of a resumable stream carries `id: <n>`; when the connection is cut, the page asks for
 // the same stream again from the last id it saw (GET /v1/streams/{id}) and carries on.
@@ -126,27 +127,51 @@ function showStats(run) {
   }
 }
 
-/** One event of the stream: a chunk to render, the final `[DONE]`, or a final error. */
+/** What one event means in each API's stream: text to render, the end, or a final error. */
+const GRAMMARS = {
+  // Chat completions: chunks with `choices[0].delta.content`, then `data: [DONE]`; an error is
+  // a chunk with an `error` object.
+  chat(event, chunk) {
+    if (event.data === "[DONE]") return { done: true };
+    if (chunk?.error) return { error: chunk.error.message ?? "unknown" };
+    return { text: chunk?.choices?.[0]?.delta?.content };
+  },
+  // The Responses API: typed events; the text is in `response.output_text.delta`, the end is a
+  // terminal event, and an error is `event: error` (its message at the top, and in `error`).
+  responses(event, chunk) {
+    const type = chunk?.type ?? event.event;
+    if (type === "response.output_text.delta") return { text: chunk.delta };
+    if (type === "response.completed" || type === "response.incomplete") return { done: true };
+    if (type === "response.failed") {
+      return { error: chunk?.response?.error?.message ?? "the response failed" };
+    }
+    if (type === "error") return { error: chunk?.message ?? chunk?.error?.message ?? "unknown" };
+    return {};
+  },
+};
+
+/** One event of the stream: text to render, the end, or a final error. */
 function onEvent(run, event) {
   if (event.id !== null) run.lastEventId = event.id;
   run.eventsSinceCut += 1;
-  if (event.data === "[DONE]") {
+  let chunk = null;
+  try {
+    chunk = JSON.parse(event.data);
+  } catch {
+    // not JSON ([DONE], or nothing to render)
+  }
+  const meaning = GRAMMARS[run.api](event, chunk);
+  if (meaning.done) {
     run.over = true;
     setState("done", "Done.");
     return;
   }
-  let chunk;
-  try {
-    chunk = JSON.parse(event.data);
-  } catch {
-    return; // not JSON: nothing to render
-  }
-  if (chunk && chunk.error) {
+  if (meaning.error !== undefined) {
     run.over = true;
-    setState("failed", `The stream ended with an error: ${chunk.error.message ?? "unknown"}`);
+    setState("failed", `The stream ended with an error: ${meaning.error}`);
     return;
   }
-  const content = chunk?.choices?.[0]?.delta?.content;
+  const content = meaning.text;
   if (typeof content !== "string" || content === "") return;
   if (run.firstTokenAt === null) run.firstTokenAt = performance.now();
   run.tokens += 1;
@@ -215,12 +240,13 @@ async function follow(run, connect) {
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Sends the prompt and follows the answer to its end, resuming it after every cut. */
-async function converse({ prompt, model, tokens, delay }) {
+async function converse({ prompt, model, api, tokens, delay }) {
   const text = document.createTextNode("");
   answer.replaceChildren(text);
   notes.replaceChildren();
   for (const id of ["ttft", "rate", "stream-id"]) $(id).textContent = "–";
   const run = {
+    api,
     text,
     sentAt: performance.now(),
     firstTokenAt: null,
@@ -238,13 +264,11 @@ async function converse({ prompt, model, tokens, delay }) {
   // The built-in mock's pacing; the gateway forwards these to the mock in the demo only.
   if (tokens !== "") headers["x-mock-chunks"] = tokens;
   if (delay !== "") headers["x-mock-chunk-delay-ms"] = delay;
-  const body = JSON.stringify({
-    model,
-    stream: true,
-    messages: [{ role: "user", content: prompt }],
-  });
-  let connect = (signal) =>
-    fetch("/v1/chat/completions", { method: "POST", headers, body, signal });
+  const [path, body] = api === "responses"
+    ? ["/v1/responses", JSON.stringify({ model, stream: true, input: prompt })]
+    : ["/v1/chat/completions",
+      JSON.stringify({ model, stream: true, messages: [{ role: "user", content: prompt }] })];
+  let connect = (signal) => fetch(path, { method: "POST", headers, body, signal });
   setState("streaming", "Waiting for the first token…");
 
   let cutsInARow = 0;
@@ -284,6 +308,7 @@ form.addEventListener("submit", async (event) => {
     await converse({
       prompt: $("prompt").value,
       model: $("model").value.trim(),
+      api: $("api").value === "responses" ? "responses" : "chat",
       tokens: $("tokens").value.trim(),
       delay: $("delay").value.trim(),
     });

@@ -14,7 +14,8 @@
 //
 // Environment: TIDEGATE_URL (the gateway, http://127.0.0.1:PORT), OTHER_ORIGIN (an allowed
 // origin serving any HTML page), REFUSED_ORIGIN (an origin not allowed, likewise), TOKENS and
-// DELAY_MS (the mock pacing the demo page asks for), CUT_AFTER (events before a cut),
+// DELAY_MS (the mock pacing the demo page asks for), CUT_AFTER (events before a cut), API
+// (the demo page's API: chat, the default, or responses),
 // CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 
@@ -79,6 +80,7 @@ async function demoPage(context, cutAfterTokens) {
   await page.getByLabel(/^Tokens/).fill(env("TOKENS", "30"));
   await page.getByLabel(/^Delay between tokens/).fill(env("DELAY_MS", "20"));
   await page.getByLabel("Prompt", { exact: true }).fill("Hello from chromium");
+  await page.getByLabel("API", { exact: true }).selectOption(env("API", "chat"));
   await page.getByRole("button", { name: "Send" }).click();
   let cut = false;
   if (cutAfterTokens !== null) {

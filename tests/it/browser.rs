@@ -93,6 +93,11 @@ async fn serve_other_origin() -> (u16, JoinHandle<()>) {
 
 /// Runs `tests/browser/run.mjs scenario` against `gateway` and returns its JSON.
 async fn run_browser(scenario: &str, gateway: SocketAddr, page_port: u16) -> Value {
+    run_browser_with(scenario, gateway, page_port, "chat").await
+}
+
+/// [`run_browser`], the demo page set to `api` (`chat` or `responses`).
+async fn run_browser_with(scenario: &str, gateway: SocketAddr, page_port: u16, api: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
@@ -111,6 +116,7 @@ async fn run_browser(scenario: &str, gateway: SocketAddr, page_port: u16) -> Val
             .env("TOKENS", TOKENS.to_string())
             .env("DELAY_MS", DELAY_MS.to_string())
             .env("CUT_AFTER", CUT_AFTER.to_string())
+            .env("API", api)
             .kill_on_drop(true)
             .output(),
     )
@@ -269,6 +275,28 @@ async fn the_demo_page_resumes_by_itself_after_the_connection_is_cut() {
         .unwrap_or_else(|| panic!("a resume note, not {note:?}"));
     // Cut once CUT_AFTER tokens were shown: the role event and those tokens had arrived.
     assert!(after > CUT_AFTER, "{result:#}");
+    assert_eq!(result["problems"], serde_json::json!([]), "{result:#}");
+}
+
+/// The demo page with the Responses API: the answer streams from `response.output_text.delta`
+/// events, survives a cut by resuming, and ends at `response.completed`.
+#[tokio::test]
+#[ignore = "needs Debian chromium and playwright-core (npm); .ci/run installs them"]
+async fn the_demo_page_streams_and_resumes_a_response_with_the_responses_api() {
+    let (page_port, _pages) = serve_other_origin().await;
+    let env = start_gateway(&format!("http://127.0.0.1:{page_port}"), true).await;
+    let result = run_browser_with("demo-page-resume", env.gateway, page_port, "responses").await;
+
+    assert_eq!(result["cut"], true, "{result:#}");
+    assert_eq!(text(&result, "state"), "done", "{result:#}");
+    assert_eq!(
+        text(&result, "text"),
+        expected_content(TOKENS),
+        "{result:#}"
+    );
+    assert_eq!(result["tokens"], TOKENS, "{result:#}");
+    let notes = result["notes"].as_array().expect("notes");
+    assert_eq!(notes.len(), 1, "one cut, one resume: {result:#}");
     assert_eq!(result["problems"], serde_json::json!([]), "{result:#}");
 }
 
