@@ -189,13 +189,15 @@ pub const RELAY_DELAY_BUCKETS: [f64; 12] = [
 pub const RESUME_RESULTS: [&str; 3] = ["resumed", "not_found", "window_exceeded"];
 
 /// The API routes, the `route` label's values.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 9] = [
     "chat_completions",
     "completions",
     "embeddings",
     "models",
     "responses",
     "responses_stored",
+    "responses_input_tokens",
+    "responses_compact",
     "streams",
 ];
 

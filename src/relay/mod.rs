@@ -71,6 +71,10 @@ pub enum Endpoint {
     Models,
     /// `POST /v1/responses`: create a response (the Responses API).
     Responses,
+    /// `POST /v1/responses/input_tokens`: count a request's input tokens (never a stream).
+    ResponsesInputTokens,
+    /// `POST /v1/responses/compact`: compact a conversation (never a stream).
+    ResponsesCompact,
     /// `/v1/responses/{id}...`: a stored response, retrieved (a stream with `stream=true`) or
     /// controlled.
     StoredResponse(ResponseAction),
@@ -139,6 +143,17 @@ impl Endpoint {
             return Some(Routed::Endpoint(endpoint, None));
         }
         let rest = path.strip_prefix(RESPONSES_PATH)?.strip_prefix('/')?;
+        // Two POST routes sit where an id would: they are theirs for a POST (no response id
+        // takes a POST without an action after it), ids otherwise.
+        if method == Method::POST {
+            match rest {
+                "input_tokens" => {
+                    return Some(Routed::Endpoint(Endpoint::ResponsesInputTokens, None))
+                }
+                "compact" => return Some(Routed::Endpoint(Endpoint::ResponsesCompact, None)),
+                _ => {}
+            }
+        }
         let (id, action, allow) = match rest.split_once('/') {
             None => {
                 let action = match *method {
@@ -175,6 +190,8 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
             Endpoint::Responses => "responses",
+            Endpoint::ResponsesInputTokens => "responses_input_tokens",
+            Endpoint::ResponsesCompact => "responses_compact",
             Endpoint::StoredResponse(_) => "responses_stored",
         }
     }
@@ -189,6 +206,8 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings".into(),
             Endpoint::Models => "/models".into(),
             Endpoint::Responses => "/responses".into(),
+            Endpoint::ResponsesInputTokens => "/responses/input_tokens".into(),
+            Endpoint::ResponsesCompact => "/responses/compact".into(),
             Endpoint::StoredResponse(ResponseAction::Retrieve | ResponseAction::Delete) => {
                 format!("/responses/{id}")
             }
@@ -213,7 +232,10 @@ impl Endpoint {
     /// The grammar of the endpoint's streams.
     pub fn grammar(self) -> Grammar {
         match self {
-            Endpoint::Responses | Endpoint::StoredResponse(_) => Grammar::Responses,
+            Endpoint::Responses
+            | Endpoint::ResponsesInputTokens
+            | Endpoint::ResponsesCompact
+            | Endpoint::StoredResponse(_) => Grammar::Responses,
             _ => Grammar::Chunks,
         }
     }
@@ -227,6 +249,8 @@ impl Endpoint {
                 | Endpoint::Completions
                 | Endpoint::Embeddings
                 | Endpoint::Responses
+                | Endpoint::ResponsesInputTokens
+                | Endpoint::ResponsesCompact
         )
     }
 
@@ -240,7 +264,9 @@ impl Endpoint {
             Endpoint::Embeddings => &["model", "input"],
             // `input` may be absent (a `previous_response_id` or a prompt template instead);
             // the model routes the request.
-            Endpoint::Responses => &["model"],
+            Endpoint::Responses | Endpoint::ResponsesCompact => &["model"],
+            // The model is optional here (counted against a stored response, say).
+            Endpoint::ResponsesInputTokens => &[],
             Endpoint::Models | Endpoint::StoredResponse(_) => return Ok(Validated::default()),
         };
         // serde would happily read a struct from a JSON array; the API takes objects only.
@@ -460,7 +486,12 @@ pub async fn handle(
             return Err(GatewayError::UnsupportedMediaType);
         }
         let payload = read_body(body, &parts.headers, limits).await?;
-        let validated = endpoint.validate(&payload)?;
+        let mut validated = endpoint.validate(&payload)?;
+        // These answer with JSON, whatever the body says.
+        validated.stream &= !matches!(
+            endpoint,
+            Endpoint::ResponsesInputTokens | Endpoint::ResponsesCompact
+        );
         admission.check_model(key.as_deref(), &validated.model, peer.ip())?;
         (payload, validated)
     } else if endpoint.method() == Method::POST {
@@ -490,12 +521,15 @@ pub async fn handle(
     // response that continues one (`previous_response_id`), goes to the upstream the client
     // names, as `x-tidegate-upstream` named it on the answer that made it.
     let pin = match endpoint {
-        Endpoint::Responses | Endpoint::StoredResponse(_) => {
-            pinned_upstream(&parts.headers, backends)?
-        }
+        Endpoint::Responses
+        | Endpoint::ResponsesInputTokens
+        | Endpoint::ResponsesCompact
+        | Endpoint::StoredResponse(_) => pinned_upstream(&parts.headers, backends)?,
         _ => None,
     };
-    let members = if let Endpoint::StoredResponse(_) = endpoint {
+    let names_no_model = matches!(endpoint, Endpoint::StoredResponse(_))
+        || (endpoint == Endpoint::ResponsesInputTokens && validated.model.is_empty());
+    let members = if names_no_model {
         backends.all()
     } else {
         let model = (endpoint != Endpoint::Models).then_some(validated.model.as_str());
@@ -1017,6 +1051,25 @@ mod tests {
             Some(Routed::BadResponseId)
         );
         assert_eq!(of(Method::GET, "/v1/responses/resp_1/other"), None);
+        // Two POST routes where an id would be; for other methods they are ids.
+        for (path, endpoint) in [
+            ("/v1/responses/input_tokens", Endpoint::ResponsesInputTokens),
+            ("/v1/responses/compact", Endpoint::ResponsesCompact),
+        ] {
+            assert_eq!(
+                of(Method::POST, path),
+                Some(Routed::Endpoint(endpoint, None))
+            );
+            assert_eq!(format!("/v1{}", endpoint.upstream_suffix(None)), path);
+            assert_eq!(endpoint.method(), &Method::POST);
+        }
+        assert_eq!(
+            of(Method::GET, "/v1/responses/compact"),
+            Some(Routed::Endpoint(
+                Endpoint::StoredResponse(Retrieve),
+                Some("compact")
+            ))
+        );
         assert_eq!(of(Method::GET, "/v1/responsesX"), None);
         assert_eq!(Endpoint::ChatCompletions.grammar(), Grammar::Chunks);
     }

@@ -680,3 +680,52 @@ async fn a_client_that_stops_reading_a_responses_stream_is_cut() {
     assert_eq!((stats.streams_cancelled, stats.streams_completed), (1, 0));
     drop(client);
 }
+
+/// Requirement 1's other POST routes: `/v1/responses/input_tokens` (the model optional) and
+/// `/v1/responses/compact` reach the upstream with their body, as JSON requests, never as
+/// streams; the upstream's answer (here the mock's own 404: it serves neither) comes back as
+/// it is.
+#[tokio::test]
+async fn the_input_token_count_and_compaction_routes_reach_the_upstream() {
+    let env = start().await;
+    for (path, body) in [
+        ("/v1/responses/input_tokens", r#"{"input":"Hello"}"#),
+        (
+            "/v1/responses/input_tokens",
+            r#"{"model":"mock-1","input":"Hello"}"#,
+        ),
+        (
+            "/v1/responses/compact",
+            r#"{"model":"mock-1","input":"Hello","stream":true}"#,
+        ),
+    ] {
+        let (status, headers, json) = fetch_json(post(env.gateway, path, body, &[])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {json}");
+        assert!(
+            header(&headers, "x-tidegate-stream-id").is_empty(),
+            "not a stream"
+        );
+        assert!(json["error"]["message"].as_str().unwrap().contains(path));
+        let last = mock_last_request(env.mock).await;
+        assert_eq!(last["method"], "POST");
+        assert_eq!(last["path"], path);
+        assert_eq!(last["body"], body, "forwarded byte for byte");
+    }
+    let (status, _, json) = fetch_json(post(
+        env.gateway,
+        "/v1/responses/compact",
+        r#"{"input":"Hello"}"#,
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert_eq!(json["error"]["param"], "model");
+    let metrics = scrape(&env).await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"tidegate_requests_total{route="responses_input_tokens",status="404"}"#
+        ),
+        Some(2.0)
+    );
+}
