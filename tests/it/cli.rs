@@ -364,6 +364,37 @@ async fn the_demo_streams_from_its_own_mock_and_exits_0_on_sigterm() {
         .unwrap()
         .starts_with("st_"));
     assert_eq!(json["fields"]["outcome"], "completed");
+    assert_eq!(json["fields"]["route"], "chat_completions");
+
+    // A Responses stream's line: its first token is its first delta (after the mock's 300 ms),
+    // and its tokens come from response.completed.
+    let mut conn = Conn::open(gateway).await;
+    let response = conn
+        .send(post(
+            gateway,
+            "/v1/responses",
+            r#"{"model":"mock-1","stream":true,"input":"Hello"}"#,
+            &[
+                ("x-request-id", "demo-test-2"),
+                ("x-mock-chunks", "4"),
+                ("x-mock-chunk-delay-ms", "0"),
+                ("x-mock-first-delay-ms", "300"),
+            ],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    read_to_end(response.into_body()).await;
+    drop(conn);
+    let line = demo
+        .stderr_line(|l| l.contains("stream ended") && l.contains("demo-test-2"))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let fields = &json["fields"];
+    assert_eq!(fields["route"], "responses", "{line}");
+    assert_eq!(fields["outcome"], "completed", "{line}");
+    assert!(fields["first_token_ms"].as_u64().unwrap() >= 300, "{line}");
+    assert_eq!(fields["completion_tokens"], 4, "{line}");
+    assert!(fields["prompt_tokens"].as_u64().unwrap() > 0, "{line}");
 
     demo.signal(libc::SIGTERM);
     assert_eq!(demo.exit_code().await, 0);
