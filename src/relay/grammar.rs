@@ -44,6 +44,8 @@ pub enum EventKind {
     /// first token). `error`: the upstream's own error event (then the upstream's end needs no
     /// error of ours).
     Event { output: bool, error: bool },
+    /// `data: [DONE]`: relayed, and the end of the stream (a marker, not an event of its own).
+    Done,
     /// Relayed, and the last event: the upstream request is finished. `failed`: the upstream
     /// says the response failed (`response.failed`), in its own words.
     End { failed: bool },
@@ -197,7 +199,7 @@ struct ChunkUsage {
 fn classify_chunk(event_type: &str, data: &str) -> Classified {
     let trimmed = data.trim();
     if trimmed == "[DONE]" {
-        return Classified::of(EventKind::End { failed: false });
+        return Classified::of(EventKind::Done);
     }
     if !trimmed.starts_with('{') {
         return Classified::of(EventKind::Malformed);
@@ -389,10 +391,7 @@ mod tests {
     #[test]
     fn chunks_end_with_done_and_report_errors_and_usage() {
         let g = Grammar::Chunks;
-        assert_eq!(
-            kind(g, "message", "[DONE]"),
-            EventKind::End { failed: false }
-        );
+        assert_eq!(kind(g, "message", "[DONE]"), EventKind::Done);
         assert_eq!(
             kind(g, "message", r#"{"id":"x","choices":[]}"#),
             EventKind::Event {

@@ -468,7 +468,11 @@ where
             if let Some(event) = event {
                 let classified = grammar.classify(&event.event_type, &event.data);
                 match classified.kind {
-                    EventKind::End { failed } => stop = Some(Stop::End { failed }),
+                    EventKind::Done => stop = Some(Stop::End { failed: false }),
+                    EventKind::End { failed } => {
+                        stop = Some(Stop::End { failed });
+                        events += 1;
+                    }
                     EventKind::Event { output: o, error } => {
                         saw_error |= error;
                         output |= o;
@@ -1175,8 +1179,8 @@ mod tests {
         assert_eq!(concat(&frames), input, "the event: lines and all");
         assert_eq!(outcome, Some(Outcome::Completed));
         assert_eq!(
-            events, 3,
-            "the terminal event is not counted, as [DONE] is not"
+            events, 4,
+            "the terminal event is an event (as [DONE] is not)"
         );
         assert!(first_token);
     }
@@ -1365,7 +1369,8 @@ mod tests {
                 prop_assert_eq!(&data["sequence_number"], &serde_json::json!(kinds.len()));
                 prop_assert_eq!(outcome, Some(Outcome::Failed("upstream_incomplete_stream")));
             }
-            let relayed = kinds.len() as u64 - u64::from(terminal) + u64::from(!terminal);
+            // Every event, the terminal one included; without it, the late one too.
+            let relayed = kinds.len() as u64 + u64::from(!terminal);
             prop_assert_eq!(events, relayed);
             prop_assert_eq!(first_token, deltas > 0);
         }
