@@ -71,7 +71,8 @@ async fn start_for_responses() -> TestEnv {
 /// `responses.stream()` helper, a non-streaming create, the gateway's final error event on a
 /// stream without a terminal event and on a cut one (raised as `APIError` with its code, and
 /// exactly one), the upstream's own error event, `response.failed`, and retrieve (also as a
-/// stream after a sequence number), input items, cancel and delete.
+/// stream after a sequence number), input items, cancel and delete, and a client that goes
+/// away mid-stream (its upstream request cancelled).
 #[tokio::test]
 #[ignore = "needs python3 with the openai package (pip install openai); .ci/run installs it"]
 async fn the_openai_python_sdk_drives_the_responses_api_through_the_gateway() {
@@ -87,6 +88,7 @@ async fn the_openai_python_sdk_drives_the_responses_api_through_the_gateway() {
         ],
     )
     .await;
+    the_client_that_went_away_was_cancelled(&env).await;
 }
 
 /// The core of the same through the Node SDK (`tests/sdk/node/responses.mjs`): a streamed and
@@ -113,6 +115,21 @@ async fn the_openai_node_sdk_drives_the_responses_api_through_the_gateway() {
         ],
     )
     .await;
+    the_client_that_went_away_was_cancelled(&env).await;
+}
+
+/// Each Responses script ends by leaving a long stream after its first delta: the mock must
+/// see that stream cancelled (the only one cancelled; the scripts' other streams end), and
+/// none left running.
+async fn the_client_that_went_away_was_cancelled(env: &TestEnv) {
+    let stats = wait_for_mock(
+        env.mock,
+        "the stream the SDK left to be cancelled upstream",
+        PATIENCE,
+        |s| s.streams_cancelled >= 1 && s.streams_active == 0,
+    )
+    .await;
+    assert_eq!(stats.streams_cancelled, 1, "{stats:?}");
 }
 
 /// Runs one SDK script with `program` (python3 or node) and `args` (the base URL first) and

@@ -286,4 +286,16 @@ except openai.NotFoundError as e:
     check(e.status_code == 404, f"retrieve after delete: {e.status_code}")
     print(f"delete({response_id}), then retrieve: NotFoundError")
 
+# Last: a client that goes away. The SDK closes its connection when the stream is closed
+# mid-way; the gateway cancels the upstream request (tests/it/openai_sdk.rs then checks the
+# mock saw its stream cancelled).
+slow = {"x-mock-chunks": "1000", "x-mock-chunk-delay-ms": "50"}
+with client.responses.create(model="mock-1", input="Hello", stream=True, extra_headers=slow) as stream:
+    seen = 0
+    for event in stream:
+        seen += 1
+        if event.type == "response.output_text.delta":
+            break
+check(seen >= 5, f"went away after {seen} events")
+print(f"went away after {seen} events, the first delta among them")
 print("OK")

@@ -277,4 +277,20 @@ const input = 'Hello';
   console.log('fail-429: RateLimitError');
 }
 
+// Last: a client that goes away. Leaving the loop aborts the SDK's request; the gateway
+// cancels the upstream request (tests/it/openai_sdk.rs then checks the mock saw it cancelled).
+{
+  const stream = await client.responses.create(
+    { model: 'mock-1', input, stream: true },
+    { headers: { 'x-mock-chunks': '1000', 'x-mock-chunk-delay-ms': '50' } },
+  );
+  let seen = 0;
+  for await (const event of stream) {
+    seen += 1;
+    if (event.type === 'response.output_text.delta') break;
+  }
+  check(seen >= 5, `went away after ${seen} events`);
+  console.log(`went away after ${seen} events, the first delta among them`);
+}
+
 console.log('OK');
