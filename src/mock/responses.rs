@@ -20,7 +20,7 @@ use http_body::Frame;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 
-use super::sse::{oversized_event, push_json_str, push_u64, start_event, MockAbort, WORDS};
+use super::sse::{oversized_event, push_json_str, push_u64, start_event, Abort, MockAbort, WORDS};
 use super::stats::{Outcome, Tracker};
 use super::{expected_content, Fault, STREAM_ERROR_MESSAGE};
 
@@ -339,8 +339,7 @@ pub(crate) struct ResponsesStream {
     /// Whether `sleep` is armed for the next step.
     waiting: bool,
     step: Step,
-    /// fail-midstream yields once before failing, as the chat stream does.
-    abort_yielded: bool,
+    abort: Abort,
     meta: Arc<ResponseMeta>,
     first_delay: Duration,
     chunk_delay: Duration,
@@ -372,7 +371,7 @@ impl ResponsesStream {
             sleep,
             waiting: false,
             step: Step::Created,
-            abort_yielded: false,
+            abort: Abort::default(),
             meta: spec.meta,
             first_delay: spec.first_delay,
             chunk_delay: spec.chunk_delay,
@@ -613,14 +612,9 @@ impl ResponsesStream {
         let event = match step {
             Step::End => return Poll::Ready(None),
             Step::Abort => {
-                if !self.abort_yielded {
-                    self.abort_yielded = true;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                self.tracker.finish(Outcome::Aborted);
+                let abort = std::task::ready!(self.abort.poll(&mut self.tracker, cx));
                 self.step = Step::End;
-                return Poll::Ready(Some(Err(MockAbort)));
+                return Poll::Ready(Some(Err(abort)));
             }
             Step::Malformed => Bytes::from_static(MALFORMED_EVENT),
             Step::Oversized => oversized_event(),

@@ -196,9 +196,7 @@ pub(crate) struct SseStream {
     /// Whether `sleep` is armed for the next step.
     waiting: bool,
     step: Step,
-    /// fail-midstream yields once before failing so hyper flushes the chunks
-    /// already written even when the chunk delay is zero.
-    abort_yielded: bool,
+    abort: Abort,
     api: Api,
     chunks: u32,
     first_delay: Duration,
@@ -249,7 +247,7 @@ impl SseStream {
             sleep,
             waiting: false,
             step: Step::Role,
-            abort_yielded: false,
+            abort: Abort::default(),
             api: spec.api,
             chunks: spec.chunks,
             first_delay: spec.first_delay,
@@ -412,14 +410,9 @@ impl SseStream {
                 (self.text_event(word, false), self.after_content(i + 1))
             }
             Step::Abort => {
-                if !self.abort_yielded {
-                    self.abort_yielded = true;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                self.tracker.finish(Outcome::Aborted);
+                let abort = std::task::ready!(self.abort.poll(&mut self.tracker, cx));
                 self.step = Step::End;
-                return Poll::Ready(Some(Err(MockAbort)));
+                return Poll::Ready(Some(Err(abort)));
             }
             Step::Error => (self.error_event(), Step::End),
             Step::Finish => (self.finish_event(), self.after_finish()),
@@ -435,6 +428,25 @@ impl SseStream {
         self.step = next;
         self.arm(self.delay_before(next));
         Poll::Ready(Some(Ok(Frame::data(event))))
+    }
+}
+
+/// How a `fail-midstream` body fails, in either API: it yields once first, so hyper flushes
+/// the chunks already written even when the chunk delay is zero; then the stream is counted
+/// aborted and the body fails.
+#[derive(Debug, Default)]
+pub(crate) struct Abort {
+    yielded: bool,
+}
+
+impl Abort {
+    pub(crate) fn poll(&mut self, tracker: &mut Tracker, cx: &mut Context<'_>) -> Poll<MockAbort> {
+        if !std::mem::replace(&mut self.yielded, true) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        tracker.finish(Outcome::Aborted);
+        Poll::Ready(MockAbort)
     }
 }
 
