@@ -478,12 +478,13 @@ where
                         output |= o;
                         events += 1;
                     }
-                    EventKind::Eof | EventKind::Malformed => {
-                        // Not forwarded: cut before it.
-                        stop = Some(match classified.kind {
-                            EventKind::Eof => Stop::Eof,
-                            _ => Stop::Malformed,
-                        });
+                    // Neither is forwarded: cut before it.
+                    EventKind::Eof => {
+                        stop = Some(Stop::Eof);
+                        return;
+                    }
+                    EventKind::Malformed => {
+                        stop = Some(Stop::Malformed);
                         return;
                     }
                 }
