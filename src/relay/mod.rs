@@ -9,6 +9,7 @@ pub mod lifetime;
 pub mod resume;
 pub mod stream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -198,7 +199,7 @@ impl Endpoint {
 
     /// Path below the upstream base URL (which ends in `/v1` for OpenAI); `id` is a stored
     /// response's.
-    pub fn upstream_suffix(self, id: Option<&str>) -> String {
+    pub fn upstream_suffix(self, id: Option<&str>) -> Cow<'static, str> {
         let id = id.unwrap_or_default();
         match self {
             Endpoint::ChatCompletions => "/chat/completions".into(),
@@ -208,12 +209,15 @@ impl Endpoint {
             Endpoint::Responses => "/responses".into(),
             Endpoint::ResponsesInputTokens => "/responses/input_tokens".into(),
             Endpoint::ResponsesCompact => "/responses/compact".into(),
+            // Only a stored response's path is built (the others borrow a constant).
             Endpoint::StoredResponse(ResponseAction::Retrieve | ResponseAction::Delete) => {
-                format!("/responses/{id}")
+                format!("/responses/{id}").into()
             }
-            Endpoint::StoredResponse(ResponseAction::Cancel) => format!("/responses/{id}/cancel"),
+            Endpoint::StoredResponse(ResponseAction::Cancel) => {
+                format!("/responses/{id}/cancel").into()
+            }
             Endpoint::StoredResponse(ResponseAction::InputItems) => {
-                format!("/responses/{id}/input_items")
+                format!("/responses/{id}/input_items").into()
             }
         }
     }
