@@ -794,13 +794,31 @@ mod tests {
 
     /// Relays `upstream` to the end; returns the frames sent and the outcome.
     async fn relay(upstream: Scripted, max_event_bytes: usize) -> (Vec<Bytes>, Option<Outcome>) {
+        let (frames, outcome, _, _) = relay_in(Grammar::Chunks, upstream, max_event_bytes).await;
+        (frames, outcome)
+    }
+
+    /// Relays `upstream` in `grammar` to its end: the frames, the outcome, and the stream's
+    /// (events, first token seen) as the registry counted them.
+    async fn relay_in(
+        grammar: Grammar,
+        upstream: Scripted,
+        max_event_bytes: usize,
+    ) -> (Vec<Bytes>, Option<Outcome>, u64, bool) {
         let registry = Arc::new(Registry::new(&["u"]));
-        let mut body = SseRelay::new(upstream, max_event_bytes, deadlines(), lifetime(&registry));
+        let mut body = SseRelay::new(upstream, max_event_bytes, deadlines(), lifetime(&registry))
+            .with_grammar(grammar);
         let frames = drain(&mut body).await;
         let outcome = body.lifetime.outcome();
+        let handle = body.lifetime.handle().clone();
         drop(body);
         assert!(registry.is_empty(), "the entry goes with the body");
-        (frames, outcome)
+        (
+            frames,
+            outcome,
+            handle.events(),
+            handle.first_event_ms().is_some(),
+        )
     }
 
     fn sse_response(status: u16, content_type: &str, body: Scripted) -> Response<Scripted> {
@@ -1143,21 +1161,9 @@ mod tests {
         .concat()
     }
 
-    /// Relays `upstream` as a Responses stream: the frames, the outcome, and the stream's
-    /// (events, first token seen) as the registry counted them.
+    /// [`relay_in`] for a Responses stream.
     async fn relay_responses(upstream: Scripted) -> (Vec<Bytes>, Option<Outcome>, u64, bool) {
-        let registry = Arc::new(Registry::new(&["u"]));
-        let mut body = SseRelay::new(upstream, 4096, deadlines(), lifetime(&registry))
-            .with_grammar(Grammar::Responses);
-        let frames = drain(&mut body).await;
-        let handle = body.lifetime.handle().clone();
-        let outcome = body.lifetime.outcome();
-        (
-            frames,
-            outcome,
-            handle.events(),
-            handle.first_event_ms().is_some(),
-        )
+        relay_in(Grammar::Responses, upstream, 4096).await
     }
 
     fn parsed(frames: &[Bytes]) -> Vec<crate::sse::parser::Event> {
