@@ -256,14 +256,17 @@ async fn the_demo_page_resumes_by_itself_after_the_connection_is_cut() {
     let (page_port, _pages) = serve_other_origin().await;
     let env = start_gateway(&format!("http://127.0.0.1:{page_port}"), true).await;
     let result = run_browser("demo-page-resume", env.gateway, page_port).await;
+    assert_resumed_once_whole(&result);
+}
 
+/// The demo page's answer after one cut: done, the whole text and every token, one note
+/// "Resumed after event n" with n past the CUT_AFTER tokens shown at the cut (the events
+/// before the first token had arrived too: the role chunk, or a response's lifecycle events),
+/// and nothing wrong in the page.
+fn assert_resumed_once_whole(result: &Value) {
     assert_eq!(result["cut"], true, "{result:#}");
-    assert_eq!(text(&result, "state"), "done", "{result:#}");
-    assert_eq!(
-        text(&result, "text"),
-        expected_content(TOKENS),
-        "{result:#}"
-    );
+    assert_eq!(text(result, "state"), "done", "{result:#}");
+    assert_eq!(text(result, "text"), expected_content(TOKENS), "{result:#}");
     assert_eq!(result["tokens"], TOKENS, "{result:#}");
     let notes = result["notes"].as_array().expect("notes");
     assert_eq!(notes.len(), 1, "one cut, one resume: {result:#}");
@@ -273,7 +276,6 @@ async fn the_demo_page_resumes_by_itself_after_the_connection_is_cut() {
         .and_then(|rest| rest.strip_suffix('.'))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a resume note, not {note:?}"));
-    // Cut once CUT_AFTER tokens were shown: the role event and those tokens had arrived.
     assert!(after > CUT_AFTER, "{result:#}");
     assert_eq!(result["problems"], serde_json::json!([]), "{result:#}");
 }
@@ -286,18 +288,7 @@ async fn the_demo_page_streams_and_resumes_a_response_with_the_responses_api() {
     let (page_port, _pages) = serve_other_origin().await;
     let env = start_gateway(&format!("http://127.0.0.1:{page_port}"), true).await;
     let result = run_browser_with("demo-page-resume", env.gateway, page_port, "responses").await;
-
-    assert_eq!(result["cut"], true, "{result:#}");
-    assert_eq!(text(&result, "state"), "done", "{result:#}");
-    assert_eq!(
-        text(&result, "text"),
-        expected_content(TOKENS),
-        "{result:#}"
-    );
-    assert_eq!(result["tokens"], TOKENS, "{result:#}");
-    let notes = result["notes"].as_array().expect("notes");
-    assert_eq!(notes.len(), 1, "one cut, one resume: {result:#}");
-    assert_eq!(result["problems"], serde_json::json!([]), "{result:#}");
+    assert_resumed_once_whole(&result);
 }
 
 // ---- without the browser ------------------------------------------------------------
